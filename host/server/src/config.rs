@@ -1,0 +1,240 @@
+//! Configuration: parsed and validated once into typed structs. Every
+//! default is written here (and in the README's reference table).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The embedded development configuration (`mailwit serve` without
+/// `--config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name in the greeting and EHLO reply. Default "localhost".
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the spool and generated certificate live. Default "mailwit-data".
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message in octets (EHLO SIZE). Default 20971520.
+    pub max_message_size: usize,
+    /// Recipients per transaction. Default 100.
+    pub max_recipients: usize,
+    /// Unknown commands and syntax errors before `421`. Default 10.
+    pub max_errors: u32,
+    /// Failed AUTH attempts before `421`. Default 3.
+    pub max_auth_failures: u32,
+    /// Seconds a client has to complete each command. Default 300.
+    pub command_timeout_secs: u64,
+    /// Seconds a client has for DATA, before the rate allowance. Default 300.
+    pub data_timeout_secs: u64,
+    /// Octets per second that extend the DATA deadline. Default 1024.
+    pub min_data_rate: u64,
+    /// Seconds for a TLS handshake. Default 30.
+    pub tls_handshake_timeout_secs: u64,
+    /// Open connections, all listeners together. Default 1000.
+    pub max_connections: usize,
+    /// Open connections from one IP address. Default 20.
+    pub max_connections_per_ip: usize,
+    /// Seconds running transactions get to finish on SIGTERM. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 20_971_520,
+            max_recipients: 100,
+            max_errors: 10,
+            max_auth_failures: 3,
+            command_timeout_secs: 300,
+            data_timeout_secs: 300,
+            min_data_rate: 1024,
+            tls_handshake_timeout_secs: 30,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Limits {
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.data_timeout_secs)
+    }
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Certificate and key as PEM files. When both are absent a self-signed
+/// certificate is generated under `<data_dir>/tls/` (once; it is reused).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Refuse mail with `452 4.3.1` when the spool's file system has less
+    /// free space than this, in octets. Default 104857600 (100 MiB).
+    pub min_free_bytes: u64,
+    /// Start a new segment file after this many octets. Default 67108864.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            min_free_bytes: 100 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP, STARTTLS offered (submission 587, smtp 25, 2525).
+    Starttls,
+    /// TLS from the first byte (smtps 465).
+    Implicit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name used in logs (submission, smtps, smtp, alternate).
+    pub name: String,
+    /// Address to bind; port 0 picks a free port (logged at start-up).
+    pub addr: SocketAddr,
+    pub tls: TlsMode,
+    /// Allow AUTH before TLS on this listener. Default false: AUTH is only
+    /// offered once TLS is up.
+    #[serde(default)]
+    pub plaintext_auth: bool,
+}
+
+/// A tenant whose policy is, for now, answered from configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: String,
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Verified sender domains. A sender in one of them is allowed.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Registered sender addresses, allowed in addition to `domains`.
+    #[serde(default)]
+    pub senders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login, unique across all tenants.
+    pub login: String,
+    /// PHC string (argon2), as printed by `mailwit hash-password`.
+    pub password_hash: String,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("mailwit-data")
+}
+
+impl Config {
+    /// Reads a file, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let text = match path {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            }
+            None => DEFAULT_CONFIG.to_string(),
+        };
+        let config: Config = toml::from_str(&text).context("parsing configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.listeners.is_empty() {
+            bail!("no [[listeners]] configured");
+        }
+        let mut logins = std::collections::HashSet::new();
+        for t in &self.tenants {
+            for u in &t.users {
+                if !logins.insert(u.login.as_str()) {
+                    bail!(
+                        "login {:?} is used twice; logins must be unique across tenants",
+                        u.login
+                    );
+                }
+                argon2::password_hash::PasswordHash::new(&u.password_hash).map_err(|e| {
+                    anyhow::anyhow!("tenant {}: user {}: bad password_hash: {e}", t.id, u.login)
+                })?;
+            }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            bail!("connection limits must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The SMTP core's settings for one listener.
+    pub fn session_config(&self, listener: &Listener) -> mailwit_smtp::Config {
+        mailwit_smtp::Config {
+            hostname: self.hostname.clone(),
+            max_message_size: self.limits.max_message_size,
+            max_recipients: self.limits.max_recipients,
+            max_errors: self.limits.max_errors,
+            max_auth_failures: self.limits.max_auth_failures,
+            starttls: listener.tls == TlsMode::Starttls,
+            plaintext_auth: listener.plaintext_auth,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listeners.len(), 4);
+        assert_eq!(c.limits.max_message_size, 20_971_520);
+        assert_eq!(c.tenants[0].users[0].login, "demo");
+    }
+}

@@ -1,0 +1,386 @@
+//! The session driver: the only code that touches a client's socket.
+//!
+//! It feeds bytes to the sans-IO [`Session`], writes its replies, runs the
+//! TLS upgrade, asks the [`Policy`](crate::policy::Policy) and the spool,
+//! and keeps the clock (deadlines, shutdown).
+//!
+//! Deadlines: each command must be complete within `command_timeout` of the
+//! previous reply; bytes that trickle in do not extend it. During DATA the
+//! client gets `data_timeout` plus one second per `min_data_rate` octets
+//! received, so a slow but honest upload finishes and a trickle does not.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mailwit_smtp::{BodyType, Output, Question, Reply, Session, Status, Verdict};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::policy::{ClientInfo, Principal};
+use crate::server::{ListenerCtx, Shared};
+use crate::spool::{Meta, SpoolError};
+
+/// Octets read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A client connection, before or after TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while the TLS handshake runs.
+    Upgrading,
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+            Conn::Upgrading => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        async fn w<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S, b: &[u8]) -> std::io::Result<()> {
+            s.write_all(b).await?;
+            s.flush().await
+        }
+        match self {
+            Conn::Plain(s) => w(s, bytes).await,
+            Conn::Tls(s) => w(s.as_mut(), bytes).await,
+            Conn::Upgrading => Ok(()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+            Conn::Upgrading => Ok(()),
+        };
+    }
+}
+
+/// Runs one client session to its end.
+pub async fn run(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    session_id: String,
+    over_limit: bool,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!(
+        "session",
+        id = %session_id,
+        peer = %peer,
+        listener = %listener.name,
+        tenant = tracing::field::Empty
+    );
+    async move {
+        let limits = &shared.config.limits;
+        let mut conn = Conn::Plain(tcp);
+        if listener.implicit_tls {
+            match timeout(
+                limits.tls_handshake_timeout(),
+                shared.tls.accept(take_tcp(&mut conn)),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => conn = Conn::Tls(Box::new(tls)),
+                Ok(Err(e)) => return debug!(event = "tls.failed", cause = %e),
+                Err(_) => return debug!(event = "tls.timeout"),
+            }
+        }
+        if over_limit {
+            let reply = Reply::new(
+                421,
+                Status(4, 7, 0),
+                "Too many connections, try again later",
+            );
+            info!(event = "smtp.refused", reason = "connection limit");
+            let _ = conn.write_all(reply.to_wire().as_bytes()).await;
+            conn.shutdown().await;
+            return;
+        }
+        info!(event = "smtp.connect");
+        let session = Session::new(
+            shared.config.session_config(&listener.config),
+            listener.implicit_tls,
+        );
+        let mut d = Driver {
+            shared: shared.clone(),
+            client: ClientInfo {
+                peer,
+                listener: listener.name.clone(),
+                tls: listener.implicit_tls,
+            },
+            session,
+            principal: None,
+            conn,
+            out: Vec::new(),
+            session_id,
+        };
+        d.drive(shutdown).await;
+        info!(event = "smtp.disconnect");
+    }
+    .instrument(span)
+    .await
+}
+
+fn take_tcp(conn: &mut Conn) -> TcpStream {
+    match std::mem::replace(conn, Conn::Upgrading) {
+        Conn::Plain(s) => s,
+        _ => unreachable!("TLS is only started on a plain connection"),
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    client: ClientInfo,
+    session: Session,
+    principal: Option<Principal>,
+    conn: Conn,
+    out: Vec<u8>,
+    session_id: String,
+}
+
+impl Driver {
+    async fn drive(&mut self, mut shutdown: watch::Receiver<bool>) {
+        let limits = self.shared.config.limits.clone();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut deadline = Instant::now() + limits.command_timeout();
+        let mut data_started: Option<Instant> = None;
+        let mut grace: Option<Instant> = None;
+        loop {
+            // Carry out everything the session has to say.
+            while let Some(output) = self.session.poll() {
+                match output {
+                    Output::Reply(r) => {
+                        log_reply(&r);
+                        r.write_to(&mut self.out);
+                        deadline = Instant::now() + limits.command_timeout();
+                    }
+                    Output::Ask(q) => {
+                        let verdict = self.ask(q).await;
+                        self.session.answer(verdict);
+                    }
+                    Output::StartTls => {
+                        if !self.flush().await {
+                            return;
+                        }
+                        let tcp = take_tcp(&mut self.conn);
+                        match timeout(limits.tls_handshake_timeout(), self.shared.tls.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => self.conn = Conn::Tls(Box::new(tls)),
+                            Ok(Err(e)) => return debug!(event = "tls.failed", cause = %e),
+                            Err(_) => return debug!(event = "tls.timeout"),
+                        }
+                        if self.session.discarded_after_starttls() > 0 {
+                            warn!(
+                                event = "smtp.starttls_injection",
+                                octets = self.session.discarded_after_starttls(),
+                                "discarded plaintext pipelined after STARTTLS"
+                            );
+                        }
+                        self.session.tls_established();
+                        self.client.tls = true;
+                        self.principal = None;
+                        deadline = Instant::now() + limits.command_timeout();
+                    }
+                    Output::Close => {
+                        self.flush().await;
+                        self.conn.shutdown().await;
+                        return;
+                    }
+                }
+            }
+            if !self.flush().await {
+                return;
+            }
+            // A shutdown waits for the running transaction, nothing else.
+            if grace.is_some() && !self.session.in_transaction() {
+                self.session.shutdown();
+                continue;
+            }
+            // The DATA deadline grows with what has arrived, at min_data_rate.
+            if self.session.in_data() {
+                let start = *data_started.get_or_insert_with(Instant::now);
+                let allowance =
+                    Duration::from_secs(self.session.data_received() / limits.min_data_rate.max(1));
+                deadline = start + limits.data_timeout() + allowance;
+            } else {
+                data_started = None;
+            }
+            let wake = match grace {
+                Some(g) => deadline.min(g),
+                None => deadline,
+            };
+            tokio::select! {
+                r = self.conn.read(&mut buf) => match r {
+                    Ok(0) => return debug!(event = "smtp.client_closed"),
+                    Ok(n) => self.session.feed(&buf[..n]),
+                    Err(e) => return debug!(event = "smtp.read_error", cause = %e),
+                },
+                _ = sleep_until(wake) => {
+                    if grace.is_some_and(|g| Instant::now() >= g) {
+                        info!(event = "smtp.shutdown", "grace period over");
+                        self.session.shutdown();
+                    } else {
+                        info!(event = "smtp.timeout");
+                        self.session.timeout();
+                    }
+                }
+                _ = shutdown.changed(), if grace.is_none() => {
+                    grace = Some(Instant::now() + limits.shutdown_grace());
+                }
+            }
+        }
+    }
+
+    /// Writes pending replies. False when the client is gone.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        match self.conn.write_all(&out).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(event = "smtp.write_error", cause = %e);
+                false
+            }
+        }
+    }
+
+    async fn ask(&mut self, q: Question) -> Verdict {
+        let policy = self.shared.policy.clone();
+        match q {
+            Question::Auth {
+                mechanism,
+                login,
+                secret,
+                ..
+            } => match policy
+                .authenticate(&self.client, mechanism, &login, &secret)
+                .await
+            {
+                Ok(p) => {
+                    tracing::Span::current().record("tenant", p.tenant.as_str());
+                    info!(event = "smtp.auth", outcome = "accepted", mechanism = mechanism.as_str(), login = ?printable(&login));
+                    self.principal = Some(p);
+                    Verdict::Accept
+                }
+                Err(r) => {
+                    info!(event = "smtp.auth", outcome = "refused", mechanism = mechanism.as_str(), login = ?printable(&login));
+                    Verdict::Reject(r)
+                }
+            },
+            Question::Sender { address, .. } => {
+                let Some(p) = &self.principal else {
+                    return internal();
+                };
+                verdict(policy.check_sender(p, &self.client, &address).await)
+            }
+            Question::Recipient { address } => {
+                let Some(p) = &self.principal else {
+                    return internal();
+                };
+                verdict(policy.check_recipient(p, &self.client, &address).await)
+            }
+            Question::Message { envelope, content } => {
+                let Some(p) = self.principal.clone() else {
+                    return internal();
+                };
+                if let Err(r) = policy
+                    .inspect_message(&p, &self.client, &envelope, &content)
+                    .await
+                {
+                    info!(event = "smtp.message", outcome = "refused", code = r.code);
+                    return Verdict::Reject(r);
+                }
+                let id = ulid::Ulid::new().to_string();
+                let meta = Meta {
+                    id: id.clone(),
+                    received_at_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    tenant: p.tenant.clone(),
+                    login: p.login.clone(),
+                    peer: self.client.peer.to_string(),
+                    listener: self.client.listener.clone(),
+                    helo: envelope.helo.clone(),
+                    sender: envelope.sender.clone(),
+                    recipients: envelope.recipients.clone(),
+                    body: match envelope.body {
+                        BodyType::SevenBit => "7BIT",
+                        BodyType::EightBitMime => "8BITMIME",
+                    }
+                    .into(),
+                };
+                match self.shared.spool.enqueue(&meta, &content).await {
+                    Ok(()) => {
+                        info!(
+                            event = "smtp.queued",
+                            queue_id = %id,
+                            session = %self.session_id,
+                            size = content.len(),
+                            recipients = envelope.recipients.len()
+                        );
+                        Verdict::AcceptWith(Reply::new(
+                            250,
+                            Status(2, 0, 0),
+                            format!("Ok: queued as {id}"),
+                        ))
+                    }
+                    Err(SpoolError::DiskFull) => {
+                        warn!(event = "smtp.spool_full");
+                        Verdict::Reject(Reply::new(
+                            452,
+                            Status(4, 3, 1),
+                            "Insufficient system storage",
+                        ))
+                    }
+                    Err(e) => {
+                        warn!(event = "smtp.spool_error", cause = %e);
+                        Verdict::Reject(Reply::new(
+                            451,
+                            Status(4, 3, 0),
+                            "Temporary local problem, try again later",
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn verdict(r: Result<(), Reply>) -> Verdict {
+    match r {
+        Ok(()) => Verdict::Accept,
+        Err(reply) => Verdict::Reject(reply),
+    }
+}
+
+/// The core asked a question that needs a principal before AUTH: it never
+/// does, but fail safe rather than panic.
+fn internal() -> Verdict {
+    Verdict::Reject(Reply::new(451, Status(4, 3, 0), "Internal error"))
+}
+
+fn log_reply(r: &Reply) {
+    debug!(event = "smtp.reply", code = r.code, status = ?r.status.map(|s| s.to_string()));
+}
+
+/// Client-supplied text for logs: control and non-ASCII characters escaped,
+/// length bounded. Never log client input raw.
+pub fn printable(s: &str) -> String {
+    s.chars().take(128).flat_map(char::escape_default).collect()
+}

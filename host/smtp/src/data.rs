@@ -1,0 +1,229 @@
+//! The DATA receiver: finds the end of a message and undoes dot-stuffing.
+//!
+//! # Framing rule (SMTP smuggling)
+//!
+//! The end of data is `CRLF . CRLF` and nothing else. A bare LF or bare CR
+//! is never a line ending here: it neither ends the message nor starts a
+//! line for dot-unstuffing, so no byte sequence inside one DATA can be read
+//! as "end of message, next command" (CVE-2023-51764 and its kin).
+//!
+//! mailwit **rejects** a message that contains a bare CR, a bare LF or a
+//! NUL with `550 5.6.0` once its real end is reached, rather than keeping
+//! such bytes as data. Rejection is the choice that cannot be misread by a
+//! next hop with a different rule, and every mainstream client sends CRLF.
+
+/// What the receiver found wrong with a message, if anything.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Defects {
+    /// A CR not followed by LF, or an LF not preceded by CR, was seen.
+    pub bare_line_ending: bool,
+    /// A NUL octet was seen.
+    pub nul: bool,
+    /// The message grew beyond the size limit; the content was truncated.
+    pub oversized: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the beginning of a line (after CRLF, or at the start of DATA).
+    LineStart,
+    /// Inside a line.
+    Mid,
+    /// Saw CR inside a line.
+    Cr,
+    /// Saw `.` at the beginning of a line.
+    Dot,
+    /// Saw `.` CR at the beginning of a line.
+    DotCr,
+}
+
+/// Incremental DATA parser. Feed it bytes; it reports how many it consumed
+/// once the terminator has been seen.
+#[derive(Debug)]
+pub struct DataReceiver {
+    state: State,
+    content: Vec<u8>,
+    max: usize,
+    defects: Defects,
+    received: u64,
+}
+
+impl DataReceiver {
+    /// A receiver that keeps at most `max` octets of content.
+    pub fn new(max: usize) -> Self {
+        DataReceiver {
+            state: State::LineStart,
+            content: Vec::new(),
+            max,
+            defects: Defects::default(),
+            received: 0,
+        }
+    }
+
+    /// Octets fed so far (wire octets, including the ones discarded).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Consumes bytes. Returns `Some(n)` when the terminator ended at
+    /// `input[n - 1]`; the bytes after it belong to the next command.
+    /// Returns `None` when all of `input` was consumed and more is needed.
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        for (i, &b) in input.iter().enumerate() {
+            if self.step(b) {
+                self.received += i as u64 + 1;
+                return Some(i + 1);
+            }
+        }
+        self.received += input.len() as u64;
+        None
+    }
+
+    /// The content and what was wrong with it; call after `feed` returned
+    /// `Some`.
+    pub fn finish(self) -> (Vec<u8>, Defects) {
+        (self.content, self.defects)
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.defects.oversized {
+            return;
+        }
+        if self.content.len() + bytes.len() > self.max {
+            self.defects.oversized = true;
+            // Keep nothing of an oversized message: it will be refused.
+            self.content = Vec::new();
+            return;
+        }
+        self.content.extend_from_slice(bytes);
+    }
+
+    /// A content byte inside a line (never CR, which has its own state).
+    fn mid(&mut self, b: u8) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                self.defects.bare_line_ending = true;
+                self.push(b"\n");
+                self.state = State::Mid;
+            }
+            0 => {
+                self.defects.nul = true;
+                self.push(&[0]);
+                self.state = State::Mid;
+            }
+            _ => {
+                self.push(&[b]);
+                self.state = State::Mid;
+            }
+        }
+    }
+
+    /// Returns true when `b` completes the terminator.
+    fn step(&mut self, b: u8) -> bool {
+        match self.state {
+            State::LineStart => {
+                if b == b'.' {
+                    self.state = State::Dot;
+                } else {
+                    self.mid(b);
+                }
+            }
+            State::Mid => self.mid(b),
+            State::Cr => {
+                if b == b'\n' {
+                    self.push(b"\r\n");
+                    self.state = State::LineStart;
+                } else {
+                    self.defects.bare_line_ending = true;
+                    self.push(b"\r");
+                    self.mid(b);
+                }
+            }
+            State::Dot => {
+                if b == b'\r' {
+                    self.state = State::DotCr;
+                } else {
+                    // A dot-stuffed line: the leading dot is dropped.
+                    self.mid(b);
+                }
+            }
+            State::DotCr => {
+                if b == b'\n' {
+                    return true;
+                }
+                // `.` CR x at a line start: the dot was stuffing, the CR is bare.
+                self.defects.bare_line_ending = true;
+                self.push(b"\r");
+                self.mid(b);
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> Option<(usize, Vec<u8>, Defects)> {
+        let mut r = DataReceiver::new(1000);
+        let n = r.feed(input)?;
+        let (c, d) = r.finish();
+        Some((n, c, d))
+    }
+
+    #[test]
+    fn plain_message_and_unstuffing() {
+        let (n, c, d) = run(b"Subject: x\r\n\r\n..dot\r\n.\r\nNEXT").unwrap();
+        assert_eq!(n, b"Subject: x\r\n\r\n..dot\r\n.\r\n".len());
+        assert_eq!(c, b"Subject: x\r\n\r\n.dot\r\n");
+        assert_eq!(d, Defects::default());
+        let (_, c, _) = run(b".\r\n").unwrap();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_whole() {
+        let msg = b"a\r\n..b\r\n.c\r\n\r\n.\r\n";
+        let mut r = DataReceiver::new(1000);
+        let mut end = None;
+        for (i, b) in msg.iter().enumerate() {
+            if r.feed(std::slice::from_ref(b)).is_some() {
+                end = Some(i);
+            }
+        }
+        assert_eq!(end, Some(msg.len() - 1));
+        assert_eq!(r.finish().0, b"a\r\n.b\r\nc\r\n\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_data() {
+        for seq in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n\x00.\r\n",
+        ] {
+            let mut input = b"Subject: a\r\n\r\nbody".to_vec();
+            input.extend_from_slice(seq);
+            input.extend_from_slice(b"MAIL FROM:<x@y.example>\r\n");
+            let mut r = DataReceiver::new(1000);
+            assert_eq!(r.feed(&input), None, "{seq:?} ended DATA");
+            assert_eq!(r.feed(b"\r\n.\r\n"), Some(5));
+            let (_, d) = r.finish();
+            assert!(d.bare_line_ending || d.nul, "{seq:?} not flagged");
+        }
+    }
+
+    #[test]
+    fn oversize_is_flagged_and_dropped() {
+        let mut r = DataReceiver::new(4);
+        assert_eq!(r.feed(b"123456\r\n.\r\n"), Some(11));
+        let (c, d) = r.finish();
+        assert!(d.oversized);
+        assert!(c.is_empty());
+    }
+}

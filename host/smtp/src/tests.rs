@@ -1,0 +1,447 @@
+//! Session tests: a scripted client against the state machine, no sockets.
+
+use crate::*;
+
+/// Answers questions like a permissive policy: login `u`/`p` only, message
+/// queued as `ID1`, `ID2`, ...
+struct Harness {
+    s: Session,
+    wire: String,
+    queued: Vec<(Envelope, Vec<u8>)>,
+    tls_requests: usize,
+    closed: bool,
+}
+
+impl Harness {
+    fn new(config: Config, tls: bool) -> Self {
+        let mut h = Harness {
+            s: Session::new(config, tls),
+            wire: String::new(),
+            queued: Vec::new(),
+            tls_requests: 0,
+            closed: false,
+        };
+        h.run();
+        h
+    }
+
+    /// A plaintext-AUTH session, already past EHLO and AUTH.
+    fn authed() -> Self {
+        let mut h = Harness::new(plain_auth(), false);
+        h.send(b"EHLO c.example\r\nAUTH PLAIN AHUAcA==\r\n");
+        assert!(
+            h.wire.ends_with("235 2.7.0 Authentication successful\r\n"),
+            "{}",
+            h.wire
+        );
+        h.wire.clear();
+        h
+    }
+
+    fn run(&mut self) {
+        while let Some(o) = self.s.poll() {
+            match o {
+                Output::Reply(r) => self.wire.push_str(&r.to_wire()),
+                Output::StartTls => self.tls_requests += 1,
+                Output::Close => self.closed = true,
+                Output::Ask(q) => {
+                    let v = match q {
+                        Question::Auth { login, secret, .. } => {
+                            if login == "u" && secret == "p" {
+                                Verdict::Accept
+                            } else {
+                                Verdict::Reject(Reply::new(
+                                    535,
+                                    Status(5, 7, 8),
+                                    "Authentication credentials invalid",
+                                ))
+                            }
+                        }
+                        Question::Sender { address, .. } if address.ends_with("@bad.example") => {
+                            Verdict::Reject(Reply::new(550, Status(5, 7, 1), "Sender not allowed"))
+                        }
+                        Question::Message { envelope, content } => {
+                            self.queued.push((envelope, content));
+                            Verdict::AcceptWith(Reply::new(
+                                250,
+                                Status(2, 0, 0),
+                                format!("Ok: queued as ID{}", self.queued.len()),
+                            ))
+                        }
+                        _ => Verdict::Accept,
+                    };
+                    self.s.answer(v);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> &str {
+        self.s.feed(bytes);
+        self.run();
+        &self.wire
+    }
+
+    fn take(&mut self) -> String {
+        std::mem::take(&mut self.wire)
+    }
+}
+
+fn plain_auth() -> Config {
+    Config {
+        plaintext_auth: true,
+        ..Config::default()
+    }
+}
+
+fn codes(wire: &str) -> Vec<&str> {
+    wire.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..9.min(l.len())])
+        .collect()
+}
+
+#[test]
+fn full_transaction_pipelined() {
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@x.example> SIZE=20 BODY=8BITMIME\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n");
+    h.send(b"Subject: hi\r\n\r\n..x\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        h.take(),
+        "250 2.1.0 Sender address accepted\r\n250 2.1.5 Recipient address accepted\r\n250 2.1.5 Recipient address accepted\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as ID1\r\n221 2.0.0 Bye\r\n"
+    );
+    assert!(h.closed);
+    let (env, content) = &h.queued[0];
+    assert_eq!(env.sender, "a@x.example");
+    assert_eq!(env.recipients, vec!["b@y.example", "c@y.example"]);
+    assert_eq!(env.body, BodyType::EightBitMime);
+    assert_eq!(env.declared_size, Some(20));
+    assert_eq!(content, b"Subject: hi\r\n\r\n.x\r\n");
+}
+
+#[test]
+fn ehlo_advertises_by_tls_state() {
+    let mut h = Harness::new(Config::default(), false);
+    let w = h.send(b"EHLO c\r\n").to_string();
+    assert!(w.starts_with("220 localhost ESMTP"));
+    for cap in [
+        "PIPELINING",
+        "SIZE 20971520",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+    ] {
+        assert!(w.contains(&format!("250-{cap}\r\n")), "{cap} missing: {w}");
+    }
+    assert!(!w.contains("AUTH"), "AUTH offered before TLS: {w}");
+    let mut h = Harness::new(
+        Config {
+            starttls: false,
+            ..Config::default()
+        },
+        true,
+    );
+    let w = h.send(b"EHLO c\r\n").to_string();
+    assert!(
+        w.contains("250-AUTH PLAIN LOGIN\r\n") && !w.contains("STARTTLS"),
+        "{w}"
+    );
+}
+
+#[test]
+fn starttls_discards_pipelined_bytes_and_resets() {
+    let mut h = Harness::new(Config::default(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    h.send(b"STARTTLS\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\n");
+    assert_eq!(h.take(), "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(h.tls_requests, 1);
+    assert!(h.s.discarded_after_starttls() > 0);
+    // Bytes arriving before the handshake completes are dropped too.
+    h.send(b"RSET\r\n");
+    assert_eq!(h.take(), "");
+    h.s.tls_established();
+    // The old EHLO no longer counts.
+    assert_eq!(codes(h.send(b"AUTH PLAIN AHUAcA==\r\n")), vec!["503 5.5.1"]);
+    h.take();
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nSTARTTLS\r\n");
+    assert_eq!(codes(&h.take()), vec!["250 HELP", "235 2.7.0", "503 5.5.1"]);
+}
+
+#[test]
+fn auth_requires_tls_unless_configured() {
+    let mut h = Harness::new(Config::default(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec!["220 local", "250 HELP", "530 5.7.0", "530 5.7.0"]
+    );
+}
+
+#[test]
+fn auth_login_dialogue_as_in_the_infobip_seed() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    assert_eq!(h.send(b"AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+    h.take();
+    assert_eq!(h.send(b"dQ==\r\n"), "334 UGFzc3dvcmQ6\r\n");
+    h.take();
+    assert_eq!(
+        h.send(b"cA==\r\n"),
+        "235 2.7.0 Authentication successful\r\n"
+    );
+}
+
+#[test]
+fn auth_plain_without_initial_response_and_cancel() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\nAHUAcA==\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "220 local",
+            "250 HELP",
+            "334 ",
+            "501 5.0.0",
+            "334 ",
+            "235 2.7.0"
+        ]
+    );
+}
+
+#[test]
+fn repeated_auth_failures_close() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(
+        b"EHLO c\r\nAUTH PLAIN AHUAeA==\r\nAUTH PLAIN AHUAeA==\r\nAUTH PLAIN AHUAeA==\r\nNOOP\r\n",
+    );
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "220 local",
+            "250 HELP",
+            "535 5.7.8",
+            "535 5.7.8",
+            "535 5.7.8",
+            "421 4.7.0"
+        ]
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn mail_without_auth_is_refused() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "220 local",
+            "250 HELP",
+            "530 5.7.0",
+            "503 5.5.1",
+            "503 5.5.1"
+        ]
+    );
+}
+
+#[test]
+fn bad_sequences() {
+    let mut h = Harness::authed();
+    h.send(b"RCPT TO:<b@y.example>\r\nDATA\r\nMAIL FROM:<a@x.example>\r\nMAIL FROM:<a@x.example>\r\nDATA\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.1.0",
+            "503 5.5.1",
+            "554 5.5.1"
+        ]
+    );
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"MAIL FROM:<a@x.example>\r\n");
+    assert_eq!(codes(&h.take()), vec!["220 local", "503 5.5.1"]);
+}
+
+#[test]
+fn sender_refusal_resets_transaction() {
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@bad.example>\r\nRCPT TO:<b@y.example>\r\n");
+    assert_eq!(codes(&h.take()), vec!["550 5.7.1", "503 5.5.1"]);
+}
+
+#[test]
+fn size_limits() {
+    let mut h = Harness::new(
+        Config {
+            max_message_size: 10,
+            plaintext_auth: true,
+            ..Config::default()
+        },
+        false,
+    );
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example> SIZE=11\r\n");
+    assert_eq!(codes(&h.take())[3], "552 5.3.4");
+    h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n0123456789abc\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "552 5.3.4",
+            "250 2.0.0"
+        ]
+    );
+    assert!(h.queued.is_empty());
+}
+
+#[test]
+fn too_many_recipients_keeps_earlier_ones() {
+    let mut h = Harness::new(
+        Config {
+            max_recipients: 2,
+            plaintext_auth: true,
+            ..Config::default()
+        },
+        false,
+    );
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\n");
+    h.take();
+    h.send(b"RCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nRCPT TO:<3@y.example>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3",
+            "354 End d",
+            "250 2.0.0"
+        ]
+    );
+    assert_eq!(h.queued[0].0.recipients, vec!["1@y.example", "2@y.example"]);
+}
+
+#[test]
+fn long_line_is_bounded() {
+    let mut h = Harness::authed();
+    let mut long = b"NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 100_000));
+    h.send(&long);
+    // The buffer did not keep the line.
+    assert!(h.s.data_received() == 0);
+    h.send(b"\r\nNOOP\r\n");
+    assert_eq!(codes(&h.take()), vec!["500 5.5.2", "250 2.0.0"]);
+    // 510 octets + CRLF = 512 is fine; 511 + CRLF is not.
+    let ok = format!("NOOP {}\r\n", "a".repeat(505));
+    let bad = format!("NOOP {}\r\n", "a".repeat(506));
+    h.send(ok.as_bytes());
+    h.send(bad.as_bytes());
+    let w = h.take();
+    assert_eq!(codes(&w), vec!["250 2.0.0", "500 5.5.2"], "{w}");
+}
+
+#[test]
+fn nul_and_8bit_in_commands() {
+    let mut h = Harness::authed();
+    h.send(b"NOOP\x00\r\nMAIL FROM:<\xc3\xa9@x.example>\r\nNO\rOP\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec!["500 5.5.2", "500 5.5.2", "500 5.5.2"]
+    );
+}
+
+#[test]
+fn too_many_unknown_commands() {
+    let mut h = Harness::authed();
+    for _ in 0..10 {
+        h.send(b"BOGUS\r\n");
+    }
+    let w = h.take();
+    assert_eq!(
+        codes(&w)
+            .iter()
+            .filter(|c| c.starts_with("500 5.5.1"))
+            .count(),
+        10
+    );
+    assert!(w.ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(h.closed);
+}
+
+#[test]
+fn smuggling_never_yields_a_second_message() {
+    for seq in [
+        &b"\n.\n"[..],
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+    ] {
+        let mut h = Harness::authed();
+        let mut input = b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: one\r\n\r\nfirst".to_vec();
+        input.extend_from_slice(seq);
+        input.extend_from_slice(b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nsecond\r\n.\r\n");
+        h.send(&input);
+        assert!(h.queued.is_empty(), "{seq:?} queued {:?}", h.queued);
+        assert!(codes(&h.take()).contains(&"550 5.6.0"), "{seq:?}");
+        // The next (real) transaction works and is the only message.
+        h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: two\r\n\r\nok\r\n.\r\n");
+        assert_eq!(h.queued.len(), 1, "{seq:?}");
+        assert_eq!(h.queued[0].1, b"Subject: two\r\n\r\nok\r\n");
+    }
+}
+
+#[test]
+fn help_vrfy_expn_rset_noop() {
+    let mut h = Harness::authed();
+    h.send(b"HELP\r\nVRFY x\r\nEXPN x\r\nRSET\r\nNOOP\r\n");
+    let w = h.take();
+    assert!(w.starts_with("214-2.0.0 Commands supported:\r\n"), "{w}");
+    assert_eq!(
+        codes(&w),
+        vec![
+            "214 2.0.0",
+            "252 2.5.0",
+            "502 5.5.1",
+            "250 2.0.0",
+            "250 2.0.0"
+        ]
+    );
+}
+
+#[test]
+fn timeout_and_shutdown_replies() {
+    let mut h = Harness::authed();
+    h.s.timeout();
+    h.run();
+    assert_eq!(h.take(), "421 4.4.2 localhost Error: timeout exceeded\r\n");
+    assert!(h.closed && h.s.is_closed());
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@x.example>\r\n");
+    assert!(h.s.in_transaction());
+    h.s.shutdown();
+    h.run();
+    assert!(
+        h.take()
+            .ends_with("421 4.3.2 localhost Service shutting down\r\n")
+    );
+}
+
+#[test]
+fn byte_by_byte_feeding_matches() {
+    let script =
+        b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nS: x\r\n\r\n.\r\nQUIT\r\n";
+    let mut whole = Harness::authed();
+    whole.send(script);
+    let mut bytes = Harness::authed();
+    for b in script {
+        bytes.send(std::slice::from_ref(b));
+    }
+    assert_eq!(whole.wire, bytes.wire);
+    assert_eq!(whole.queued, bytes.queued);
+}
