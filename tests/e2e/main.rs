@@ -1,1 +1,8 @@
-fn main() {}
+//! End-to-end tests: the real `mailwit` binary, real clients, loopback only.
+//! All compile into this one test binary to keep link times down.
+
+mod clients;
+mod durability;
+mod harness;
+mod limits;
+mod tls_rules;

@@ -1,0 +1,331 @@
+//! Starts the real `mailwit` binary with a test configuration and talks to
+//! it over loopback.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use mailwit::spool::{Spooled, read_pending};
+
+/// The demo tenant's password hash (password "demo-password"), reused for
+/// the test tenant so tests need no hashing of their own.
+pub const PASSWORD: &str = "demo-password";
+pub const LOGIN: &str = "app@acme.example";
+pub const SENDER: &str = "news@acme.example";
+
+pub struct Server {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    config_path: PathBuf,
+    ports: HashMap<String, u16>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Settings a test may override: TOML lines for `[limits]` and `[spool]`.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub limits: &'static str,
+    pub spool: &'static str,
+}
+
+fn demo_hash() -> String {
+    let config = mailwit::config::Config::load(None).unwrap();
+    config.tenants[0].users[0].password_hash.clone()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("mailwit.toml");
+        let config = format!(
+            r#"
+hostname = "mx.test"
+data_dir = "{data}"
+
+[limits]
+{limits}
+
+[spool]
+{spool}
+
+[[listeners]]
+name = "submission"
+addr = "127.0.0.1:0"
+tls = "starttls"
+
+[[listeners]]
+name = "smtps"
+addr = "127.0.0.1:0"
+tls = "implicit"
+
+[[listeners]]
+name = "plain"
+addr = "127.0.0.1:0"
+tls = "starttls"
+plaintext_auth = true
+
+[[tenants]]
+id = "acme"
+domains = ["acme.example"]
+
+[[tenants.users]]
+login = "{LOGIN}"
+password_hash = "{hash}"
+"#,
+            data = dir.path().join("data").display(),
+            limits = opts.limits,
+            spool = opts.spool,
+            hash = demo_hash(),
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let mut s = Server {
+            child: None,
+            dir,
+            config_path,
+            ports: HashMap::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailwit"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mailwit");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("event=\"listening\"") {
+                    let field = |k: &str| {
+                        line.split(' ')
+                            .find_map(|w| w.strip_prefix(k))
+                            .map(str::to_string)
+                            .unwrap_or_default()
+                    };
+                    let _ = tx.send(Some((field("listener="), field("addr="))));
+                }
+                if line.contains("event=\"sessions_closed\"") || line.contains("Error:") {
+                    let _ = tx.send(None);
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.ports.clear();
+        while self.ports.len() < 3 {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(Some((name, addr))) => {
+                    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+                    self.ports.insert(name, port);
+                }
+                other => panic!("server did not start ({other:?}):\n{}", self.log_text()),
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn port(&self, listener: &str) -> u16 {
+        self.ports[listener]
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir().join("tls").join("cert.pem")
+    }
+
+    /// Every message in the spool, read from disk.
+    pub fn spool(&self) -> Vec<Spooled> {
+        read_pending(&self.data_dir().join("spool")).unwrap()
+    }
+
+    /// The spooled message queued under `id`.
+    pub fn spooled(&self, id: &str) -> Spooled {
+        self.spool()
+            .into_iter()
+            .find(|m| m.meta.id == id)
+            .unwrap_or_else(|| panic!("{id} not in the spool"))
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([
+                format!("-{sig}"),
+                self.child.as_ref().unwrap().id().to_string(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Waits for the process to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if start.elapsed() > limit {
+                let _ = c.kill();
+                panic!("server did not exit within {limit:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the binary again on the same configuration and data.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Queue id from a `250 2.0.0 Ok: queued as <ID>` reply somewhere in `text`.
+pub fn queue_id(text: &str) -> Option<String> {
+    let at = text.find("queued as ")? + "queued as ".len();
+    Some(
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect(),
+    )
+}
+
+/// A minimal line-oriented SMTP client over plain TCP, for the tests that
+/// must send exact bytes.
+pub struct Raw {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        Raw::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Raw { stream, reader }
+    }
+
+    /// Connects and reads the greeting.
+    pub fn open(port: u16) -> Raw {
+        let mut r = Raw::connect(port);
+        let g = r.reply();
+        assert!(g.starts_with("220 "), "greeting: {g}");
+        r
+    }
+
+    /// Connects to the plaintext-AUTH listener, says EHLO and logs in.
+    pub fn logged_in(server: &Server) -> Raw {
+        let mut r = Raw::open(server.port("plain"));
+        r.cmd("EHLO client.test");
+        let auth = base64_plain(LOGIN, PASSWORD);
+        let rep = r.cmd(&format!("AUTH PLAIN {auth}"));
+        assert!(rep.starts_with("235 2.7.0"), "{rep}");
+        r
+    }
+
+    pub fn stream_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// One whole (possibly multi-line) reply, lines joined with CRLF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return all + "<closed>";
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    /// Sends a line (CRLF added) and reads the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+pub fn base64_plain(login: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"))
+}
+
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Runs a command, returning (success, stdout + stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
