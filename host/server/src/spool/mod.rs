@@ -151,6 +151,7 @@ struct Committer {
 
 impl Committer {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let (mut syncs, mut records) = (0u64, 0u64);
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             let mut bytes = batch_len(&batch);
@@ -164,6 +165,8 @@ impl Committer {
                 }
             }
             let result = self.commit(&batch, bytes);
+            syncs += 1;
+            records += batch.len() as u64;
             for Job::Append { id, done, .. } in batch {
                 let r = match &result {
                     Ok(()) => Ok(()),
@@ -182,7 +185,12 @@ impl Committer {
                 let _ = done.send(r);
             }
         }
-        tracing::debug!("spool committer stopped");
+        tracing::info!(
+            event = "spool.stats",
+            syncs,
+            records,
+            "spool committer stopped"
+        );
     }
 
     fn commit(&mut self, batch: &[Job], bytes: usize) -> Result<(), CommitError> {
