@@ -97,7 +97,7 @@ fn submit(port: u16, n: usize, body: &str) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut expect = |r: &mut BufReader<TcpStream>, code: &str| loop {
+    let expect = |r: &mut BufReader<TcpStream>, code: &str| loop {
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         assert!(line.starts_with(code), "expected {code}, got {line}");
