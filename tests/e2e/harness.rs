@@ -25,17 +25,39 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Settings a test may override: TOML lines for `[limits]` and `[spool]`.
+/// Settings a test may override: TOML lines for `[limits]`, `[spool]` and
+/// `[runtime]`, and extra TOML appended at the end (more tenants).
 #[derive(Default, Clone)]
 pub struct Options {
     pub limits: &'static str,
     pub spool: &'static str,
+    pub runtime: &'static str,
+    pub extra: String,
 }
 
-fn demo_hash() -> String {
+/// The stock function set, as configuration.
+pub const STOCK_FUNCTIONS: &str = r#"functions = [
+    { name = "auth", component = "builtin:auth" },
+    { name = "sender", component = "builtin:sender" },
+    { name = "content", component = "builtin:content" },
+    { name = "ib-headers", component = "builtin:ib-headers" },
+    { name = "router", component = "builtin:router" },
+]"#;
+
+/// The demo tenant's password hash (password "demo-password").
+pub fn demo_hash() -> String {
     let config = mailwit::config::Config::load(None).unwrap();
-    config.tenants[0].users[0].password_hash.clone()
+    let users = config.tenants[0].rules["users"].as_table().unwrap();
+    users["demo"].as_str().unwrap().to_string()
 }
+
+/// Where the build put the components compiled from `components/`.
+pub fn component(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("MAILWIT_COMPONENTS_DIR")).join(format!("mailwit_{name}.wasm"))
+}
+
+/// The admin token the test configuration sets.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 impl Server {
     pub fn start() -> Server {
@@ -56,6 +78,13 @@ data_dir = "{data}"
 [spool]
 {spool}
 
+[runtime]
+{runtime}
+
+[admin]
+addr = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+
 [[listeners]]
 name = "submission"
 addr = "127.0.0.1:0"
@@ -74,15 +103,24 @@ plaintext_auth = true
 
 [[tenants]]
 id = "acme"
+{STOCK_FUNCTIONS}
+
+[tenants.rules]
+revision = "acme-1"
+
+[tenants.rules.users]
+"{LOGIN}" = "{hash}"
+
+[tenants.rules.senders]
 domains = ["acme.example"]
 
-[[tenants.users]]
-login = "{LOGIN}"
-password_hash = "{hash}"
+{extra}
 "#,
             data = dir.path().join("data").display(),
             limits = opts.limits,
             spool = opts.spool,
+            runtime = opts.runtime,
+            extra = opts.extra,
             hash = demo_hash(),
         );
         std::fs::write(&config_path, config).unwrap();
@@ -128,7 +166,7 @@ password_hash = "{hash}"
             }
         });
         self.ports.clear();
-        while self.ports.len() < 3 {
+        while self.ports.len() < 4 {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Some((name, addr))) => {
                     let port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -259,9 +297,14 @@ impl Raw {
 
     /// Connects to the plaintext-AUTH listener, says EHLO and logs in.
     pub fn logged_in(server: &Server) -> Raw {
+        Raw::logged_in_as(server, LOGIN)
+    }
+
+    /// Same, as another login (password "demo-password").
+    pub fn logged_in_as(server: &Server, login: &str) -> Raw {
         let mut r = Raw::open(server.port("plain"));
         r.cmd("EHLO client.test");
-        let auth = base64_plain(LOGIN, PASSWORD);
+        let auth = base64_plain(login, PASSWORD);
         let rep = r.cmd(&format!("AUTH PLAIN {auth}"));
         assert!(rep.starts_with("235 2.7.0"), "{rep}");
         r

@@ -5,4 +5,5 @@ mod clients;
 mod durability;
 mod harness;
 mod limits;
+mod policy;
 mod tls_rules;

@@ -1,11 +1,13 @@
-//! Submission throughput and group commit.
+//! Submission throughput: group commit, and the cost of the WebAssembly
+//! policy against a native no-op policy on the same host.
 //!
 //! `cargo bench -p mailwit --bench submit` starts the release `mailwit`
 //! binary on a plaintext-AUTH listener, then submits 4 KB messages from 1
-//! and from 16 concurrent authenticated sessions (pipelining MAIL/RCPT/DATA
-//! as a client would not, one command at a time, like swaks or smtplib).
-//! It prints msg/s and how many messages each fsync carried (from the
-//! spool's `spool.stats` line at shutdown).
+//! and from 16 concurrent authenticated sessions (one command at a time,
+//! like swaks or smtplib), first with the demo tenant's full reference
+//! function set, then with `--unsafe-noop-policy`. It prints msg/s, how
+//! many messages each fsync carried (from the spool's `spool.stats` line at
+//! shutdown) and the throughput ratio.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -16,31 +18,69 @@ const MESSAGES: usize = 4000;
 
 fn main() {
     for clients in [1, 16] {
-        run(clients);
+        let wasm = run(clients, false);
+        let noop = run(clients, true);
+        println!(
+            "clients={clients:2} wasm/noop throughput = {:.3} (loss {:.1}%)\n",
+            wasm / noop,
+            (1.0 - wasm / noop) * 100.0
+        );
     }
 }
 
-fn run(clients: usize) {
-    let dir = tempfile::tempdir().unwrap();
+/// The demo tenant's function set, under the login `bench`.
+fn config(data_dir: &std::path::Path) -> String {
     let demo = mailwit::config::Config::load(None).unwrap();
-    let hash = &demo.tenants[0].users[0].password_hash;
-    let config = format!(
-        "data_dir = \"{}\"\n[[listeners]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\ntls = \"starttls\"\nplaintext_auth = true\n\
-         [[tenants]]\nid = \"bench\"\n[[tenants.users]]\nlogin = \"bench\"\npassword_hash = \"{hash}\"\n",
-        dir.path().join("data").display()
-    );
+    let hash = demo.tenants[0].rules["users"]["demo"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    format!(
+        r#"data_dir = "{}"
+[admin]
+addr = "127.0.0.1:0"
+token = "bench"
+[[listeners]]
+name = "bench"
+addr = "127.0.0.1:0"
+tls = "starttls"
+plaintext_auth = true
+[[tenants]]
+id = "bench"
+functions = [
+    {{ name = "auth", component = "builtin:auth" }},
+    {{ name = "sender", component = "builtin:sender" }},
+    {{ name = "content", component = "builtin:content" }},
+    {{ name = "ib-headers", component = "builtin:ib-headers" }},
+    {{ name = "router", component = "builtin:router" }},
+]
+[tenants.rules.users]
+bench = "{hash}"
+[tenants.rules.senders]
+domains = ["bench.example"]
+"#,
+        data_dir.display()
+    )
+}
+
+fn run(clients: usize, noop: bool) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir.path().join("data"));
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailwit"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailwit"));
+    cmd.args(["serve", "--config"]).arg(&path);
+    if noop {
+        cmd.arg("--unsafe-noop-policy");
+    }
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut log = BufReader::new(child.stderr.take().unwrap());
     let port: u16 = loop {
         let mut line = String::new();
         assert!(log.read_line(&mut line).unwrap() > 0, "server exited");
+        if !line.contains("listener=bench") {
+            continue;
+        }
         if let Some(addr) = line.split(' ').find_map(|w| w.strip_prefix("addr=")) {
             break addr.trim().rsplit(':').next().unwrap().parse().unwrap();
         }
@@ -84,13 +124,15 @@ fn run(clients: usize) {
             .unwrap_or(f64::NAN)
     };
     let total = per_client * clients;
+    let rate = total as f64 / elapsed.as_secs_f64();
     println!(
-        "clients={clients:2} messages={total} elapsed={:.2}s rate={:.0} msg/s fsyncs={} messages/fsync={:.1}",
+        "clients={clients:2} policy={} messages={total} elapsed={:.2}s rate={rate:.0} msg/s fsyncs={} messages/fsync={:.1}",
+        if noop { "noop" } else { "wasm" },
         elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64(),
         field("syncs="),
         field("records=") / field("syncs="),
     );
+    rate
 }
 
 fn submit(port: u16, n: usize, body: &str) {

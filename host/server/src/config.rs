@@ -29,7 +29,58 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub listeners: Vec<Listener>,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    #[serde(default)]
     pub tenants: Vec<Tenant>,
+}
+
+/// The admin HTTP listener (deploy, rules, rollback, list, metrics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Default 127.0.0.1:8025 (loopback only).
+    pub addr: SocketAddr,
+    /// Bearer token. When absent one is generated at start-up and written
+    /// to `<data_dir>/admin.token` (mode 0600), where the CLI finds it.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: "127.0.0.1:8025".parse().expect("valid"),
+            token: None,
+        }
+    }
+}
+
+/// The WebAssembly policy runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Component instances alive at once. Default 256.
+    pub max_instances: u32,
+    /// Largest memory any tenant may be given (octets). Default 67108864.
+    pub max_memory_bytes: usize,
+    /// Default deadline of one policy call, in ms (a tenant's rules may set
+    /// `runtime.deadline-ms`). Default 250.
+    pub deadline_ms: u64,
+    /// Default memory limit of one instance (a tenant's rules may set
+    /// `runtime.memory-bytes`). Default 16777216.
+    pub memory_bytes: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            max_instances: 256,
+            max_memory_bytes: 64 << 20,
+            deadline_ms: 250,
+            memory_bytes: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,28 +194,28 @@ pub struct Listener {
     pub plaintext_auth: bool,
 }
 
-/// A tenant whose policy is, for now, answered from configuration.
+/// A tenant to set up at first start. Once stored under
+/// `<data_dir>/tenants/`, the stored versions win: change a running tenant
+/// with `mailwit tenant ...`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     pub id: String,
+    /// The function set, in call order.
     #[serde(default)]
-    pub users: Vec<User>,
-    /// Verified sender domains. A sender in one of them is allowed.
+    pub functions: Vec<FunctionSpec>,
+    /// The tenant's rules (see the README's rules reference).
     #[serde(default)]
-    pub domains: Vec<String>,
-    /// Registered sender addresses, allowed in addition to `domains`.
-    #[serde(default)]
-    pub senders: Vec<String>,
+    pub rules: toml::Table,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct User {
-    /// Login, unique across all tenants.
-    pub login: String,
-    /// PHC string (argon2), as printed by `mailwit hash-password`.
-    pub password_hash: String,
+pub struct FunctionSpec {
+    pub name: String,
+    /// `builtin:<name>` for an embedded reference component, or a path to a
+    /// `.wasm` component.
+    pub component: String,
 }
 
 fn default_hostname() -> String {
@@ -192,18 +243,10 @@ impl Config {
         if self.listeners.is_empty() {
             bail!("no [[listeners]] configured");
         }
-        let mut logins = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
         for t in &self.tenants {
-            for u in &t.users {
-                if !logins.insert(u.login.as_str()) {
-                    bail!(
-                        "login {:?} is used twice; logins must be unique across tenants",
-                        u.login
-                    );
-                }
-                argon2::password_hash::PasswordHash::new(&u.password_hash).map_err(|e| {
-                    anyhow::anyhow!("tenant {}: user {}: bad password_hash: {e}", t.id, u.login)
-                })?;
+            if !ids.insert(t.id.as_str()) {
+                bail!("tenant {:?} is configured twice", t.id);
             }
         }
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
@@ -235,6 +278,7 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.listeners.len(), 4);
         assert_eq!(c.limits.max_message_size, 20_971_520);
-        assert_eq!(c.tenants[0].users[0].login, "demo");
+        assert_eq!(c.tenants[0].id, "demo");
+        assert_eq!(c.tenants[0].functions.len(), 5);
     }
 }

@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::policy::{ClientInfo, Principal};
+use crate::policy::{ClientInfo, Principal, TxnPolicy};
 use crate::server::{ListenerCtx, Shared};
 use crate::spool::{Meta, SpoolError};
+use mailwit_runtime::SessionInfo;
 
 /// Octets read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -85,6 +86,7 @@ pub async fn run(
     async move {
         let limits = &shared.config.limits;
         let mut conn = Conn::Plain(tcp);
+        let mut server_name = None;
         if listener.implicit_tls {
             match timeout(
                 limits.tls_handshake_timeout(),
@@ -92,7 +94,10 @@ pub async fn run(
             )
             .await
             {
-                Ok(Ok(tls)) => conn = Conn::Tls(Box::new(tls)),
+                Ok(Ok(tls)) => {
+                    server_name = sni(&tls);
+                    conn = Conn::Tls(Box::new(tls));
+                }
                 Ok(Err(e)) => return debug!(event = "tls.failed", cause = %e),
                 Err(_) => return debug!(event = "tls.timeout"),
             }
@@ -115,13 +120,17 @@ pub async fn run(
         );
         let mut d = Driver {
             shared: shared.clone(),
+            peer,
             client: ClientInfo {
-                peer,
+                ip: peer.ip(),
+                port: peer.port(),
                 listener: listener.name.clone(),
                 tls: listener.implicit_tls,
+                server_name,
             },
             session,
             principal: None,
+            txn: None,
             conn,
             out: Vec::new(),
             session_id,
@@ -142,9 +151,13 @@ fn take_tcp(conn: &mut Conn) -> TcpStream {
 
 struct Driver {
     shared: Arc<Shared>,
+    peer: SocketAddr,
     client: ClientInfo,
     session: Session,
     principal: Option<Principal>,
+    /// The current transaction's policy and sender: every question of one
+    /// transaction is answered by the policy version it started with.
+    txn: Option<(Arc<dyn TxnPolicy>, String)>,
     conn: Conn,
     out: Vec<u8>,
     session_id: String,
@@ -178,7 +191,10 @@ impl Driver {
                         match timeout(limits.tls_handshake_timeout(), self.shared.tls.accept(tcp))
                             .await
                         {
-                            Ok(Ok(tls)) => self.conn = Conn::Tls(Box::new(tls)),
+                            Ok(Ok(tls)) => {
+                                self.client.server_name = sni(&tls);
+                                self.conn = Conn::Tls(Box::new(tls));
+                            }
                             Ok(Err(e)) => return debug!(event = "tls.failed", cause = %e),
                             Err(_) => return debug!(event = "tls.timeout"),
                         }
@@ -282,29 +298,53 @@ impl Driver {
                     Verdict::Reject(r)
                 }
             },
-            Question::Sender { address, .. } => {
+            Question::Sender {
+                address,
+                body,
+                declared_size,
+            } => {
                 let Some(p) = &self.principal else {
                     return internal();
                 };
-                verdict(policy.check_sender(p, &self.client, &address).await)
+                let txn = match policy.transaction(p) {
+                    Ok(t) => t,
+                    Err(r) => return Verdict::Reject(r),
+                };
+                let info = self.session_info(p);
+                let r = txn
+                    .check_sender(
+                        &info,
+                        &address,
+                        declared_size,
+                        body == BodyType::EightBitMime,
+                    )
+                    .await;
+                self.txn = Some((txn, address));
+                verdict(r)
             }
             Question::Recipient { address } => {
-                let Some(p) = &self.principal else {
+                let (Some(p), Some((txn, sender))) = (&self.principal, &self.txn) else {
                     return internal();
                 };
-                verdict(policy.check_recipient(p, &self.client, &address).await)
+                verdict(
+                    txn.check_recipient(&self.session_info(p), sender, &address)
+                        .await,
+                )
             }
             Question::Message { envelope, content } => {
-                let Some(p) = self.principal.clone() else {
+                let (Some(p), Some((txn, _))) = (self.principal.clone(), self.txn.take()) else {
                     return internal();
                 };
-                if let Err(r) = policy
-                    .inspect_message(&p, &self.client, &envelope, &content)
+                let decided = match txn
+                    .message(&self.session_info(&p), &envelope, &content)
                     .await
                 {
-                    info!(event = "smtp.message", outcome = "refused", code = r.code);
-                    return Verdict::Reject(r);
-                }
+                    Ok(v) => v,
+                    Err(r) => {
+                        info!(event = "smtp.message", outcome = "refused", code = r.code);
+                        return Verdict::Reject(r);
+                    }
+                };
                 let id = ulid::Ulid::new().to_string();
                 let meta = Meta {
                     id: id.clone(),
@@ -314,7 +354,7 @@ impl Driver {
                         .unwrap_or(0),
                     tenant: p.tenant.clone(),
                     login: p.login.clone(),
-                    peer: self.client.peer.to_string(),
+                    peer: self.peer.to_string(),
                     listener: self.client.listener.clone(),
                     helo: envelope.helo.clone(),
                     sender: envelope.sender.clone(),
@@ -324,11 +364,17 @@ impl Driver {
                         BodyType::EightBitMime => "8BITMIME",
                     }
                     .into(),
+                    metadata: decided.metadata,
+                    remove_headers: decided.remove_headers,
+                    route: decided.route.to_string(),
+                    policy: decided.policy,
                 };
                 match self.shared.spool.enqueue(&meta, &content).await {
                     Ok(()) => {
+                        self.shared.metrics.queued(&p.tenant);
                         info!(
                             event = "smtp.queued",
+                            route = %meta.route,
                             queue_id = %id,
                             session = %self.session_id,
                             size = content.len(),
@@ -360,6 +406,25 @@ impl Driver {
             }
         }
     }
+}
+
+impl Driver {
+    fn session_info(&self, p: &Principal) -> SessionInfo {
+        SessionInfo {
+            client: self.client.clone(),
+            tenant: p.tenant.clone(),
+            login: p.login.clone(),
+            helo: self.session.helo().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// The TLS server name the client asked for (SNI), lower-cased.
+fn sni(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+    tls.get_ref()
+        .1
+        .server_name()
+        .map(|n| n.to_ascii_lowercase())
 }
 
 fn verdict(r: Result<(), Reply>) -> Verdict {

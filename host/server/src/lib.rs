@@ -11,14 +11,24 @@
 //! - [`server`]: listeners, connection caps, graceful shutdown.
 //! - [`driver`]: one client session: socket, TLS upgrade, deadlines,
 //!   carrying the core's outputs to the policy and the spool.
-//! - [`policy`]: the policy seam ([`policy::Policy`]) and, until the
-//!   WebAssembly runtime lands, the configuration-backed policy.
+//! - [`policy`]: the policy seam ([`policy::Policy`]), answered by each
+//!   tenant's WebAssembly functions (`mailwit-runtime`).
+//! - [`tenants`]: tenants' function sets and rules: durable versions,
+//!   atomic swap, rollback, tenant resolution.
+//! - [`message`]: the parsed summary of a message that the policy sees.
+//! - [`admin`]: the admin HTTP API (deploy, rules, rollback, list,
+//!   metrics) and the CLI's client for it.
+//! - [`metrics`]: per-tenant Prometheus metrics.
 //! - [`spool`]: the durable, group-committed message spool.
 //! - [`tls`]: certificate loading and self-signed generation.
 
+pub mod admin;
 pub mod config;
 pub mod driver;
+pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod spool;
+pub mod tenants;
 pub mod tls;

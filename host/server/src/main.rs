@@ -7,9 +7,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailwit::config::Config;
-use mailwit::policy::ConfigPolicy;
+use std::time::Duration;
+
+use hyper::Method;
+use mailwit::admin;
+use mailwit::metrics::Metrics;
+use mailwit::policy::{NoopPolicy, Policy, WasmPolicy};
 use mailwit::server::{self, Shared};
+use mailwit::tenants::Tenants;
 use mailwit::{spool, tls};
+use mailwit_runtime::{Limits, Runtime, RuntimeConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -31,6 +38,20 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Accept every login and message without asking any component.
+        /// Only for the policy-cost benchmark's baseline; never in production.
+        #[arg(long, hide = true)]
+        unsafe_noop_policy: bool,
+    },
+    /// Manage tenants' policy functions and rules on a running server.
+    Tenant {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Admin listener address, when not the configuration's.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        command: TenantCommand,
     },
     /// Print an argon2 PHC hash for a password (read from stdin when omitted).
     HashPassword { password: Option<String> },
@@ -44,6 +65,23 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TenantCommand {
+    /// Deploy a new version of a function (a .wasm component); it is
+    /// validated first and used from the next transaction on.
+    Deploy {
+        tenant: String,
+        function: String,
+        component: PathBuf,
+    },
+    /// Replace a tenant's rules (a TOML file).
+    Rules { tenant: String, rules: PathBuf },
+    /// Tenants, their functions and active versions.
+    List,
+    /// Go back to the previous version of a function (`rules` for the rules).
+    Rollback { tenant: String, function: String },
+}
+
+#[derive(Subcommand)]
 enum SpoolCommand {
     /// One line per pending message: id, tenant, sender, recipients, size.
     List,
@@ -54,7 +92,21 @@ enum SpoolCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(Config::load(config.as_deref())?),
+        Command::Serve {
+            config,
+            unsafe_noop_policy,
+        } => serve(Config::load(config.as_deref())?, unsafe_noop_policy),
+        Command::Tenant {
+            config,
+            admin,
+            command,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(a) = admin {
+                config.admin.addr = a;
+            }
+            tenant(config, command)
+        }
         Command::HashPassword { password } => {
             let password = match password {
                 Some(p) => p,
@@ -104,7 +156,58 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
+    let token = match &config.admin.token {
+        Some(t) => t.clone(),
+        None => {
+            let path = config.data_dir.join("admin.token");
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the admin token {} (set [admin] token, or run from the server's directory)", path.display()))?
+                .trim()
+                .to_string()
+        }
+    };
+    let (method, path, body) = match command {
+        TenantCommand::Deploy {
+            tenant,
+            function,
+            component,
+        } => (
+            Method::PUT,
+            format!("/v1/tenants/{tenant}/functions/{function}"),
+            std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?,
+        ),
+        TenantCommand::Rules { tenant, rules } => (
+            Method::PUT,
+            format!("/v1/tenants/{tenant}/rules"),
+            std::fs::read(&rules).with_context(|| format!("reading {}", rules.display()))?,
+        ),
+        TenantCommand::List => (Method::GET, "/v1/tenants".to_string(), Vec::new()),
+        TenantCommand::Rollback { tenant, function } => (
+            Method::POST,
+            format!("/v1/tenants/{tenant}/functions/{function}/rollback"),
+            Vec::new(),
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = runtime.block_on(admin::request(
+        config.admin.addr,
+        &token,
+        method,
+        &path,
+        body,
+    ))?;
+    print!("{text}");
+    if !status.is_success() {
+        anyhow::bail!("the server refused: {status}");
+    }
+    Ok(())
+}
+
+fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -124,9 +227,39 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let (spool, committer, pending) = spool::Spool::open(&spool_dir, &config.spool)
             .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
         tracing::info!(event = "spool.recovered", dir = %spool_dir.display(), pending = pending.len());
-        let policy = Arc::new(ConfigPolicy::new(&config.tenants));
+        let metrics = Arc::new(Metrics::default());
+        let rc = &config.runtime;
+        let rt = Arc::new(Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("cache")),
+            max_instances: rc.max_instances,
+            max_memory_bytes: rc.max_memory_bytes,
+        })?);
+        let defaults = Limits {
+            deadline: Duration::from_millis(rc.deadline_ms),
+            memory_bytes: rc.memory_bytes,
+        };
+        let rt2 = rt.clone();
+        let config2 = config.clone();
+        let tenants = Arc::new(
+            tokio::task::spawn_blocking(move || Tenants::open(rt2, &config2, defaults)).await??,
+        );
+        for t in tenants.list() {
+            let functions: Vec<String> = t.functions.iter().map(|f| format!("{}@{}", f.name, f.version)).collect();
+            tracing::info!(event = "tenant.loaded", tenant = %t.tenant, generation = t.generation, rules = t.rules_version, functions = %functions.join(","));
+        }
+        let policy: Arc<dyn Policy> = if noop {
+            tracing::warn!("--unsafe-noop-policy: every login and message is accepted; benchmark use only");
+            Arc::new(NoopPolicy)
+        } else {
+            Arc::new(WasmPolicy::new(rt.clone(), tenants.clone(), metrics.clone()))
+        };
         let listeners = server::bind(&config).await?;
-        let shared = Arc::new(Shared::new(config.clone(), policy, spool, tls));
+        let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
+        let token = admin_token(&config)?;
+        tracing::info!(event = "listening", listener = %"admin", addr = %admin_listener.local_addr()?, tls = %"none");
+        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, tls));
 
         let (stop, stopped) = watch::channel(false);
         let mut term = signal(SignalKind::terminate())?;
@@ -138,11 +271,46 @@ fn serve(config: Config) -> anyhow::Result<()> {
             }
             let _ = stop.send(true);
         });
+        let admin = Arc::new(admin::Admin {
+            tenants,
+            metrics,
+            token,
+        });
+        let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
         server::run(shared, listeners, stopped).await;
+        let _ = admin_task.await;
         // All sessions are gone, so is every spool handle: the committer
         // drains and stops.
         tokio::task::spawn_blocking(move || committer.join()).await.ok();
         tracing::info!(event = "stopped");
         anyhow::Ok(())
     })
+}
+
+/// The configured admin token, or one generated now and written to
+/// `<data_dir>/admin.token` (0600) for the CLI.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin.token {
+        return Ok(t.clone());
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = config.data_dir.join("admin.token");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(token.as_bytes())?;
+    tracing::info!(event = "admin.token", path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
 }

@@ -1,29 +1,25 @@
 //! The policy seam: every decision of a session is asked here.
 //!
 //! The session driver asks a [`Policy`] whether a login may authenticate,
-//! whether a sender and each recipient are acceptable, and what to do with
-//! a message. The WebAssembly runtime will implement this trait with each
-//! tenant's components. Until it lands, [`ConfigPolicy`] answers from the
-//! tenant tables in the configuration. Nothing in the SMTP core decides
-//! policy by itself.
+//! then, for each transaction, takes a [`TxnPolicy`] that answers the
+//! sender, recipient and message questions of that transaction, so that a
+//! transaction runs wholly on the policy version it started with.
+//!
+//! [`WasmPolicy`] answers with each tenant's WebAssembly function set.
+//! [`NoopPolicy`] accepts everything and exists only as the baseline of the
+//! policy-cost benchmark.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use async_trait::async_trait;
+use mailwit_runtime::{Decision, Failure, PolicySet, Route, Runtime, SessionInfo};
 use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
 
-use crate::config::Tenant;
+use crate::metrics::Metrics;
+use crate::tenants::Tenants;
 
-/// What the policy knows about the client.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub peer: SocketAddr,
-    pub listener: String,
-    pub tls: bool,
-}
+pub use mailwit_runtime::Client as ClientInfo;
 
 /// An authenticated identity: the tenant and the login within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +28,19 @@ pub struct Principal {
     pub login: String,
 }
 
-/// The policy interface. Refusals are SMTP replies (4xx/5xx).
+/// What the policy decided about a message that may be queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageVerdict {
+    /// Extracted metadata (the X-IB-* headers, say), in order.
+    pub metadata: Vec<(String, String)>,
+    /// Header fields to remove before relay.
+    pub remove_headers: Vec<String>,
+    pub route: Route,
+    /// The policy version that answered: `generation` of the tenant's set
+    /// and `name@version` of each function.
+    pub policy: String,
+}
+
 #[async_trait]
 pub trait Policy: Send + Sync + 'static {
     /// May this login authenticate? Resolves the tenant.
@@ -44,30 +52,32 @@ pub trait Policy: Send + Sync + 'static {
         secret: &str,
     ) -> Result<Principal, Reply>;
 
-    /// May this principal send from this address (MAIL FROM)?
+    /// The policy for one new transaction of this principal.
+    fn transaction(&self, principal: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply>;
+}
+
+#[async_trait]
+pub trait TxnPolicy: Send + Sync {
     async fn check_sender(
         &self,
-        principal: &Principal,
-        client: &ClientInfo,
+        session: &SessionInfo,
         sender: &str,
+        size: Option<u64>,
+        eight_bit: bool,
     ) -> Result<(), Reply>;
-
-    /// May this recipient be accepted (RCPT TO)?
     async fn check_recipient(
         &self,
-        principal: &Principal,
-        client: &ClientInfo,
+        session: &SessionInfo,
+        sender: &str,
         recipient: &str,
     ) -> Result<(), Reply>;
-
-    /// What to do with this message, before it is spooled.
-    async fn inspect_message(
+    /// Inspection and routing.
+    async fn message(
         &self,
-        principal: &Principal,
-        client: &ClientInfo,
+        session: &SessionInfo,
         envelope: &Envelope,
         content: &[u8],
-    ) -> Result<(), Reply>;
+    ) -> Result<MessageVerdict, Reply>;
 }
 
 /// The reply for any failed login, unknown or wrong: the same, so a client
@@ -76,129 +86,262 @@ pub fn auth_failed() -> Reply {
     Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid")
 }
 
-/// Answers from the `[[tenants]]` tables of the configuration.
-pub struct ConfigPolicy {
-    tenants: HashMap<String, Arc<Tenant>>,
-    /// login -> (tenant id, PHC hash)
-    logins: HashMap<String, (String, String)>,
-    /// A valid hash checked for unknown logins, so they cost the same time
-    /// as wrong passwords.
-    decoy: Option<String>,
+/// The reply when a policy function traps, hits its deadline or a limit.
+pub fn policy_failed() -> Reply {
+    Reply::new(
+        451,
+        Status(4, 3, 0),
+        "Temporary policy failure, try again later",
+    )
 }
 
-impl ConfigPolicy {
-    pub fn new(tenants: &[Tenant]) -> Self {
-        let mut logins = HashMap::new();
-        for t in tenants {
-            for u in &t.users {
-                logins.insert(u.login.clone(), (t.id.clone(), u.password_hash.clone()));
-            }
-        }
-        let decoy = logins.values().next().map(|(_, h)| h.clone());
-        ConfigPolicy {
-            tenants: tenants
-                .iter()
-                .map(|t| (t.id.clone(), Arc::new(t.clone())))
-                .collect(),
-            logins,
-            decoy,
+/// Policy answered by each tenant's WebAssembly function set.
+pub struct WasmPolicy {
+    rt: Arc<Runtime>,
+    tenants: Arc<Tenants>,
+    metrics: Arc<Metrics>,
+}
+
+impl WasmPolicy {
+    pub fn new(rt: Arc<Runtime>, tenants: Arc<Tenants>, metrics: Arc<Metrics>) -> Self {
+        WasmPolicy {
+            rt,
+            tenants,
+            metrics,
         }
     }
 }
 
-/// Checks a password against a PHC string (argon2). CPU-heavy: call it on a
-/// blocking thread.
-pub fn verify_password(secret: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(hash) => argon2::Argon2::default()
-            .verify_password(secret.as_bytes(), &hash)
-            .is_ok(),
-        Err(_) => false,
+/// A valid PHC string checked for unknown logins, so they cost the same
+/// time as wrong passwords (it is the hash of a random, discarded string).
+const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$HJMkUjVZlsjZmelUqPhtuwgLDhi3cbt29gLq0U9XwEY";
+
+/// Runs one decision on a blocking thread (a policy call may take up to its
+/// deadline), times it, and turns failures into `451 4.3.0`.
+async fn decide<T: Send + 'static>(
+    metrics: &Metrics,
+    set: &Arc<PolicySet>,
+    decision: &'static str,
+    f: impl FnOnce(&PolicySet) -> Result<Decision<T>, Failure> + Send + 'static,
+) -> Result<T, Reply> {
+    let start = Instant::now();
+    let s = set.clone();
+    let result = tokio::task::spawn_blocking(move || f(&s)).await;
+    metrics.call(&set.tenant, decision, start.elapsed());
+    match result {
+        Ok(Ok(Decision::Accept(v))) => Ok(v),
+        Ok(Ok(Decision::Refuse(r))) => {
+            let status = r.status.map(|s| s.to_string()).unwrap_or_default();
+            metrics.rejection(&set.tenant, decision, r.code, &status);
+            tracing::info!(event = "policy.refused", tenant = %set.tenant, decision, code = r.code, status);
+            Err(r)
+        }
+        Ok(Err(failure)) => {
+            metrics.failure(&set.tenant, &failure.function, failure.kind.label());
+            tracing::warn!(
+                event = "policy.failure",
+                tenant = %set.tenant,
+                function = %failure.function,
+                version = failure.version,
+                generation = set.generation,
+                kind = failure.kind.label(),
+                detail = ?failure.kind,
+                "policy call failed; answering 451 4.3.0"
+            );
+            Err(policy_failed())
+        }
+        Err(join) => {
+            tracing::error!(event = "policy.panic", tenant = %set.tenant, cause = %join);
+            Err(policy_failed())
+        }
     }
 }
 
 #[async_trait]
-impl Policy for ConfigPolicy {
+impl Policy for WasmPolicy {
     async fn authenticate(
         &self,
-        _client: &ClientInfo,
-        _mechanism: Mechanism,
+        client: &ClientInfo,
+        mechanism: Mechanism,
         login: &str,
         secret: &str,
     ) -> Result<Principal, Reply> {
-        let entry = self.logins.get(login).cloned();
-        let hash = match &entry {
-            Some((_, h)) => Some(h.clone()),
-            None => self.decoy.clone(),
+        let tenant = self
+            .tenants
+            .resolve(login, secret, client.server_name.as_deref());
+        let Some(set) = tenant.as_deref().and_then(|t| self.tenants.get(t)) else {
+            let secret = secret.to_string();
+            let _ = tokio::task::spawn_blocking(move || {
+                use argon2::password_hash::{PasswordHash, PasswordVerifier};
+                let hash = PasswordHash::new(DECOY_HASH).expect("valid decoy hash");
+                argon2::Argon2::default()
+                    .verify_password(secret.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .await;
+            return Err(auth_failed());
         };
-        let secret = secret.to_string();
-        let ok = match hash {
-            Some(h) => tokio::task::spawn_blocking(move || verify_password(&secret, &h))
-                .await
-                .unwrap_or(false),
-            None => false,
-        };
-        match entry {
-            Some((tenant, _)) if ok => Ok(Principal {
-                tenant,
-                login: login.to_string(),
-            }),
-            _ => Err(auth_failed()),
-        }
+        let (rt, c, login2, secret) = (
+            self.rt.clone(),
+            client.clone(),
+            login.to_string(),
+            secret.to_string(),
+        );
+        let login = decide(&self.metrics, &set, "authenticate", move |s| {
+            s.authenticate(&rt, &c, mechanism, &login2, &secret)
+        })
+        .await?;
+        Ok(Principal {
+            tenant: set.tenant.to_string(),
+            login,
+        })
     }
 
+    fn transaction(&self, principal: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply> {
+        let set = self
+            .tenants
+            .get(&principal.tenant)
+            .ok_or_else(policy_failed)?;
+        Ok(Arc::new(WasmTxn {
+            rt: self.rt.clone(),
+            set,
+            metrics: self.metrics.clone(),
+        }))
+    }
+}
+
+/// One transaction's view: the set it started with.
+struct WasmTxn {
+    rt: Arc<Runtime>,
+    set: Arc<PolicySet>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl TxnPolicy for WasmTxn {
     async fn check_sender(
         &self,
-        principal: &Principal,
-        _client: &ClientInfo,
+        session: &SessionInfo,
         sender: &str,
+        size: Option<u64>,
+        eight_bit: bool,
     ) -> Result<(), Reply> {
-        let Some(tenant) = self.tenants.get(&principal.tenant) else {
-            return Err(Reply::new(
-                451,
-                Status(4, 3, 0),
-                "Tenant configuration unavailable",
-            ));
-        };
-        if tenant.domains.is_empty() && tenant.senders.is_empty() {
-            return Ok(());
-        }
-        let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let allowed = tenant
-            .senders
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(sender))
-            || tenant
-                .domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain));
-        if allowed {
-            Ok(())
-        } else {
-            Err(Reply::new(
-                550,
-                Status(5, 7, 1),
-                "Sender address is not a registered sender or in a verified domain",
-            ))
-        }
+        let (rt, s, sender) = (self.rt.clone(), session.clone(), sender.to_string());
+        decide(&self.metrics, &self.set, "check-sender", move |p| {
+            p.check_sender(&rt, &s, &sender, size, eight_bit)
+        })
+        .await
     }
 
     async fn check_recipient(
         &self,
-        _p: &Principal,
+        session: &SessionInfo,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<(), Reply> {
+        let (rt, s, sender, rcpt) = (
+            self.rt.clone(),
+            session.clone(),
+            sender.to_string(),
+            recipient.to_string(),
+        );
+        decide(&self.metrics, &self.set, "check-recipient", move |p| {
+            p.check_recipient(&rt, &s, &sender, &rcpt)
+        })
+        .await
+    }
+
+    async fn message(
+        &self,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        content: &[u8],
+    ) -> Result<MessageVerdict, Reply> {
+        let info = crate::message::summarize(content);
+        let (rt, s, env) = (self.rt.clone(), session.clone(), envelope.clone());
+        let inspection = decide(&self.metrics, &self.set, "inspect-message", move |p| {
+            p.inspect_message(&rt, &s, &env.sender, &env.recipients, &info)
+        })
+        .await?;
+        let (rt, s, env, md) = (
+            self.rt.clone(),
+            session.clone(),
+            envelope.clone(),
+            inspection.metadata.clone(),
+        );
+        let route = decide(&self.metrics, &self.set, "route", move |p| {
+            p.route(&rt, &s, &env.sender, &env.recipients, &md)
+        })
+        .await?;
+        let versions: Vec<String> = self
+            .set
+            .functions
+            .iter()
+            .map(|f| format!("{}@{}", f.name, f.version))
+            .collect();
+        Ok(MessageVerdict {
+            metadata: inspection.metadata,
+            remove_headers: inspection.remove_headers,
+            route,
+            policy: format!(
+                "generation={} rules@{} {}",
+                self.set.generation,
+                self.set.rules_version,
+                versions.join(" ")
+            ),
+        })
+    }
+}
+
+/// Accepts everything: the benchmark's baseline, never for production
+/// (`mailwit serve --unsafe-noop-policy`).
+pub struct NoopPolicy;
+
+#[async_trait]
+impl Policy for NoopPolicy {
+    async fn authenticate(
+        &self,
         _c: &ClientInfo,
-        _recipient: &str,
+        _m: Mechanism,
+        login: &str,
+        _s: &str,
+    ) -> Result<Principal, Reply> {
+        Ok(Principal {
+            tenant: "noop".into(),
+            login: login.to_string(),
+        })
+    }
+
+    fn transaction(&self, _p: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply> {
+        Ok(Arc::new(NoopPolicy))
+    }
+}
+
+#[async_trait]
+impl TxnPolicy for NoopPolicy {
+    async fn check_sender(
+        &self,
+        _s: &SessionInfo,
+        _f: &str,
+        _z: Option<u64>,
+        _e: bool,
     ) -> Result<(), Reply> {
         Ok(())
     }
-
-    async fn inspect_message(
-        &self,
-        _p: &Principal,
-        _c: &ClientInfo,
-        _e: &Envelope,
-        _content: &[u8],
-    ) -> Result<(), Reply> {
+    async fn check_recipient(&self, _s: &SessionInfo, _f: &str, _r: &str) -> Result<(), Reply> {
         Ok(())
+    }
+    async fn message(
+        &self,
+        _s: &SessionInfo,
+        _e: &Envelope,
+        _c: &[u8],
+    ) -> Result<MessageVerdict, Reply> {
+        Ok(MessageVerdict {
+            metadata: Vec::new(),
+            remove_headers: Vec::new(),
+            route: Route::Relay("default".into()),
+            policy: "noop".into(),
+        })
     }
 }

@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
 use crate::config::{Config, Listener, TlsMode};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::spool::Spool;
 
@@ -18,6 +19,7 @@ use crate::spool::Spool;
 pub struct Shared {
     pub config: Arc<Config>,
     pub policy: Arc<dyn Policy>,
+    pub metrics: Arc<Metrics>,
     pub spool: Spool,
     pub tls: TlsAcceptor,
     conns: Mutex<ConnCount>,
@@ -55,12 +57,14 @@ impl Shared {
     pub fn new(
         config: Arc<Config>,
         policy: Arc<dyn Policy>,
+        metrics: Arc<Metrics>,
         spool: Spool,
         tls: TlsAcceptor,
     ) -> Self {
         Shared {
             config,
             policy,
+            metrics,
             spool,
             tls,
             conns: Mutex::new(ConnCount::default()),

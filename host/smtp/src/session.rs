@@ -271,6 +271,11 @@ impl Session {
         matches!(self.phase, Phase::Closed) && self.out.is_empty()
     }
 
+    /// The client's HELO/EHLO name, once given.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
     /// Whether a successful AUTH happened in this session (since the last
     /// TLS upgrade).
     pub fn is_authenticated(&self) -> bool {

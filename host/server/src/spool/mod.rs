@@ -343,6 +343,7 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
             body: "7BIT".into(),
+            ..Meta::default()
         }
     }
 

@@ -43,7 +43,7 @@ impl Kind {
 
 /// The envelope and facts about a spooled message, stored as JSON so that
 /// no client byte is ever written raw into a queue record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// Queue id: the id in `250 ... queued as <ID>` and the status API.
     pub id: String,
@@ -58,6 +58,18 @@ pub struct Meta {
     pub recipients: Vec<String>,
     /// "7BIT" or "8BITMIME".
     pub body: String,
+    /// Metadata the policy extracted (the X-IB-* headers, say).
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
+    /// Header fields to remove before relay.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    /// `relay:<upstream>`, `sandbox` or `discard`.
+    #[serde(default)]
+    pub route: String,
+    /// The policy version that answered this transaction.
+    #[serde(default)]
+    pub policy: String,
 }
 
 /// Encodes one record.
@@ -129,6 +141,10 @@ mod tests {
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
             body: "7BIT".into(),
+            metadata: vec![("bulkId".into(), "b1".into())],
+            remove_headers: vec![],
+            route: "sandbox".into(),
+            policy: "generation=1".into(),
         };
         let rec = encode_message(&meta, b"hello\r\n");
         let (kind, payload, n) = decode(&rec).unwrap();

@@ -1,0 +1,44 @@
+//! Reference router: the route comes from the rules.
+//!
+//! Rules read: `route.default`: `relay:<upstream>` (default `relay:default`),
+//! `sandbox` or `discard`; `route.sandbox-recipients-domains`: recipient
+//! domains whose mail goes to the sandbox (a test domain, say).
+//!
+//! Replies: `451 4.3.5` when `route.default` is not one of those forms (a
+//! rules mistake must not lose mail).
+
+wit_bindgen::generate!({ path: "../../wit", world: "router" });
+
+use exports::mailwit::policy::route::Guest;
+use mailwit::policy::host;
+use mailwit::policy::types::{Envelope, Metadata, Reply, Destination, Session};
+
+struct Router;
+
+impl Guest for Router {
+    fn route(_session: Session, envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
+        let sandboxed = host::rule_list("route.sandbox-recipient-domains");
+        if !sandboxed.is_empty()
+            && envelope.recipients.iter().all(|r| {
+                let d = r.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                sandboxed.iter().any(|s| s.eq_ignore_ascii_case(d))
+            })
+        {
+            return Ok(Destination::Sandbox);
+        }
+        let default = host::rule("route.default").unwrap_or_else(|| "relay:default".into());
+        match default.as_str() {
+            "sandbox" => Ok(Destination::Sandbox),
+            "discard" => Ok(Destination::Discard),
+            r => match r.strip_prefix("relay:") {
+                Some(target) if !target.is_empty() => Ok(Destination::Relay(target.to_string())),
+                _ => {
+                    host::log(host::Level::Error, "route.default is not relay:<name>, sandbox or discard");
+                    Err(Reply { code: 451, status: "4.3.5".into(), text: "Routing is misconfigured, try again later".into() })
+                }
+            },
+        }
+    }
+}
+
+export!(Router);

@@ -1,0 +1,237 @@
+//! One call into one function: a fresh `Store` (WASI that grants nothing,
+//! the tenant's rules, a memory limit, an epoch deadline), instantiation
+//! from the pre-linked `InstancePre`, the call, and classification of
+//! whatever went wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Instance, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::mailwit::policy as im;
+use crate::engine::{Function, Runtime, TICK};
+use crate::rules::Rules;
+
+/// Lines a single call may log; the rest are dropped.
+const MAX_LOG_LINES: u32 = 16;
+/// Longest log line kept from a component.
+const MAX_LOG_LINE: usize = 512;
+
+/// Per-tenant limits of each call. Defaults in [`Limits::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time one call may take, host calls included. Default
+    /// 250 ms (an argon2 check inside `verify-secret` takes tens of ms).
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to. Default 16 MiB.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(250),
+            memory_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What went wrong in a call. Every kind becomes `451 4.3.0` for the
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The epoch deadline passed.
+    Deadline,
+    /// The instance asked for more memory than its limit.
+    Memory,
+    /// A trap: panic, unreachable, stack overflow, ...
+    Trap(String),
+    /// It returned something larger than the host accepts.
+    Oversize(&'static str),
+    /// It returned a refusal that is not a valid 4xx/5xx reply.
+    InvalidReply(String),
+    /// It could not be instantiated (pool exhausted, say).
+    Instantiate(String),
+}
+
+impl FailureKind {
+    /// Short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Trap(_) => "trap",
+            FailureKind::Oversize(_) => "oversize",
+            FailureKind::InvalidReply(_) => "invalid_reply",
+            FailureKind::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// A failed call, attributed to its function version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy function {function} v{version}: {kind:?}")]
+pub struct Failure {
+    pub function: String,
+    pub version: u64,
+    pub kind: FailureKind,
+}
+
+struct Limiter {
+    max: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 16)
+    }
+}
+
+/// The store's data for one call.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    rules: Arc<Rules>,
+    tenant: Arc<str>,
+    function: Arc<str>,
+    version: u64,
+    logs: u32,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl im::types::Host for State {}
+
+impl im::host::Host for State {
+    fn log(&mut self, level: im::host::Level, message: String) {
+        self.logs += 1;
+        if self.logs > MAX_LOG_LINES {
+            return;
+        }
+        let message: String = message
+            .chars()
+            .take(MAX_LOG_LINE)
+            .flat_map(char::escape_default)
+            .collect();
+        let (tenant, function, version) = (&*self.tenant, &*self.function, self.version);
+        match level {
+            im::host::Level::Debug => {
+                tracing::debug!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Info => {
+                tracing::info!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Warn => {
+                tracing::warn!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Error => {
+                tracing::error!(tenant, function, version, message, "component log")
+            }
+        }
+    }
+
+    fn rule(&mut self, key: String) -> Option<String> {
+        self.rules.get(&key).map(str::to_string)
+    }
+
+    fn rule_list(&mut self, key: String) -> Vec<String> {
+        self.rules.list(&key).to_vec()
+    }
+
+    fn verify_secret(&mut self, key: String, secret: String) -> bool {
+        self.rules.verify_secret(&key, &secret)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Runs `call` on a fresh instance of `function` under `limits`.
+pub(crate) fn run<R>(
+    rt: &Runtime,
+    function: &Function,
+    tenant: &Arc<str>,
+    rules: &Arc<Rules>,
+    limits: Limits,
+    call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    let fail = |kind| Failure {
+        function: function.name.clone(),
+        version: function.version,
+        kind,
+    };
+    let state = State {
+        // No preopens, no environment, no arguments, no sockets, no stdio:
+        // the default context grants nothing.
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        limiter: Limiter {
+            max: limits.memory_bytes.min(rt.config().max_memory_bytes),
+            hit: false,
+        },
+        rules: rules.clone(),
+        tenant: tenant.clone(),
+        function: Arc::from(function.name.as_str()),
+        version: function.version,
+        logs: 0,
+    };
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let ticks = (limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    let instance = function.pre.instantiate(&mut store).map_err(|e| {
+        fail(
+            classify(&e, store.data().limiter.hit)
+                .unwrap_or_else(|| FailureKind::Instantiate(format!("{e:#}"))),
+        )
+    })?;
+    call(&mut store, &instance).map_err(|e| {
+        fail(
+            classify(&e, store.data().limiter.hit)
+                .unwrap_or_else(|| FailureKind::Trap(format!("{e:#}"))),
+        )
+    })
+}
+
+fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureKind> {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Some(FailureKind::Deadline),
+        _ if memory_hit => Some(FailureKind::Memory),
+        Some(t) => Some(FailureKind::Trap(t.to_string())),
+        None => None,
+    }
+}

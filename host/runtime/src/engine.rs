@@ -1,0 +1,335 @@
+//! The process's one wasmtime `Engine`, its `Linker`, the epoch ticker, and
+//! loading (validating, compiling or reusing compiled) function components.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::exports::mailwit::policy as ex;
+use crate::bindings::mailwit::policy as im;
+use crate::call::State;
+
+/// How often the engine's epoch advances; deadlines are counted in ticks.
+pub const TICK: Duration = Duration::from_millis(2);
+
+/// Settings of the runtime. Defaults in [`RuntimeConfig::default`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled code is cached by content hash; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Component instances alive at once (pooling allocator). Default 256.
+    pub max_instances: u32,
+    /// Largest linear memory any tenant may be given, in octets. Default 64 MiB.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything one decision point needs to call into a component.
+#[derive(Clone)]
+pub(crate) struct Exports {
+    pub authenticate: Option<ex::authenticate::GuestIndices>,
+    pub check_sender: Option<ex::check_sender::GuestIndices>,
+    pub check_recipient: Option<ex::check_recipient::GuestIndices>,
+    pub inspect_message: Option<ex::inspect_message::GuestIndices>,
+    pub route: Option<ex::route::GuestIndices>,
+}
+
+/// One compiled, linked version of one policy function.
+pub struct Function {
+    pub name: String,
+    pub version: u64,
+    /// Hex SHA-256 of the component's bytes.
+    pub digest: String,
+    pub(crate) pre: InstancePre<State>,
+    pub(crate) exports: Exports,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("digest", &self.digest)
+            .field("exports", &self.export_names())
+            .finish()
+    }
+}
+
+impl Function {
+    /// The interfaces this function answers, by WIT name.
+    pub fn export_names(&self) -> Vec<&'static str> {
+        let e = &self.exports;
+        [
+            (e.authenticate.is_some(), "authenticate"),
+            (e.check_sender.is_some(), "check-sender"),
+            (e.check_recipient.is_some(), "check-recipient"),
+            (e.inspect_message.is_some(), "inspect-message"),
+            (e.route.is_some(), "route"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
+    }
+}
+
+/// Why a component was refused at deploy.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    #[error("component does not link against mailwit:policy@0.1.0: {0}")]
+    Link(String),
+    #[error("component exports {interface} with the wrong type: {why}")]
+    Mismatch { interface: String, why: String },
+    #[error(
+        "component exports none of mailwit:policy/{{authenticate,check-sender,check-recipient,inspect-message,route}}@0.1.0 (it exports: {found})"
+    )]
+    NoExports { found: String },
+}
+
+/// The policy runtime: one per process.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    linker: Linker<State>,
+    config: RuntimeConfig,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            // wasm32-wasip2 Rust components hold a few core instances and memories.
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(config.max_memory_bytes);
+        let mut wt = Config::new();
+        wt.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wt)?;
+        let mut linker = Linker::<State>::new(&engine);
+        // Components built for wasm32-wasip2 import WASI because Rust's std
+        // does; they get a context that grants nothing (see call.rs).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        im::host::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        im::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+
+        // One ticker for the engine: per-call tickers cost orders of magnitude.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            stop,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Compiles (or reuses the cached compilation of) a component, links it
+    /// and finds which decision points it answers.
+    pub fn load(&self, name: &str, version: u64, bytes: &[u8]) -> Result<Function, LoadError> {
+        let digest = hex(&Sha256::digest(bytes));
+        let component = self.compile_cached(&digest, bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        // An interface exported under its name must have the right shape;
+        // one not exported at all is simply not answered by this function.
+        macro_rules! find {
+            ($module:ident, $iface:literal) => {
+                match ex::$module::GuestIndices::new(&pre) {
+                    Ok(i) => Some(i),
+                    Err(_)
+                        if component
+                            .get_export_index(None, concat!("mailwit:policy/", $iface, "@0.1.0"))
+                            .is_none() =>
+                    {
+                        None
+                    }
+                    Err(e) => {
+                        return Err(LoadError::Mismatch {
+                            interface: concat!("mailwit:policy/", $iface, "@0.1.0").into(),
+                            why: format!("{e:#}"),
+                        });
+                    }
+                }
+            };
+        }
+        let exports = Exports {
+            authenticate: find!(authenticate, "authenticate"),
+            check_sender: find!(check_sender, "check-sender"),
+            check_recipient: find!(check_recipient, "check-recipient"),
+            inspect_message: find!(inspect_message, "inspect-message"),
+            route: find!(route, "route"),
+        };
+        let function = Function {
+            name: name.to_string(),
+            version,
+            digest,
+            pre,
+            exports,
+        };
+        self.typecheck(&function)?;
+        if function.export_names().is_empty() {
+            let ty = component.component_type();
+            let found: Vec<String> = ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect();
+            return Err(LoadError::NoExports {
+                found: if found.is_empty() {
+                    "nothing".into()
+                } else {
+                    found.join(", ")
+                },
+            });
+        }
+        Ok(function)
+    }
+
+    /// Instantiates once and loads every export found: `GuestIndices::new`
+    /// only finds exports by name, `load` checks their types. A component
+    /// that traps while instantiating is refused here too.
+    fn typecheck(&self, f: &Function) -> Result<(), LoadError> {
+        let rules = std::sync::Arc::new(crate::rules::Rules::default());
+        let tenant: std::sync::Arc<str> = std::sync::Arc::from("deploy-check");
+        let mismatch = |iface: &str, e: wasmtime::Error| LoadError::Mismatch {
+            interface: format!("mailwit:policy/{iface}@0.1.0"),
+            why: format!("{e:#}"),
+        };
+        let r = crate::call::run(
+            self,
+            f,
+            &tenant,
+            &rules,
+            crate::call::Limits::default(),
+            |store, inst| {
+                let e = &f.exports;
+                let checks = [
+                    (
+                        "authenticate",
+                        e.authenticate
+                            .as_ref()
+                            .map(|i| i.load(&mut *store, inst).map(drop)),
+                    ),
+                    (
+                        "check-sender",
+                        e.check_sender
+                            .as_ref()
+                            .map(|i| i.load(&mut *store, inst).map(drop)),
+                    ),
+                    (
+                        "check-recipient",
+                        e.check_recipient
+                            .as_ref()
+                            .map(|i| i.load(&mut *store, inst).map(drop)),
+                    ),
+                    (
+                        "inspect-message",
+                        e.inspect_message
+                            .as_ref()
+                            .map(|i| i.load(&mut *store, inst).map(drop)),
+                    ),
+                    (
+                        "route",
+                        e.route
+                            .as_ref()
+                            .map(|i| i.load(&mut *store, inst).map(drop)),
+                    ),
+                ];
+                Ok(checks
+                    .into_iter()
+                    .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
+                    .collect::<Vec<_>>())
+            },
+        );
+        match r {
+            Ok(mut problems) if !problems.is_empty() => Err(problems.remove(0)),
+            Ok(_) => Ok(()),
+            Err(failure) => Err(LoadError::Link(format!(
+                "instantiating failed: {:?}",
+                failure.kind
+            ))),
+        }
+    }
+
+    fn compile_cached(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+        let Some(dir) = &self.config.cache_dir else {
+            return Component::new(&self.engine, bytes)
+                .map_err(|e| LoadError::Compile(format!("{e:#}")));
+        };
+        // The same bytes compiled by another wasmtime or with other settings
+        // must not be reused: the engine's compatibility hash is in the name.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = dir.join(format!("{digest}-{:016x}.cwasm", h.finish()));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash, into a directory only
+            // this process writes.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(cause = %e, path = %path.display(), "discarding unusable compiled-code cache entry")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        match component.serialize() {
+            Ok(code) => {
+                let tmp = path.with_extension("tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, code).and_then(|_| std::fs::rename(&tmp, &path))
+                {
+                    tracing::warn!(cause = %e, "could not write the compiled-code cache");
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "could not serialize compiled code"),
+        }
+        Ok(component)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

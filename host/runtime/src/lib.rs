@@ -1,0 +1,30 @@
+//! # mailwit-runtime: tenant policy in WebAssembly components
+//!
+//! wasmtime stays behind this crate: the rest of the host sees plain Rust
+//! types ([`PolicySet`], [`Decision`], [`Failure`]), never wasmtime's.
+//!
+//! # Layout
+//!
+//! - [`engine`]: the process's one `Engine` (pooling allocator, epoch
+//!   interruption with one ticker thread), the `Linker` (the `host` import
+//!   and a deny-everything WASI), loading and the on-disk compiled-code
+//!   cache keyed by content hash.
+//! - [`call`]: one call: a fresh `Store` per call with memory limit and
+//!   deadline, failure classification.
+//! - [`policy`]: a tenant's function set and the order in which the
+//!   decision points are asked.
+//! - [`rules`]: a tenant's rules (read-only configuration for components).
+//! - `bindings`: generated from `wit/` by `bindgen!`.
+
+mod bindings;
+pub mod call;
+pub mod engine;
+pub mod policy;
+pub mod rules;
+
+pub use call::{Failure, FailureKind, Limits};
+pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
+pub use policy::{
+    AttachmentInfo, Client, Decision, Inspection, MessageInfo, PolicySet, Route, SessionInfo,
+};
+pub use rules::{Rules, RulesError};

@@ -1,0 +1,414 @@
+//! A tenant's function set at one moment: the decision points, called in
+//! order over the functions that export them.
+//!
+//! A `PolicySet` is immutable. A deploy builds a new one and swaps the
+//! `Arc`; a transaction holds the set it started with, so it runs wholly on
+//! one version.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mailwit_smtp::{Mechanism, Reply, Status};
+
+use crate::bindings::mailwit::policy::types as t;
+use crate::call::{self, Failure, FailureKind, Limits};
+use crate::engine::{Function, Runtime};
+use crate::rules::Rules;
+
+/// Longest reply text, login, metadata key or value accepted from a
+/// component; longer ones are refused (the transaction gets `451 4.3.0`).
+pub const MAX_TEXT: usize = 1024;
+/// Most metadata entries or header removals from one function.
+pub const MAX_ITEMS: usize = 64;
+/// Longest metadata value (URLs, callback data).
+pub const MAX_VALUE: usize = 4096;
+
+/// The client, as the policy sees it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub listener: String,
+    pub tls: bool,
+    pub server_name: Option<String>,
+}
+
+/// An authenticated session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub client: Client,
+    pub tenant: String,
+    pub login: String,
+    pub helo: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachmentInfo {
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// The message as parsed by the host.
+#[derive(Debug, Clone, Default)]
+pub struct MessageInfo {
+    pub headers: Vec<(String, String)>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub size: u64,
+    pub content_type: String,
+    pub attachments: Vec<AttachmentInfo>,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Relay(String),
+    Sandbox,
+    Discard,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Relay(t) => write!(f, "relay:{t}"),
+            Route::Sandbox => f.write_str("sandbox"),
+            Route::Discard => f.write_str("discard"),
+        }
+    }
+}
+
+/// Accumulated result of inspection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    pub metadata: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
+}
+
+/// A policy answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<T> {
+    Accept(T),
+    Refuse(Reply),
+}
+
+/// A tenant's functions and rules at one version.
+pub struct PolicySet {
+    pub tenant: Arc<str>,
+    /// Grows by one with every deploy, rules change or rollback.
+    pub generation: u64,
+    pub functions: Vec<Arc<Function>>,
+    pub rules: Arc<Rules>,
+    pub rules_version: u64,
+    pub limits: Limits,
+}
+
+fn client(c: &Client) -> t::ClientInfo {
+    t::ClientInfo {
+        ip: c.ip.to_string(),
+        port: c.port,
+        listener: c.listener.clone(),
+        tls: c.tls,
+        server_name: c.server_name.clone(),
+    }
+}
+
+fn session(s: &SessionInfo) -> t::Session {
+    t::Session {
+        client: client(&s.client),
+        tenant: s.tenant.clone(),
+        login: s.login.clone(),
+        helo: s.helo.clone(),
+    }
+}
+
+impl PolicySet {
+    fn fail(&self, f: &Function, kind: FailureKind) -> Failure {
+        Failure {
+            function: f.name.clone(),
+            version: f.version,
+            kind,
+        }
+    }
+
+    /// Validates a refusal from `f` (class, enhanced code, text).
+    fn refusal(&self, f: &Function, r: t::Reply) -> Result<Reply, Failure> {
+        if r.text.len() > MAX_TEXT {
+            return Err(self.fail(f, FailureKind::Oversize("reply text")));
+        }
+        let status = parse_status(&r.status).ok_or_else(|| {
+            self.fail(
+                f,
+                FailureKind::InvalidReply(format!("bad enhanced status {:?}", r.status)),
+            )
+        })?;
+        Reply::rejection(r.code, status, &r.text)
+            .map_err(|e| self.fail(f, FailureKind::InvalidReply(e.to_string())))
+    }
+
+    /// Authentication: every function exporting it must accept; the first
+    /// refusal wins. With none, every login is refused.
+    pub fn authenticate(
+        &self,
+        rt: &Runtime,
+        c: &Client,
+        mechanism: Mechanism,
+        login: &str,
+        secret: &str,
+    ) -> Result<Decision<String>, Failure> {
+        let mech = match mechanism {
+            Mechanism::Plain => t::Mechanism::Plain,
+            Mechanism::Login => t::Mechanism::Login,
+        };
+        let mut accepted = None;
+        for f in &self.functions {
+            let Some(idx) = &f.exports.authenticate else {
+                continue;
+            };
+            let r = call::run(
+                rt,
+                f,
+                &self.tenant,
+                &self.rules,
+                self.limits,
+                |store, inst| {
+                    idx.load(&mut *store, inst)?.call_authenticate(
+                        &mut *store,
+                        &client(c),
+                        &self.tenant,
+                        mech,
+                        login,
+                        secret,
+                    )
+                },
+            )?;
+            match r {
+                Ok(l) if l.len() > MAX_TEXT => {
+                    return Err(self.fail(f, FailureKind::Oversize("login")));
+                }
+                Ok(l) => accepted = accepted.or(Some(l)),
+                Err(reply) => return Ok(Decision::Refuse(self.refusal(f, reply)?)),
+            }
+        }
+        Ok(match accepted {
+            Some(l) => Decision::Accept(l),
+            None => Decision::Refuse(Reply::new(
+                535,
+                Status(5, 7, 8),
+                "Authentication credentials invalid",
+            )),
+        })
+    }
+
+    pub fn check_sender(
+        &self,
+        rt: &Runtime,
+        s: &SessionInfo,
+        sender: &str,
+        size: Option<u64>,
+        eight_bit: bool,
+    ) -> Result<Decision<()>, Failure> {
+        let params = t::MailParams { size, eight_bit };
+        let sess = session(s);
+        for f in &self.functions {
+            let Some(idx) = &f.exports.check_sender else {
+                continue;
+            };
+            let r = call::run(
+                rt,
+                f,
+                &self.tenant,
+                &self.rules,
+                self.limits,
+                |store, inst| {
+                    idx.load(&mut *store, inst)?.call_check_sender(
+                        &mut *store,
+                        &sess,
+                        sender,
+                        params,
+                    )
+                },
+            )?;
+            if let Err(reply) = r {
+                return Ok(Decision::Refuse(self.refusal(f, reply)?));
+            }
+        }
+        Ok(Decision::Accept(()))
+    }
+
+    pub fn check_recipient(
+        &self,
+        rt: &Runtime,
+        s: &SessionInfo,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<Decision<()>, Failure> {
+        let sess = session(s);
+        for f in &self.functions {
+            let Some(idx) = &f.exports.check_recipient else {
+                continue;
+            };
+            let r = call::run(
+                rt,
+                f,
+                &self.tenant,
+                &self.rules,
+                self.limits,
+                |store, inst| {
+                    idx.load(&mut *store, inst)?.call_check_recipient(
+                        &mut *store,
+                        &sess,
+                        sender,
+                        recipient,
+                    )
+                },
+            )?;
+            if let Err(reply) = r {
+                return Ok(Decision::Refuse(self.refusal(f, reply)?));
+            }
+        }
+        Ok(Decision::Accept(()))
+    }
+
+    /// Inspection: every exporter in order; the first refusal wins;
+    /// metadata and header removals accumulate.
+    pub fn inspect_message(
+        &self,
+        rt: &Runtime,
+        s: &SessionInfo,
+        sender: &str,
+        recipients: &[String],
+        m: &MessageInfo,
+    ) -> Result<Decision<Inspection>, Failure> {
+        let sess = session(s);
+        let envelope = t::Envelope {
+            sender: sender.to_string(),
+            recipients: recipients.to_vec(),
+        };
+        let message = t::Message {
+            headers: m
+                .headers
+                .iter()
+                .map(|(n, v)| t::Header {
+                    name: n.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            to: m.to.clone(),
+            cc: m.cc.clone(),
+            size: m.size,
+            content_type: m.content_type.clone(),
+            attachments: m
+                .attachments
+                .iter()
+                .map(|a| t::Attachment {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    size: a.size,
+                })
+                .collect(),
+        };
+        let mut out = Inspection::default();
+        for f in &self.functions {
+            let Some(idx) = &f.exports.inspect_message else {
+                continue;
+            };
+            let r = call::run(
+                rt,
+                f,
+                &self.tenant,
+                &self.rules,
+                self.limits,
+                |store, inst| {
+                    idx.load(&mut *store, inst)?.call_inspect_message(
+                        &mut *store,
+                        &sess,
+                        &envelope,
+                        &message,
+                    )
+                },
+            )?;
+            match r {
+                Err(reply) => return Ok(Decision::Refuse(self.refusal(f, reply)?)),
+                Ok(found) => {
+                    if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
+                        return Err(self.fail(f, FailureKind::Oversize("inspection list")));
+                    }
+                    for md in found.metadata {
+                        if md.key.len() > MAX_TEXT || md.value.len() > MAX_VALUE {
+                            return Err(self.fail(f, FailureKind::Oversize("metadata entry")));
+                        }
+                        out.metadata.push((md.key, md.value));
+                    }
+                    for h in found.remove_headers {
+                        if h.len() > MAX_TEXT {
+                            return Err(self.fail(f, FailureKind::Oversize("header name")));
+                        }
+                        out.remove_headers.push(h);
+                    }
+                }
+            }
+        }
+        Ok(Decision::Accept(out))
+    }
+
+    /// Routing: the first function exporting `route` decides; with none,
+    /// `relay:default`.
+    pub fn route(
+        &self,
+        rt: &Runtime,
+        s: &SessionInfo,
+        sender: &str,
+        recipients: &[String],
+        metadata: &[(String, String)],
+    ) -> Result<Decision<Route>, Failure> {
+        let Some(f) = self.functions.iter().find(|f| f.exports.route.is_some()) else {
+            return Ok(Decision::Accept(Route::Relay("default".into())));
+        };
+        let idx = f.exports.route.as_ref().expect("checked");
+        let sess = session(s);
+        let envelope = t::Envelope {
+            sender: sender.to_string(),
+            recipients: recipients.to_vec(),
+        };
+        let md: Vec<t::Metadata> = metadata
+            .iter()
+            .map(|(k, v)| t::Metadata {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let r = call::run(
+            rt,
+            f,
+            &self.tenant,
+            &self.rules,
+            self.limits,
+            |store, inst| {
+                idx.load(&mut *store, inst)?
+                    .call_route(&mut *store, &sess, &envelope, &md)
+            },
+        )?;
+        match r {
+            Ok(t::Destination::Relay(target)) if target.len() > MAX_TEXT => {
+                Err(self.fail(f, FailureKind::Oversize("relay target")))
+            }
+            Ok(t::Destination::Relay(target)) => Ok(Decision::Accept(Route::Relay(target))),
+            Ok(t::Destination::Sandbox) => Ok(Decision::Accept(Route::Sandbox)),
+            Ok(t::Destination::Discard) => Ok(Decision::Accept(Route::Discard)),
+            Err(reply) => Ok(Decision::Refuse(self.refusal(f, reply)?)),
+        }
+    }
+}
+
+/// "5.7.1" -> Status(5, 7, 1).
+fn parse_status(s: &str) -> Option<Status> {
+    let mut parts = s.trim().split('.');
+    let class = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.parse().ok()?;
+    let detail = parts.next()?.parse().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then_some(Status(class, subject, detail))
+}

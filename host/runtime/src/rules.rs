@@ -1,0 +1,197 @@
+//! A tenant's rules: read-only configuration that components read through
+//! the `host` import, the way Spin components read variables.
+//!
+//! Rules are a TOML document. Tables flatten into dotted keys
+//! (`[senders] domains = [...]` is `senders.domains`); scalars are read as
+//! text, arrays as lists of text. Keys under `users.` and `api-keys.` hold
+//! argon2 PHC hashes: the host checks secrets against them
+//! (`verify-secret`) and never hands them to a component.
+
+use std::collections::BTreeMap;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+
+/// Most users a tenant may have unless its rules say `max-users` (IBM's
+/// SMTP configurations allow 5).
+pub const DEFAULT_MAX_USERS: usize = 5;
+
+/// Parsed, validated rules.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    source: String,
+    scalars: BTreeMap<String, String>,
+    lists: BTreeMap<String, Vec<String>>,
+}
+
+/// Why rules were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("rules are not valid TOML: {0}")]
+    Toml(String),
+    #[error("rules key {key}: {why}")]
+    Invalid { key: String, why: String },
+    #[error("{count} users, more than max-users = {max}")]
+    TooManyUsers { count: usize, max: usize },
+}
+
+fn is_secret(key: &str) -> bool {
+    key.starts_with("users.") || key.starts_with("api-keys.")
+}
+
+impl Rules {
+    pub fn parse(source: &str) -> Result<Rules, RulesError> {
+        let table: toml::Table = source
+            .parse()
+            .map_err(|e: toml::de::Error| RulesError::Toml(e.to_string()))?;
+        let mut rules = Rules {
+            source: source.to_string(),
+            ..Rules::default()
+        };
+        flatten("", &toml::Value::Table(table), &mut rules)?;
+        for (key, value) in &rules.scalars {
+            if is_secret(key) {
+                PasswordHash::new(value).map_err(|e| RulesError::Invalid {
+                    key: key.clone(),
+                    why: format!("not an argon2 PHC string: {e}"),
+                })?;
+            }
+        }
+        let max = match rules.scalars.get("max-users") {
+            Some(m) => m.parse().map_err(|_| RulesError::Invalid {
+                key: "max-users".into(),
+                why: "not a number".into(),
+            })?,
+            None => DEFAULT_MAX_USERS,
+        };
+        let count = rules.keys_under("users").count();
+        if count > max {
+            return Err(RulesError::TooManyUsers { count, max });
+        }
+        Ok(rules)
+    }
+
+    /// The TOML text the rules were parsed from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A scalar for a component (never a secret).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        if is_secret(key) {
+            return None;
+        }
+        self.scalars.get(key).map(String::as_str)
+    }
+
+    /// A list for a component (empty when missing).
+    pub fn list(&self, key: &str) -> &[String] {
+        self.lists.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The keys of a table of scalars: `keys_under("users")` lists logins
+    /// (which may themselves contain dots, like `app@acme.example`).
+    pub fn keys_under<'a>(&'a self, table: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let prefix = format!("{table}.");
+        self.scalars
+            .keys()
+            .filter_map(move |k| k.strip_prefix(prefix.as_str()))
+    }
+
+    /// Checks `secret` against the PHC hash stored at `key` (a `users.` or
+    /// `api-keys.` key). CPU-heavy by design (argon2).
+    pub fn verify_secret(&self, key: &str, secret: &str) -> bool {
+        if !is_secret(key) {
+            return false;
+        }
+        match self
+            .scalars
+            .get(key)
+            .and_then(|h| PasswordHash::new(h).ok())
+        {
+            Some(hash) => argon2::Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Rules) -> Result<(), RulesError> {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            let list = items
+                .iter()
+                .map(|i| {
+                    scalar(i).ok_or_else(|| RulesError::Invalid {
+                        key: prefix.to_string(),
+                        why: "lists may only hold strings, numbers and booleans".into(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.lists.insert(prefix.to_string(), list);
+        }
+        v => {
+            out.scalars
+                .insert(prefix.to_string(), scalar(v).expect("scalar"));
+        }
+    }
+    Ok(())
+}
+
+fn scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
+
+    #[test]
+    fn flattens_and_hides_secrets() {
+        let r = Rules::parse(&format!(
+            "revision = 3\n[users]\ndemo = \"{HASH}\"\n[senders]\ndomains = [\"example.com\"]\n[message]\nrefuse-attachments = true\n"
+        ))
+        .unwrap();
+        assert_eq!(r.get("revision"), Some("3"));
+        assert_eq!(r.list("senders.domains"), ["example.com"]);
+        assert_eq!(r.get("message.refuse-attachments"), Some("true"));
+        assert_eq!(r.get("users.demo"), None);
+        assert_eq!(r.keys_under("users").collect::<Vec<_>>(), ["demo"]);
+        assert!(r.verify_secret("users.demo", "demo-password"));
+        assert!(!r.verify_secret("users.demo", "wrong"));
+        assert!(!r.verify_secret("revision", "3"));
+    }
+
+    #[test]
+    fn refuses_bad_hashes_and_too_many_users() {
+        assert!(matches!(
+            Rules::parse("[users]\na = \"plain\""),
+            Err(RulesError::Invalid { .. })
+        ));
+        let six: String = (0..6).map(|i| format!("u{i} = \"{HASH}\"\n")).collect();
+        assert!(matches!(
+            Rules::parse(&format!("[users]\n{six}")),
+            Err(RulesError::TooManyUsers { count: 6, max: 5 })
+        ));
+        assert!(Rules::parse(&format!("max-users = 6\n[users]\n{six}")).is_ok());
+    }
+}

@@ -1,0 +1,142 @@
+//! Per-tenant metrics in the Prometheus text format, served at the admin
+//! listener's `/metrics`.
+//!
+//! Hand-written rather than a metrics crate: a handful of counters and one
+//! histogram, with label values that are already restricted to
+//! `[a-z0-9_-]` (tenant and function names) or digits (codes), so no
+//! escaping or registry machinery is needed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::tenants::TenantSummary;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl Metrics {
+    fn add(&self, name: &'static str, labels: String) {
+        *self
+            .counters
+            .lock()
+            .expect("metrics lock")
+            .entry((name, labels))
+            .or_default() += 1;
+    }
+
+    /// A policy decision was asked (`decision`: authenticate, check-sender, ...).
+    pub fn call(&self, tenant: &str, decision: &str, took: Duration) {
+        self.add(
+            "mailwit_policy_calls_total",
+            format!("tenant=\"{tenant}\",decision=\"{decision}\""),
+        );
+        let mut h = self.latency.lock().expect("metrics lock");
+        let h = h.entry(tenant.to_string()).or_default();
+        let s = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += s;
+        h.count += 1;
+    }
+
+    /// The policy refused, with this reply.
+    pub fn rejection(&self, tenant: &str, decision: &str, code: u16, status: &str) {
+        self.add(
+            "mailwit_policy_rejections_total",
+            format!("tenant=\"{tenant}\",decision=\"{decision}\",reason=\"{code} {status}\""),
+        );
+    }
+
+    /// A call failed (trap, deadline, memory, oversize, ...).
+    pub fn failure(&self, tenant: &str, function: &str, kind: &str) {
+        let name = if kind == "deadline" {
+            "mailwit_policy_deadline_hits_total"
+        } else {
+            "mailwit_policy_traps_total"
+        };
+        self.add(
+            name,
+            format!("tenant=\"{tenant}\",function=\"{function}\",kind=\"{kind}\""),
+        );
+    }
+
+    pub fn queued(&self, tenant: &str) {
+        self.add(
+            "mailwit_messages_queued_total",
+            format!("tenant=\"{tenant}\""),
+        );
+    }
+
+    /// The text exposition, with the active versions of `tenants`.
+    pub fn render(&self, tenants: &[TenantSummary]) -> String {
+        let mut out = String::new();
+        let mut last = "";
+        for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE {name} counter");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+        let _ = writeln!(out, "# TYPE mailwit_policy_latency_seconds histogram");
+        for (tenant, h) in self.latency.lock().expect("metrics lock").iter() {
+            for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
+                let _ = writeln!(
+                    out,
+                    "mailwit_policy_latency_seconds_bucket{{tenant=\"{tenant}\",le=\"{b}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "mailwit_policy_latency_seconds_bucket{{tenant=\"{tenant}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "mailwit_policy_latency_seconds_sum{{tenant=\"{tenant}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "mailwit_policy_latency_seconds_count{{tenant=\"{tenant}\"}} {}",
+                h.count
+            );
+        }
+        let _ = writeln!(out, "# TYPE mailwit_policy_active_version gauge");
+        for t in tenants {
+            for f in &t.functions {
+                let _ = writeln!(
+                    out,
+                    "mailwit_policy_active_version{{tenant=\"{}\",function=\"{}\"}} {}",
+                    t.tenant, f.name, f.version
+                );
+            }
+            let _ = writeln!(
+                out,
+                "mailwit_policy_active_version{{tenant=\"{}\",function=\"rules\"}} {}",
+                t.tenant, t.rules_version
+            );
+        }
+        out
+    }
+}

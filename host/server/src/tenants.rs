@@ -1,0 +1,498 @@
+//! Tenants: their function sets and rules, stored durably by version,
+//! swapped atomically, and the indexes that resolve a session's tenant.
+//!
+//! On disk, under `<data_dir>/tenants/<tenant>/`:
+//!
+//! ```text
+//! state.json                   function order, each function's and the rules' version history
+//! functions/<name>/<v>.wasm    every deployed version of every function
+//! rules/<v>.toml               every version of the rules
+//! ```
+//!
+//! Every change writes the new version's file, then `state.json` (write,
+//! fsync, rename, fsync the directory), then swaps the in-memory
+//! [`PolicySet`]. A transaction holds the `Arc<PolicySet>` it started with;
+//! the next one sees the new set. Rollback re-activates the previous
+//! version in the history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use mailwit_runtime::{Function, Limits, PolicySet, Rules, Runtime};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Tenant};
+
+/// The reference components, built from `components/` and embedded.
+pub const BUILTINS: &[(&str, &[u8])] = &[
+    (
+        "auth",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_auth.wasm"
+        )),
+    ),
+    (
+        "sender",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_sender.wasm"
+        )),
+    ),
+    (
+        "content",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_content.wasm"
+        )),
+    ),
+    (
+        "ib-headers",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_ib_headers.wasm"
+        )),
+    ),
+    (
+        "router",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_router.wasm"
+        )),
+    ),
+    (
+        "router-sandbox",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_router_sandbox.wasm"
+        )),
+    ),
+];
+
+/// The name `rollback` uses for a tenant's rules.
+pub const RULES: &str = "rules";
+
+/// An admin operation that could not be done; the message is for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no tenant {0:?}")]
+    NoTenant(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("storage: {0:#}")]
+    Storage(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Track {
+    /// Highest version number ever stored.
+    latest: u64,
+    /// Activations, oldest first; the last is active.
+    history: Vec<u64>,
+}
+
+impl Track {
+    fn active(&self) -> Option<u64> {
+        self.history.last().copied()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TenantState {
+    order: Vec<String>,
+    functions: BTreeMap<String, Track>,
+    rules: Track,
+    generation: u64,
+}
+
+/// One row of `mailwit tenant list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantSummary {
+    pub tenant: String,
+    pub generation: u64,
+    pub rules_version: u64,
+    pub functions: Vec<FunctionSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionSummary {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub exports: Vec<String>,
+}
+
+#[derive(Default)]
+struct Index {
+    logins: HashMap<String, Vec<String>>,
+    api_keys: HashMap<String, String>,
+    server_names: HashMap<String, String>,
+}
+
+/// All tenants.
+pub struct Tenants {
+    rt: Arc<Runtime>,
+    dir: PathBuf,
+    defaults: Limits,
+    sets: RwLock<HashMap<String, Arc<PolicySet>>>,
+    index: RwLock<Index>,
+    /// Serialises admin changes; held while compiling, never on the SMTP path.
+    changes: Mutex<HashMap<String, TenantState>>,
+    loaded: Mutex<HashMap<(String, String, u64), Arc<Function>>>,
+    /// Held for the whole of each admin operation, so two cannot interleave.
+    ops: Mutex<()>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Tenants {
+    /// Loads every stored tenant, and stores (as version 1) the tenants of
+    /// the configuration that are not stored yet.
+    pub fn open(rt: Arc<Runtime>, config: &Config, defaults: Limits) -> anyhow::Result<Tenants> {
+        let dir = config.data_dir.join("tenants");
+        std::fs::create_dir_all(&dir)?;
+        let tenants = Tenants {
+            rt,
+            dir,
+            defaults,
+            sets: RwLock::default(),
+            index: RwLock::default(),
+            changes: Mutex::default(),
+            loaded: Mutex::default(),
+            ops: Mutex::default(),
+        };
+        for entry in std::fs::read_dir(&tenants.dir)? {
+            let entry = entry?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let state_path = entry.path().join("state.json");
+            if !state_path.exists() {
+                continue;
+            }
+            let state: TenantState = serde_json::from_slice(&std::fs::read(&state_path)?)
+                .with_context(|| format!("reading {}", state_path.display()))?;
+            tenants
+                .activate(&id, state)
+                .with_context(|| format!("loading tenant {id}"))?;
+        }
+        for t in &config.tenants {
+            if tenants.get(&t.id).is_none() {
+                tenants.bootstrap(t).with_context(|| {
+                    format!("setting up tenant {} from the configuration", t.id)
+                })?;
+            }
+        }
+        tenants.reindex();
+        Ok(tenants)
+    }
+
+    fn bootstrap(&self, t: &Tenant) -> anyhow::Result<()> {
+        let rules = toml::to_string(&t.rules)?;
+        self.set_rules(&t.id, &rules)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for f in &t.functions {
+            let bytes = match f.component.strip_prefix("builtin:") {
+                Some(name) => BUILTINS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, b)| b.to_vec())
+                    .with_context(|| format!("no builtin component {name:?}"))?,
+                None => std::fs::read(&f.component)
+                    .with_context(|| format!("reading {}", f.component))?,
+            };
+            self.deploy(&t.id, &f.name, &bytes)
+                .map_err(|e| anyhow::anyhow!("function {}: {e}", f.name))?;
+        }
+        Ok(())
+    }
+
+    /// The current function set of a tenant.
+    pub fn get(&self, tenant: &str) -> Option<Arc<PolicySet>> {
+        self.sets.read().expect("sets lock").get(tenant).cloned()
+    }
+
+    /// Which tenant a login belongs to: the TLS server name when it names
+    /// one, the key id of an API key (login `App`, password `<id>.<secret>`),
+    /// or a login that exists in exactly one tenant.
+    pub fn resolve(&self, login: &str, secret: &str, server_name: Option<&str>) -> Option<String> {
+        let index = self.index.read().expect("index lock");
+        if let Some(t) = server_name.and_then(|n| index.server_names.get(&n.to_ascii_lowercase())) {
+            return Some(t.clone());
+        }
+        if login == "App" {
+            let id = secret.split('.').next().unwrap_or("");
+            return index.api_keys.get(id).cloned();
+        }
+        match index.logins.get(login) {
+            Some(ts) if ts.len() == 1 => Some(ts[0].clone()),
+            _ => None,
+        }
+    }
+
+    fn reindex(&self) {
+        let mut index = Index::default();
+        for (id, set) in self.sets.read().expect("sets lock").iter() {
+            for login in set.rules.keys_under("users") {
+                index
+                    .logins
+                    .entry(login.to_string())
+                    .or_default()
+                    .push(id.clone());
+            }
+            for key in set.rules.keys_under("api-keys") {
+                index.api_keys.insert(key.to_string(), id.clone());
+            }
+            for name in set.rules.list("tls.server-names") {
+                index
+                    .server_names
+                    .insert(name.to_ascii_lowercase(), id.clone());
+            }
+        }
+        *self.index.write().expect("index lock") = index;
+    }
+
+    fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.dir.join(tenant)
+    }
+
+    fn function(&self, tenant: &str, name: &str, version: u64) -> anyhow::Result<Arc<Function>> {
+        let key = (tenant.to_string(), name.to_string(), version);
+        if let Some(f) = self.loaded.lock().expect("loaded lock").get(&key) {
+            return Ok(f.clone());
+        }
+        let path = self
+            .tenant_dir(tenant)
+            .join("functions")
+            .join(name)
+            .join(format!("{version}.wasm"));
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let f = Arc::new(self.rt.load(name, version, &bytes)?);
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Builds the set a state describes, stores the state, swaps the set.
+    fn activate(&self, tenant: &str, state: TenantState) -> anyhow::Result<Arc<PolicySet>> {
+        let rules_version = state.rules.active().unwrap_or(0);
+        let rules = if rules_version == 0 {
+            Rules::default()
+        } else {
+            let path = self
+                .tenant_dir(tenant)
+                .join("rules")
+                .join(format!("{rules_version}.toml"));
+            Rules::parse(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )?
+        };
+        let mut functions = Vec::new();
+        for name in &state.order {
+            if let Some(v) = state.functions.get(name).and_then(Track::active) {
+                functions.push(self.function(tenant, name, v)?);
+            }
+        }
+        let limits = self.limits_from(&rules);
+        let set = Arc::new(PolicySet {
+            tenant: Arc::from(tenant),
+            generation: state.generation,
+            functions,
+            rules: Arc::new(rules),
+            rules_version,
+            limits,
+        });
+        write_durable(
+            &self.tenant_dir(tenant).join("state.json"),
+            &serde_json::to_vec_pretty(&state)?,
+        )?;
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .insert(tenant.to_string(), state);
+        self.sets
+            .write()
+            .expect("sets lock")
+            .insert(tenant.to_string(), set.clone());
+        Ok(set)
+    }
+
+    /// Per-tenant limits: `runtime.deadline-ms` and `runtime.memory-bytes`
+    /// in the rules override the defaults (memory capped by the engine's).
+    fn limits_from(&self, rules: &Rules) -> Limits {
+        let mut limits = self.defaults;
+        if let Some(ms) = rules
+            .get("runtime.deadline-ms")
+            .and_then(|v| v.parse().ok())
+        {
+            limits.deadline = Duration::from_millis(ms);
+        }
+        if let Some(b) = rules
+            .get("runtime.memory-bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            limits.memory_bytes = b.min(self.rt.config().max_memory_bytes);
+        }
+        limits
+    }
+
+    fn state_of(&self, tenant: &str) -> TenantState {
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Validates, stores and activates a new version of a function
+    /// (appending it to the tenant's set when new; creating the tenant when
+    /// unknown). Returns the new version number.
+    pub fn deploy(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<FunctionSummary, AdminError> {
+        let _op = self.ops.lock().expect("ops lock");
+        if !valid_name(tenant) || !valid_name(name) || name == RULES {
+            return Err(AdminError::Invalid(format!(
+                "tenant and function names are 1-64 of [a-z0-9_-] (and a function may not be called {RULES:?})"
+            )));
+        }
+        let mut state = self.state_of(tenant);
+        let version = state.functions.get(name).map(|t| t.latest).unwrap_or(0) + 1;
+        // Validate first: compile, link, find exports. Nothing is stored on failure.
+        let f = Arc::new(
+            self.rt
+                .load(name, version, bytes)
+                .map_err(|e| AdminError::Invalid(e.to_string()))?,
+        );
+        let path = self
+            .tenant_dir(tenant)
+            .join("functions")
+            .join(name)
+            .join(format!("{version}.wasm"));
+        write_durable(&path, bytes)?;
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .insert((tenant.to_string(), name.to_string(), version), f.clone());
+        let track = state.functions.entry(name.to_string()).or_default();
+        track.latest = version;
+        track.history.push(version);
+        if !state.order.iter().any(|n| n == name) {
+            state.order.push(name.to_string());
+        }
+        state.generation += 1;
+        self.activate(tenant, state)?;
+        Ok(summary(&f))
+    }
+
+    /// Validates, stores and activates new rules. Returns their version.
+    pub fn set_rules(&self, tenant: &str, text: &str) -> Result<u64, AdminError> {
+        let _op = self.ops.lock().expect("ops lock");
+        if !valid_name(tenant) {
+            return Err(AdminError::Invalid(
+                "tenant names are 1-64 of [a-z0-9_-]".into(),
+            ));
+        }
+        Rules::parse(text).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let mut state = self.state_of(tenant);
+        let version = state.rules.latest + 1;
+        write_durable(
+            &self
+                .tenant_dir(tenant)
+                .join("rules")
+                .join(format!("{version}.toml")),
+            text.as_bytes(),
+        )?;
+        state.rules.latest = version;
+        state.rules.history.push(version);
+        state.generation += 1;
+        self.activate(tenant, state)?;
+        self.reindex();
+        Ok(version)
+    }
+
+    /// Re-activates the previous version of a function (or of the rules,
+    /// with the name `rules`). Returns the now active version.
+    pub fn rollback(&self, tenant: &str, name: &str) -> Result<u64, AdminError> {
+        let _op = self.ops.lock().expect("ops lock");
+        if self.get(tenant).is_none() {
+            return Err(AdminError::NoTenant(tenant.to_string()));
+        }
+        let mut state = self.state_of(tenant);
+        let track = if name == RULES {
+            &mut state.rules
+        } else {
+            state.functions.get_mut(name).ok_or_else(|| {
+                AdminError::NotFound(format!("tenant {tenant} has no function {name:?}"))
+            })?
+        };
+        if track.history.len() < 2 {
+            return Err(AdminError::NotFound(format!(
+                "{name} has no previous version to roll back to"
+            )));
+        }
+        track.history.pop();
+        let active = track.active().expect("non-empty");
+        state.generation += 1;
+        self.activate(tenant, state)?;
+        if name == RULES {
+            self.reindex();
+        }
+        Ok(active)
+    }
+
+    /// Every tenant, its functions and active versions.
+    pub fn list(&self) -> Vec<TenantSummary> {
+        let sets = self.sets.read().expect("sets lock");
+        let mut out: Vec<TenantSummary> = sets
+            .iter()
+            .map(|(id, set)| TenantSummary {
+                tenant: id.clone(),
+                generation: set.generation,
+                rules_version: set.rules_version,
+                functions: set.functions.iter().map(|f| summary(f)).collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        out
+    }
+}
+
+fn summary(f: &Function) -> FunctionSummary {
+    FunctionSummary {
+        name: f.name.clone(),
+        version: f.version,
+        digest: f.digest.clone(),
+        exports: f.export_names().into_iter().map(str::to_string).collect(),
+    }
+}
+
+/// Writes a file so that it survives a crash: temporary file, fsync,
+/// rename, fsync of the directory.
+fn write_durable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("path has a parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

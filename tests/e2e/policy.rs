@@ -1,0 +1,552 @@
+//! The tenant policy, answered by the components compiled from
+//! `components/`: each refusal of the reference set with its reply code,
+//! a tenant that replaces one function, hostile components, deploys that
+//! must be refused, and swaps under load.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// swaks against the plaintext-AUTH listener; returns the transcript.
+fn swaks(s: &Server, login: &str, password: &str, from: &str, to: &str, extra: &[&str]) -> String {
+    let port = s.port("plain").to_string();
+    let (_, out) = run(Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
+        .args(["--auth-user", login, "--auth-password", password])
+        .args(["--from", from, "--to", to, "--helo", "client.test"])
+        .args(extra));
+    out
+}
+
+/// The first refusal line swaks printed (`<~* 550 5.7.1 ...`), as "550 5.7.1".
+fn refusal(transcript: &str) -> String {
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix("<~* ").or_else(|| l.strip_prefix("<** ")))
+        .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| format!("no refusal in:\n{transcript}"))
+}
+
+fn tenant(id: &str, functions: &str, rules: &str) -> String {
+    format!("\n[[tenants]]\nid = \"{id}\"\n{functions}\n\n[tenants.rules]\n{rules}\n")
+}
+
+fn users(login: &str) -> String {
+    format!("[tenants.rules.users]\n\"{login}\" = \"{}\"\n", demo_hash())
+}
+
+/// Runs `mailwit tenant ...` against the server's admin listener.
+fn admin(s: &Server, args: &[&str]) -> (bool, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
+        .args([
+            "tenant",
+            "--admin",
+            &format!("127.0.0.1:{}", s.port("admin")),
+        ])
+        .arg("--config")
+        .arg(s.dir.path().join("mailwit.toml"))
+        .args(args))
+}
+
+#[test]
+fn reference_functions_accept_and_refuse_with_their_codes() {
+    let strict = tenant(
+        "strict",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.senders]\naddresses = [\"ops@strict.example\"]\n[tenants.rules.message]\nmax-size = 2000\nrefuse-attachments = true\n{}",
+            users("ops@strict.example")
+        ),
+    );
+    let walled = tenant(
+        "walled",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.network]\nallowed = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n{}",
+            users("w@walled.example")
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: strict + &walled,
+        ..Options::default()
+    });
+    let before = s.spool().len();
+
+    // Accepted, with the Infobip headers extracted and removed.
+    let out = swaks(
+        &s,
+        LOGIN,
+        PASSWORD,
+        SENDER,
+        "a@example.net",
+        &[
+            "--header",
+            "X-IB-bulk-id: bulk-7",
+            "--header",
+            "X-IB-notify-url: http://127.0.0.1:9/dlr",
+            "--header",
+            "X-IB-notify-content-type: application/xml",
+            "--header",
+            "X-IB-callback-data: {\"k\":1}",
+            "--header",
+            "X-IB-intermediate-report: true",
+        ],
+    );
+    let id = queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"));
+    let m = s.spooled(&id).meta;
+    for (k, v) in [
+        ("bulkId", "bulk-7"),
+        ("notifyUrl", "http://127.0.0.1:9/dlr"),
+        ("notifyContentType", "application/xml"),
+        ("callbackData", "{\"k\":1}"),
+        ("intermediateReport", "true"),
+        ("rulesRevision", "acme-1"),
+    ] {
+        assert!(
+            m.metadata.contains(&(k.to_string(), v.to_string())),
+            "{k} missing from {:?}",
+            m.metadata
+        );
+    }
+    assert!(
+        m.remove_headers.iter().any(|h| h == "X-IB-bulk-id"),
+        "{:?}",
+        m.remove_headers
+    );
+    assert_eq!(m.route, "relay:default");
+    assert!(m.policy.contains("router@1"), "{}", m.policy);
+
+    // Each refusal, with its documented reply.
+    assert_eq!(
+        refusal(&swaks(&s, LOGIN, "wrong", SENDER, "a@example.net", &[])),
+        "535 5.7.8"
+    );
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "nobody@x.example",
+            PASSWORD,
+            SENDER,
+            "a@example.net",
+            &[]
+        )),
+        "535 5.7.8"
+    );
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            LOGIN,
+            PASSWORD,
+            "x@elsewhere.example",
+            "a@example.net",
+            &[]
+        )),
+        "550 5.7.1"
+    );
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "w@walled.example",
+            PASSWORD,
+            "w@walled.example",
+            "a@example.net",
+            &[]
+        )),
+        "535 5.7.1"
+    );
+    // Infobip: To/Cc in the message must be RCPT TO recipients.
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            LOGIN,
+            PASSWORD,
+            SENDER,
+            "a@example.net",
+            &["--header", "Cc: hidden@example.net"]
+        )),
+        "550 5.7.1"
+    );
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            LOGIN,
+            PASSWORD,
+            SENDER,
+            "a@example.net",
+            &["--header", "X-IB-notify-content-type: text/csv"]
+        )),
+        "550 5.6.0"
+    );
+    // IBM-style caps on the strict tenant.
+    let big = "x".repeat(3000);
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "ops@strict.example",
+            PASSWORD,
+            "ops@strict.example",
+            "a@example.net",
+            &["--body", &big]
+        )),
+        "552 5.3.4"
+    );
+    let file = write_file(s.dir.path(), "report.pdf", b"%PDF-1.4 tiny");
+    let file = file.to_str().unwrap();
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "ops@strict.example",
+            PASSWORD,
+            "ops@strict.example",
+            "a@example.net",
+            &["--attach", file]
+        )),
+        "550 5.6.1"
+    );
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "ops@strict.example",
+            PASSWORD,
+            "other@strict.example",
+            "a@example.net",
+            &[]
+        )),
+        "550 5.7.1"
+    );
+    assert_eq!(s.spool().len(), before + 1, "a refused message was queued");
+}
+
+#[test]
+fn python_smtplib_with_an_api_key_login() {
+    let keys = tenant(
+        "keys",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.api-keys]\nk1 = \"{}\"\n[tenants.rules.senders]\ndomains = [\"keys.example\"]\n",
+            api_key_hash()
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: keys,
+        ..Options::default()
+    });
+    let script = r#"
+import smtplib, sys
+port, key = sys.argv[1:3]
+with smtplib.SMTP("127.0.0.1", int(port)) as c:
+    c.ehlo("client.test")
+    c.login("App", key)
+    c.sendmail("app@keys.example", ["a@example.net"], "Subject: key\r\nTo: a@example.net\r\n\r\nvia API key\r\n")
+    try:
+        c.sendmail("app@elsewhere.example", ["a@example.net"], "Subject: no\r\n\r\nx\r\n")
+    except smtplib.SMTPSenderRefused as e:
+        print("refused", e.smtp_code, e.smtp_error.decode())
+"#;
+    let (ok, out) = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.port("plain").to_string())
+        .arg(API_KEY));
+    assert!(ok, "{out}");
+    assert!(out.contains("refused 550 5.7.1"), "{out}");
+    let spool = s.spool();
+    assert_eq!(spool.len(), 1);
+    assert_eq!(
+        (spool[0].meta.tenant.as_str(), spool[0].meta.login.as_str()),
+        ("keys", "App")
+    );
+}
+
+const API_KEY: &str = "k1.9d2f5c0e8b7a";
+
+/// A hash of API_KEY, made with the binary's own hash-password command.
+fn api_key_hash() -> String {
+    let (ok, out) =
+        run(Command::new(env!("CARGO_BIN_EXE_mailwit")).args(["hash-password", API_KEY]));
+    assert!(ok, "{out}");
+    out.trim().to_string()
+}
+
+#[test]
+fn a_tenant_can_replace_only_its_router() {
+    let staging = tenant(
+        "staging",
+        &format!(
+            "functions = [\n {{ name = \"auth\", component = \"builtin:auth\" }},\n {{ name = \"sender\", component = \"builtin:sender\" }},\n {{ name = \"router\", component = \"{}\" }},\n]",
+            component("router_sandbox").display()
+        ),
+        &format!(
+            "[tenants.rules.senders]\ndomains = [\"staging.example\"]\n{}",
+            users("qa@staging.example")
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: staging,
+        ..Options::default()
+    });
+    let out = swaks(
+        &s,
+        "qa@staging.example",
+        PASSWORD,
+        "qa@staging.example",
+        "a@example.net",
+        &[],
+    );
+    let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(s.spooled(&id).meta.route, "sandbox");
+    // The stock sender check is still in force.
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "qa@staging.example",
+            PASSWORD,
+            "qa@prod.example",
+            "a@example.net",
+            &[]
+        )),
+        "550 5.7.1"
+    );
+    // And the other tenant still relays.
+    let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
+    assert_eq!(
+        s.spooled(&queue_id(&out).unwrap()).meta.route,
+        "relay:default"
+    );
+}
+
+#[test]
+fn hostile_components_cost_their_own_transaction_a_451() {
+    let evil = tenant(
+        "evil",
+        &format!(
+            "functions = [\n {{ name = \"auth\", component = \"builtin:auth\" }},\n {{ name = \"hostile\", component = \"{}\" }},\n]",
+            component("hostile").display()
+        ),
+        &format!(
+            "[tenants.rules.hostile]\nmode = \"none\"\n{}",
+            users("mallory@evil.example")
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: evil,
+        runtime: "deadline_ms = 200",
+        ..Options::default()
+    });
+    // A well-behaved tenant keeps submitting the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = {
+        let (stop, port) = (stop.clone(), s.port("plain"));
+        let hash_login = LOGIN;
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut r = Raw::open(port);
+                r.cmd("EHLO good.test");
+                assert!(
+                    r.cmd(&format!(
+                        "AUTH PLAIN {}",
+                        base64_plain(hash_login, PASSWORD)
+                    ))
+                    .starts_with("235")
+                );
+                assert!(r.cmd(&format!("MAIL FROM:<{SENDER}>")).starts_with("250"));
+                assert!(r.cmd("RCPT TO:<a@example.net>").starts_with("250"));
+                assert!(r.cmd("DATA").starts_with("354"));
+                let reply = r.cmd("Subject: fine\r\n\r\nok\r\n.");
+                assert!(
+                    reply.starts_with("250 2.0.0"),
+                    "good tenant disturbed: {reply}"
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    let rules = |mode: &str| {
+        let p = write_file(
+            s.dir.path(),
+            &format!("evil-{mode}.toml"),
+            format!(
+                "[hostile]\nmode = \"{mode}\"\n[users]\n\"mallory@evil.example\" = \"{}\"\n",
+                demo_hash()
+            )
+            .as_bytes(),
+        );
+        let (ok, out) = admin(&s, &["rules", "evil", p.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    };
+    for mode in ["loop", "memory", "panic", "recursion", "oversize"] {
+        rules(mode);
+        let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+        let start = std::time::Instant::now();
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert!(reply.starts_with("451 4.3.0"), "{mode}: {reply}");
+        // Only this transaction failed: the session goes on.
+        assert!(r.cmd("NOOP").starts_with("250"), "{mode}: session broken");
+        eprintln!("{mode}: 451 after {:?}", start.elapsed());
+    }
+    rules("none");
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    assert!(
+        r.cmd("MAIL FROM:<m@evil.example>").starts_with("250"),
+        "host unhealthy after the hostile calls"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let sent = good.join().expect("the good tenant's client failed");
+    assert!(sent > 0);
+    let metrics = http_get(s.port("admin"), "/metrics");
+    assert!(metrics.contains("mailwit_policy_deadline_hits_total{tenant=\"evil\",function=\"hostile\",kind=\"deadline\"} 1"), "{metrics}");
+    for kind in ["memory", "trap", "oversize"] {
+        assert!(
+            metrics.contains(&format!("function=\"hostile\",kind=\"{kind}\"")),
+            "{kind}: {metrics}"
+        );
+    }
+}
+
+#[test]
+fn a_deploy_that_does_not_match_the_world_is_refused() {
+    let s = Server::start();
+    let (ok, out) = admin(
+        &s,
+        &[
+            "deploy",
+            "acme",
+            "router",
+            component("mismatch").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("mailwit:policy/route@0.1.0") && out.contains("wrong type"),
+        "{out}"
+    );
+    let not_wasm = write_file(s.dir.path(), "junk.wasm", b"\0asm junk");
+    let (ok, out) = admin(
+        &s,
+        &["deploy", "acme", "router", not_wasm.to_str().unwrap()],
+    );
+    assert!(
+        !ok && out.contains("not a valid WebAssembly component"),
+        "{out}"
+    );
+    let (ok, out) = admin(&s, &["list"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let router = list[0]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "router")
+        .unwrap()
+        .clone();
+    assert_eq!(router["version"], 1, "{out}");
+    // Mail still flows on the running version.
+    let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
+    assert!(queue_id(&out).is_some(), "{out}");
+}
+
+#[test]
+fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
+    let s = Server::start();
+    let port = s.port("plain");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ids) = (stop.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut r = Raw::open(port);
+                r.cmd("EHLO load.test");
+                assert!(
+                    r.cmd(&format!("AUTH PLAIN {}", base64_plain(LOGIN, PASSWORD)))
+                        .starts_with("235")
+                );
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(r.cmd(&format!("MAIL FROM:<{SENDER}>")).starts_with("250"));
+                    assert!(r.cmd("RCPT TO:<a@example.net>").starts_with("250"));
+                    assert!(r.cmd("DATA").starts_with("354"));
+                    let reply = r.cmd("Subject: load\r\nX-IB-bulk-id: b\r\n\r\nx\r\n.");
+                    ids.lock().unwrap().push(
+                        queue_id(&reply).unwrap_or_else(|| panic!("transaction failed: {reply}")),
+                    );
+                }
+            })
+        })
+        .collect();
+    let wait_for_more = || {
+        let n = ids.lock().unwrap().len();
+        while ids.lock().unwrap().len() < n + 20 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let rules2 = write_file(
+        s.dir.path(),
+        "acme-2.toml",
+        format!("revision = \"acme-2\"\n[users]\n\"{LOGIN}\" = \"{}\"\n[senders]\ndomains = [\"acme.example\"]\n", demo_hash()).as_bytes(),
+    );
+    wait_for_more();
+    let (ok, out) = admin(
+        &s,
+        &[
+            "deploy",
+            "acme",
+            "router",
+            component("router_sandbox").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    wait_for_more();
+    let (ok, out) = admin(&s, &["rules", "acme", rules2.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    wait_for_more();
+    let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
+    assert!(ok && out.contains("\"active_version\":1"), "{out}");
+    wait_for_more();
+    let (ok, out) = admin(&s, &["rollback", "acme", "rules"]);
+    assert!(ok, "{out}");
+    wait_for_more();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("a client saw a failed transaction");
+    }
+    // Every message: the router that routed it and the rules its inspector
+    // read belong to the version the host says answered the transaction.
+    let mut seen = std::collections::BTreeSet::new();
+    for m in s.spool() {
+        let p = &m.meta.policy;
+        let router2 = p.contains("router@2");
+        assert_eq!(
+            m.meta.route == "sandbox",
+            router2,
+            "route {} under {p}",
+            m.meta.route
+        );
+        let revision = m
+            .meta
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "rulesRevision")
+            .map(|(_, v)| v.clone());
+        let rules2 = p.contains("rules@2");
+        assert_eq!(
+            revision.as_deref(),
+            Some(if rules2 { "acme-2" } else { "acme-1" }),
+            "{p}"
+        );
+        seen.insert((router2, rules2));
+    }
+    // All four combinations the swaps went through were seen, in order of deploys.
+    assert!(seen.len() >= 3, "versions seen: {seen:?}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let (ok, out) =
+        run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]));
+    assert!(ok, "{out}");
+    out
+}
