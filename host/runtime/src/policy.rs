@@ -11,7 +11,10 @@ use std::sync::Arc;
 use mailwit_smtp::{Mechanism, Reply, Status};
 
 use crate::bindings::mailwit::policy::types as t;
-use crate::call::{self, Failure, FailureKind, Limits};
+use wasmtime::Store;
+use wasmtime::component::Instance;
+
+use crate::call::{self, Failure, FailureKind, Limits, State};
 use crate::engine::{Function, Runtime};
 use crate::rules::Rules;
 
@@ -113,6 +116,32 @@ fn client(c: &Client) -> t::ClientInfo {
     }
 }
 
+fn message(m: &MessageInfo) -> t::Message {
+    t::Message {
+        headers: m
+            .headers
+            .iter()
+            .map(|(n, v)| t::Header {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        to: m.to.clone(),
+        cc: m.cc.clone(),
+        size: m.size,
+        content_type: m.content_type.clone(),
+        attachments: m
+            .attachments
+            .iter()
+            .map(|a| t::Attachment {
+                filename: a.filename.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+            })
+            .collect(),
+    }
+}
+
 fn session(s: &SessionInfo) -> t::Session {
     t::Session {
         client: client(&s.client),
@@ -146,6 +175,36 @@ impl PolicySet {
             .map_err(|e| self.fail(f, FailureKind::InvalidReply(e.to_string())))
     }
 
+    /// Asks every function that `has` the decision point, in order, on a
+    /// fresh instance each; `take` absorbs an acceptance. The first refusal
+    /// wins.
+    fn each<R>(
+        &self,
+        rt: &Runtime,
+        has: impl Fn(&Function) -> bool,
+        mut call: impl FnMut(
+            &Function,
+            &mut Store<State>,
+            &Instance,
+        ) -> wasmtime::Result<Result<R, t::Reply>>,
+        mut take: impl FnMut(&Function, R) -> Result<(), Failure>,
+    ) -> Result<Option<Reply>, Failure> {
+        for f in self.functions.iter().filter(|f| has(f)) {
+            match call::run(
+                rt,
+                f,
+                &self.tenant,
+                &self.rules,
+                self.limits,
+                |store, inst| call(f, store, inst),
+            )? {
+                Ok(v) => take(f, v)?,
+                Err(reply) => return Ok(Some(self.refusal(f, reply)?)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Authentication: every function exporting it must accept; the first
     /// refusal wins. With none, every login is refused.
     pub fn authenticate(
@@ -160,39 +219,29 @@ impl PolicySet {
             Mechanism::Plain => t::Mechanism::Plain,
             Mechanism::Login => t::Mechanism::Login,
         };
+        let info = client(c);
         let mut accepted = None;
-        for f in &self.functions {
-            let Some(idx) = &f.exports.authenticate else {
-                continue;
-            };
-            let r = call::run(
-                rt,
-                f,
-                &self.tenant,
-                &self.rules,
-                self.limits,
-                |store, inst| {
-                    idx.load(&mut *store, inst)?.call_authenticate(
-                        &mut *store,
-                        &client(c),
-                        &self.tenant,
-                        mech,
-                        login,
-                        secret,
-                    )
-                },
-            )?;
-            match r {
-                Ok(l) if l.len() > MAX_TEXT => {
+        let refused = self.each(
+            rt,
+            |f| f.exports.authenticate.is_some(),
+            |f, store, inst| {
+                let idx = f.exports.authenticate.as_ref().expect("filtered");
+                idx.load(&mut *store, inst).and_then(|g| {
+                    g.call_authenticate(&mut *store, &info, &self.tenant, mech, login, secret)
+                })
+            },
+            |f, l: String| {
+                if l.len() > MAX_TEXT {
                     return Err(self.fail(f, FailureKind::Oversize("login")));
                 }
-                Ok(l) => accepted = accepted.or(Some(l)),
-                Err(reply) => return Ok(Decision::Refuse(self.refusal(f, reply)?)),
-            }
-        }
-        Ok(match accepted {
-            Some(l) => Decision::Accept(l),
-            None => Decision::Refuse(Reply::new(
+                accepted.get_or_insert(l);
+                Ok(())
+            },
+        )?;
+        Ok(match (refused, accepted) {
+            (Some(r), _) => Decision::Refuse(r),
+            (None, Some(l)) => Decision::Accept(l),
+            (None, None) => Decision::Refuse(Reply::new(
                 535,
                 Status(5, 7, 8),
                 "Authentication credentials invalid",
@@ -210,30 +259,17 @@ impl PolicySet {
     ) -> Result<Decision<()>, Failure> {
         let params = t::MailParams { size, eight_bit };
         let sess = session(s);
-        for f in &self.functions {
-            let Some(idx) = &f.exports.check_sender else {
-                continue;
-            };
-            let r = call::run(
-                rt,
-                f,
-                &self.tenant,
-                &self.rules,
-                self.limits,
-                |store, inst| {
-                    idx.load(&mut *store, inst)?.call_check_sender(
-                        &mut *store,
-                        &sess,
-                        sender,
-                        params,
-                    )
-                },
-            )?;
-            if let Err(reply) = r {
-                return Ok(Decision::Refuse(self.refusal(f, reply)?));
-            }
-        }
-        Ok(Decision::Accept(()))
+        let refused = self.each(
+            rt,
+            |f| f.exports.check_sender.is_some(),
+            |f, store, inst| {
+                let idx = f.exports.check_sender.as_ref().expect("filtered");
+                idx.load(&mut *store, inst)
+                    .and_then(|g| g.call_check_sender(&mut *store, &sess, sender, params))
+            },
+            |_, ()| Ok(()),
+        )?;
+        Ok(refused.map_or(Decision::Accept(()), Decision::Refuse))
     }
 
     pub fn check_recipient(
@@ -244,30 +280,17 @@ impl PolicySet {
         recipient: &str,
     ) -> Result<Decision<()>, Failure> {
         let sess = session(s);
-        for f in &self.functions {
-            let Some(idx) = &f.exports.check_recipient else {
-                continue;
-            };
-            let r = call::run(
-                rt,
-                f,
-                &self.tenant,
-                &self.rules,
-                self.limits,
-                |store, inst| {
-                    idx.load(&mut *store, inst)?.call_check_recipient(
-                        &mut *store,
-                        &sess,
-                        sender,
-                        recipient,
-                    )
-                },
-            )?;
-            if let Err(reply) = r {
-                return Ok(Decision::Refuse(self.refusal(f, reply)?));
-            }
-        }
-        Ok(Decision::Accept(()))
+        let refused = self.each(
+            rt,
+            |f| f.exports.check_recipient.is_some(),
+            |f, store, inst| {
+                let idx = f.exports.check_recipient.as_ref().expect("filtered");
+                idx.load(&mut *store, inst)
+                    .and_then(|g| g.call_check_recipient(&mut *store, &sess, sender, recipient))
+            },
+            |_, ()| Ok(()),
+        )?;
+        Ok(refused.map_or(Decision::Accept(()), Decision::Refuse))
     }
 
     /// Inspection: every exporter in order; the first refusal wins;
@@ -285,71 +308,36 @@ impl PolicySet {
             sender: sender.to_string(),
             recipients: recipients.to_vec(),
         };
-        let message = t::Message {
-            headers: m
-                .headers
-                .iter()
-                .map(|(n, v)| t::Header {
-                    name: n.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            to: m.to.clone(),
-            cc: m.cc.clone(),
-            size: m.size,
-            content_type: m.content_type.clone(),
-            attachments: m
-                .attachments
-                .iter()
-                .map(|a| t::Attachment {
-                    filename: a.filename.clone(),
-                    content_type: a.content_type.clone(),
-                    size: a.size,
-                })
-                .collect(),
-        };
+        let message = message(m);
         let mut out = Inspection::default();
-        for f in &self.functions {
-            let Some(idx) = &f.exports.inspect_message else {
-                continue;
-            };
-            let r = call::run(
-                rt,
-                f,
-                &self.tenant,
-                &self.rules,
-                self.limits,
-                |store, inst| {
-                    idx.load(&mut *store, inst)?.call_inspect_message(
-                        &mut *store,
-                        &sess,
-                        &envelope,
-                        &message,
-                    )
-                },
-            )?;
-            match r {
-                Err(reply) => return Ok(Decision::Refuse(self.refusal(f, reply)?)),
-                Ok(found) => {
-                    if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
-                        return Err(self.fail(f, FailureKind::Oversize("inspection list")));
-                    }
-                    for md in found.metadata {
-                        if md.key.len() > MAX_TEXT || md.value.len() > MAX_VALUE {
-                            return Err(self.fail(f, FailureKind::Oversize("metadata entry")));
-                        }
-                        out.metadata.push((md.key, md.value));
-                    }
-                    for h in found.remove_headers {
-                        if h.len() > MAX_TEXT {
-                            return Err(self.fail(f, FailureKind::Oversize("header name")));
-                        }
-                        out.remove_headers.push(h);
-                    }
+        let refused = self.each(
+            rt,
+            |f| f.exports.inspect_message.is_some(),
+            |f, store, inst| {
+                let idx = f.exports.inspect_message.as_ref().expect("filtered");
+                idx.load(&mut *store, inst)
+                    .and_then(|g| g.call_inspect_message(&mut *store, &sess, &envelope, &message))
+            },
+            |f, found: t::Inspection| {
+                if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
+                    return Err(self.fail(f, FailureKind::Oversize("inspection list")));
                 }
-            }
-        }
-        Ok(Decision::Accept(out))
+                for md in found.metadata {
+                    if md.key.len() > MAX_TEXT || md.value.len() > MAX_VALUE {
+                        return Err(self.fail(f, FailureKind::Oversize("metadata entry")));
+                    }
+                    out.metadata.push((md.key, md.value));
+                }
+                for h in found.remove_headers {
+                    if h.len() > MAX_TEXT {
+                        return Err(self.fail(f, FailureKind::Oversize("header name")));
+                    }
+                    out.remove_headers.push(h);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(refused.map_or(Decision::Accept(out), Decision::Refuse))
     }
 
     /// Routing: the first function exporting `route` decides; with none,
@@ -398,6 +386,17 @@ impl PolicySet {
             Ok(t::Destination::Discard) => Ok(Decision::Accept(Route::Discard)),
             Err(reply) => Ok(Decision::Refuse(self.refusal(f, reply)?)),
         }
+    }
+}
+
+impl PolicySet {
+    /// Instantiates every function once and calls nothing: what the
+    /// per-call setup costs (for the benchmark).
+    pub fn instantiate_each(&self, rt: &Runtime) -> Result<(), Failure> {
+        for f in &self.functions {
+            call::run(rt, f, &self.tenant, &self.rules, self.limits, |_, _| Ok(()))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,134 @@
+//! Per-transaction policy cost of the demo tenant's reference function set.
+//!
+//! `cargo bench -p mailwit --bench policy` loads the embedded reference
+//! components into one runtime (as `mailwit serve` does) and measures, in
+//! process and without sockets:
+//! - instantiation: a fresh instance of each function, nothing called;
+//! - a transaction: check-sender, one check-recipient, inspect-message (two
+//!   functions) and route, each on fresh instances, as the SMTP path does;
+//! - authentication (an argon2 verification inside, by design).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailwit::tenants::BUILTINS;
+use mailwit_runtime::{
+    Client, Decision, Limits, MessageInfo, PolicySet, Rules, Runtime, RuntimeConfig, SessionInfo,
+};
+use mailwit_smtp::Mechanism;
+
+const N: u32 = 2000;
+
+fn main() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let demo = mailwit::config::Config::load(None).unwrap();
+    let rules = Rules::parse(&toml::to_string(&demo.tenants[0].rules).unwrap()).unwrap();
+    let functions = ["auth", "sender", "content", "ib-headers", "router"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let bytes = BUILTINS.iter().find(|(n, _)| n == name).unwrap().1;
+            Arc::new(rt.load(name, i as u64 + 1, bytes).unwrap())
+        })
+        .collect();
+    let set = PolicySet {
+        tenant: Arc::from("demo"),
+        generation: 1,
+        functions,
+        rules: Arc::new(rules),
+        rules_version: 1,
+        limits: Limits::default(),
+    };
+    let client = Client {
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 40000,
+        listener: "submission".into(),
+        tls: true,
+        server_name: None,
+    };
+    let session = SessionInfo {
+        client: client.clone(),
+        tenant: "demo".into(),
+        login: "demo".into(),
+        helo: "bench.example".into(),
+    };
+    let message = MessageInfo {
+        headers: vec![
+            ("From".into(), "demo@mailwit.test".into()),
+            ("To".into(), "someone@example.net".into()),
+            ("Subject".into(), "benchmark".into()),
+            ("X-IB-bulk-id".into(), "bulk-1".into()),
+            ("X-IB-notify-url".into(), "https://example.net/dlr".into()),
+        ],
+        to: vec!["someone@example.net".into()],
+        cc: vec![],
+        size: 4096,
+        content_type: "text/plain".into(),
+        attachments: vec![],
+    };
+    let rcpts = vec!["someone@example.net".to_string()];
+
+    let t = time(|| set.instantiate_each(&rt).unwrap());
+    println!(
+        "instantiate: {:.1} µs per function ({} functions, {:.1} µs for all)",
+        t.as_secs_f64() * 1e6 / set.functions.len() as f64,
+        set.functions.len(),
+        t.as_secs_f64() * 1e6
+    );
+
+    let t = time(|| {
+        let sender = "demo@mailwit.test";
+        assert_eq!(
+            set.check_sender(&rt, &session, sender, Some(4096), false)
+                .unwrap(),
+            Decision::Accept(())
+        );
+        assert_eq!(
+            set.check_recipient(&rt, &session, sender, &rcpts[0])
+                .unwrap(),
+            Decision::Accept(())
+        );
+        let Decision::Accept(found) = set
+            .inspect_message(&rt, &session, sender, &rcpts, &message)
+            .unwrap()
+        else {
+            panic!("refused")
+        };
+        let Decision::Accept(_route) = set
+            .route(&rt, &session, sender, &rcpts, &found.metadata)
+            .unwrap()
+        else {
+            panic!("refused")
+        };
+    });
+    println!(
+        "transaction (sender + 1 recipient + inspect x2 + route, 5 instances): {:.1} µs",
+        t.as_secs_f64() * 1e6
+    );
+
+    let start = Instant::now();
+    let n = 20;
+    for _ in 0..n {
+        let d = set
+            .authenticate(&rt, &client, Mechanism::Plain, "demo", "demo-password")
+            .unwrap();
+        assert_eq!(d, Decision::Accept("demo".into()));
+    }
+    println!(
+        "authenticate (argon2id m=19456 t=2 inside): {:.2} ms",
+        start.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+}
+
+/// Mean time of `f` over N runs, after N/10 warm-up runs.
+fn time(mut f: impl FnMut()) -> Duration {
+    for _ in 0..N / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..N {
+        f();
+    }
+    start.elapsed() / N
+}
