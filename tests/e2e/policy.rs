@@ -550,3 +550,80 @@ fn http_get(port: u16, path: &str) -> String {
     assert!(ok, "{out}");
     out
 }
+
+#[test]
+fn deployed_versions_survive_a_restart_without_recompiling() {
+    let mut s = Server::start();
+    let (ok, out) = admin(
+        &s,
+        &[
+            "deploy",
+            "acme",
+            "router",
+            component("router_sandbox").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    // The first start compiled (the check below can see compilations).
+    assert!(s.log_text().contains("component.compiled"));
+    let before = s.log.lock().unwrap().len();
+    s.restart();
+    let after: Vec<String> = s.log.lock().unwrap()[before..].to_vec();
+    assert!(
+        !after.iter().any(|l| l.contains("component.compiled")),
+        "recompiled after restart:\n{}",
+        after.join("\n")
+    );
+    assert!(
+        after
+            .iter()
+            .any(|l| l.contains("tenant.loaded") && l.contains("router@2")),
+        "{}",
+        after.join("\n")
+    );
+    let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
+    assert_eq!(s.spooled(&queue_id(&out).unwrap()).meta.route, "sandbox");
+    // And the history survived too: rollback goes to version 1.
+    let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
+    assert!(ok && out.contains("\"active_version\":1"), "{out}");
+}
+
+#[test]
+fn tls_server_name_resolves_a_login_that_two_tenants_share() {
+    let shared = "shared@login.example";
+    let sni = tenant(
+        "sni",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.tls]\nserver-names = [\"mail.sni.example\"]\n[tenants.rules.senders]\ndomains = [\"sni.example\"]\n{}",
+            users(shared)
+        ),
+    );
+    let other = tenant("other", STOCK_FUNCTIONS, &users(shared));
+    let s = Server::start_with(Options {
+        extra: sni + &other,
+        ..Options::default()
+    });
+    let port = s.port("submission").to_string();
+    let send = |extra: &[&str]| {
+        let (_, out) = run(Command::new("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--tls",
+                "--auth",
+                "PLAIN",
+            ])
+            .args(["--auth-user", shared, "--auth-password", PASSWORD])
+            .args(["--from", "news@sni.example", "--to", "a@example.net"])
+            .args(extra));
+        out
+    };
+    // Ambiguous without a server name: refused like a wrong password.
+    assert_eq!(refusal(&send(&[])), "535 5.7.8");
+    let out = send(&["--tls-sni", "mail.sni.example"]);
+    let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(s.spooled(&id).meta.tenant, "sni");
+}

@@ -307,7 +307,10 @@ impl Runtime {
             // engine with the same compatibility hash, into a directory only
             // this process writes.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    tracing::debug!(event = "component.cached", digest);
+                    return Ok(c);
+                }
                 Err(e) => {
                     tracing::warn!(cause = %e, path = %path.display(), "discarding unusable compiled-code cache entry")
                 }
@@ -315,6 +318,7 @@ impl Runtime {
         }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        tracing::info!(event = "component.compiled", digest);
         match component.serialize() {
             Ok(code) => {
                 let tmp = path.with_extension("tmp");
