@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use mailwit::spool::{Spooled, read_pending};
+use mailwit::spool::{Spooled, read_accepted, read_pending};
 
 /// The demo tenant's password hash (password "demo-password"), reused for
 /// the test tenant so tests need no hashing of their own.
@@ -32,6 +32,10 @@ pub struct Options {
     pub limits: &'static str,
     pub spool: &'static str,
     pub runtime: &'static str,
+    pub delivery: String,
+    /// More rules tables for the acme tenant (each starting with
+    /// `[tenants.rules.<table>]`).
+    pub acme_rules: String,
     pub extra: String,
 }
 
@@ -81,6 +85,9 @@ data_dir = "{data}"
 [runtime]
 {runtime}
 
+[delivery]
+{delivery}
+
 [admin]
 addr = "127.0.0.1:0"
 token = "{ADMIN_TOKEN}"
@@ -114,12 +121,16 @@ revision = "acme-1"
 [tenants.rules.senders]
 domains = ["acme.example"]
 
+{acme_rules}
+
 {extra}
 "#,
             data = dir.path().join("data").display(),
             limits = opts.limits,
             spool = opts.spool,
             runtime = opts.runtime,
+            delivery = opts.delivery,
+            acme_rules = opts.acme_rules,
             extra = opts.extra,
             hash = demo_hash(),
         );
@@ -190,8 +201,14 @@ domains = ["acme.example"]
         self.data_dir().join("tls").join("cert.pem")
     }
 
-    /// Every message in the spool, read from disk.
+    /// Every message accepted into the spool (delivered ones included),
+    /// read from disk.
     pub fn spool(&self) -> Vec<Spooled> {
+        read_accepted(&self.data_dir().join("spool")).unwrap()
+    }
+
+    /// The messages still waiting for delivery.
+    pub fn pending(&self) -> Vec<Spooled> {
         read_pending(&self.data_dir().join("spool")).unwrap()
     }
 
@@ -243,6 +260,37 @@ domains = ["acme.example"]
         }
     }
 
+    /// `mailwit status <id>` against this server: the events, as JSON.
+    pub fn status(&self, id: &str) -> Option<serde_json::Value> {
+        let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
+            .args([
+                "status",
+                "--admin",
+                &format!("127.0.0.1:{}", self.port("admin")),
+            ])
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg(id));
+        if !ok {
+            return None;
+        }
+        serde_json::from_str(&out).ok()
+    }
+
+    /// The statuses of `id` for `recipient`, in order ("received", "sent", ...).
+    pub fn statuses(&self, id: &str, recipient: &str) -> Vec<String> {
+        let Some(v) = self.status(id) else {
+            return Vec::new();
+        };
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["recipient"] == recipient)
+            .map(|e| e["status"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Starts the binary again on the same configuration and data.
     pub fn restart(&mut self) {
         self.kill9();
@@ -253,6 +301,18 @@ domains = ["acme.example"]
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Polls `check` for up to 30 s; panics with `what` if it never holds.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -2,6 +2,7 @@
 //! All compile into this one test binary to keep link times down.
 
 mod clients;
+mod delivery;
 mod durability;
 mod harness;
 mod limits;

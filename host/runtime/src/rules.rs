@@ -34,8 +34,14 @@ pub enum RulesError {
     TooManyUsers { count: usize, max: usize },
 }
 
-fn is_secret(key: &str) -> bool {
+/// Keys holding password hashes.
+fn is_hash(key: &str) -> bool {
     key.starts_with("users.") || key.starts_with("api-keys.")
+}
+
+/// Keys a component never sees: hashes, upstream passwords, DKIM keys.
+fn is_secret(key: &str) -> bool {
+    is_hash(key) || key.ends_with(".password") || key == "dkim.private-key"
 }
 
 impl Rules {
@@ -49,7 +55,7 @@ impl Rules {
         };
         flatten("", &toml::Value::Table(table), &mut rules)?;
         for (key, value) in &rules.scalars {
-            if is_secret(key) {
+            if is_hash(key) {
                 PasswordHash::new(value).map_err(|e| RulesError::Invalid {
                     key: key.clone(),
                     why: format!("not an argon2 PHC string: {e}"),
@@ -83,6 +89,12 @@ impl Rules {
         self.scalars.get(key).map(String::as_str)
     }
 
+    /// Any scalar, secrets included: for the host only (upstream passwords,
+    /// the DKIM private key).
+    pub fn secret(&self, key: &str) -> Option<&str> {
+        self.scalars.get(key).map(String::as_str)
+    }
+
     /// A list for a component (empty when missing).
     pub fn list(&self, key: &str) -> &[String] {
         self.lists.get(key).map(Vec::as_slice).unwrap_or(&[])
@@ -100,7 +112,7 @@ impl Rules {
     /// Checks `secret` against the PHC hash stored at `key` (a `users.` or
     /// `api-keys.` key). CPU-heavy by design (argon2).
     pub fn verify_secret(&self, key: &str, secret: &str) -> bool {
-        if !is_secret(key) {
+        if !is_hash(key) {
             return false;
         }
         match self

@@ -8,6 +8,7 @@
 //! | `PUT /v1/tenants/{t}/functions/{f}` | deploy a component (body: the `.wasm`) |
 //! | `PUT /v1/tenants/{t}/rules` | replace the rules (body: TOML) |
 //! | `POST /v1/tenants/{t}/functions/{f}/rollback` | previous version (`f` = `rules` for the rules) |
+//! | `GET /v1/messages/{id}[?recipient=a@b]` | a message's status events, any tenant (JSON) |
 //!
 //! Everything under `/v1/` needs `Authorization: Bearer <token>`.
 
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::delivery::status::StatusStore;
 use crate::metrics::Metrics;
 use crate::tenants::{AdminError, Tenants};
 
@@ -30,6 +32,7 @@ const MAX_BODY: usize = 32 << 20;
 pub struct Admin {
     pub tenants: Arc<Tenants>,
     pub metrics: Arc<Metrics>,
+    pub status: Arc<dyn StatusStore>,
     pub token: String,
 }
 
@@ -116,6 +119,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         );
     }
     let method = req.method().clone();
+    let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -126,6 +130,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
     };
     let tenants = admin.tenants.clone();
+    let status = admin.status.clone();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
     // Deploys compile: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
@@ -147,6 +152,17 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             (Method::POST, ["v1", "tenants", t, "functions", f, "rollback"]) => tenants
                 .rollback(t, f)
                 .map(|v| serde_json::json!({ "tenant": t, "function": f, "active_version": v })),
+            (Method::GET, ["v1", "messages", id]) => {
+                let recipient = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("recipient="));
+                let events = status.message(None, id, recipient);
+                if events.is_empty() {
+                    Err(AdminError::NotFound(format!("no events for message {id}")))
+                } else {
+                    Ok(serde_json::json!({ "message_id": id, "events": events }))
+                }
+            }
             _ => Err(AdminError::NotFound("no such admin endpoint".into())),
         }
     })

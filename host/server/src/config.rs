@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub runtime: RuntimeSection,
     #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
     pub tenants: Vec<Tenant>,
 }
 
@@ -52,6 +54,40 @@ impl Default for AdminConfig {
         AdminConfig {
             addr: "127.0.0.1:8025".parse().expect("valid"),
             token: None,
+        }
+    }
+}
+
+/// Delivery, retries and the status store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Deliveries under way at once. Default 16.
+    pub workers: usize,
+    /// First retry delay; doubles per attempt. Default 60.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay. Default 3600.
+    pub retry_max_secs: u64,
+    /// Give up (fail, bounce) after this age. Default 172800 (2 days).
+    pub max_age_secs: u64,
+    /// Timeout of each step of an SMTP relay. Default 60.
+    pub timeout_secs: u64,
+    /// Keep status events this long. Default 604800 (7 days).
+    pub retention_secs: u64,
+    /// How often expired events are purged. Default 3600.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            workers: 16,
+            retry_initial_secs: 60,
+            retry_max_secs: 3600,
+            max_age_secs: 2 * 24 * 3600,
+            timeout_secs: 60,
+            retention_secs: 7 * 24 * 3600,
+            purge_interval_secs: 3600,
         }
     }
 }

@@ -20,10 +20,13 @@
 //!   metrics) and the CLI's client for it.
 //! - [`metrics`]: per-tenant Prometheus metrics.
 //! - [`spool`]: the durable, group-committed message spool.
+//! - [`delivery`]: relay (DKIM, retries, DSN), sandbox and discard routes,
+//!   and the status store of every step.
 //! - [`tls`]: certificate loading and self-signed generation.
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod driver;
 pub mod message;
 pub mod metrics;

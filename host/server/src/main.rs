@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use hyper::Method;
 use mailwit::admin;
+use mailwit::delivery::Delivery;
+use mailwit::delivery::status::{FileStatusStore, StatusStore};
 use mailwit::metrics::Metrics;
 use mailwit::policy::{NoopPolicy, Policy, WasmPolicy};
 use mailwit::server::{self, Shared};
@@ -55,6 +57,18 @@ enum Command {
     },
     /// Print an argon2 PHC hash for a password (read from stdin when omitted).
     HashPassword { password: Option<String> },
+    /// What happened to a message: its events per recipient.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Admin listener address, when not the configuration's.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Only this recipient's events.
+        #[arg(long)]
+        recipient: Option<String>,
+        message_id: String,
+    },
     /// Inspect the spool of a configuration.
     Spool {
         #[arg(long)]
@@ -96,6 +110,22 @@ fn main() -> anyhow::Result<()> {
             config,
             unsafe_noop_policy,
         } => serve(Config::load(config.as_deref())?, unsafe_noop_policy),
+        Command::Status {
+            config,
+            admin,
+            recipient,
+            message_id,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(a) = admin {
+                config.admin.addr = a;
+            }
+            let mut path = format!("/v1/messages/{message_id}");
+            if let Some(r) = recipient {
+                path.push_str(&format!("?recipient={r}"));
+            }
+            admin_call(&config, Method::GET, &path, Vec::new())
+        }
         Command::Tenant {
             config,
             admin,
@@ -157,16 +187,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
-    let token = match &config.admin.token {
-        Some(t) => t.clone(),
-        None => {
-            let path = config.data_dir.join("admin.token");
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading the admin token {} (set [admin] token, or run from the server's directory)", path.display()))?
-                .trim()
-                .to_string()
-        }
-    };
     let (method, path, body) = match command {
         TenantCommand::Deploy {
             tenant,
@@ -190,6 +210,26 @@ fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
             Vec::new(),
         ),
     };
+    admin_call(&config, method, &path, body)
+}
+
+/// One request to the running server's admin API; prints the answer.
+fn admin_call(config: &Config, method: Method, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let token = match &config.admin.token {
+        Some(t) => t.clone(),
+        None => {
+            let path = config.data_dir.join("admin.token");
+            std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!(
+                        "reading the admin token {} (set [admin] token, or run from the server's directory)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -197,7 +237,7 @@ fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
         config.admin.addr,
         &token,
         method,
-        &path,
+        path,
         body,
     ))?;
     print!("{text}");
@@ -253,13 +293,30 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
         } else {
             Arc::new(WasmPolicy::new(rt.clone(), tenants.clone(), metrics.clone()))
         };
+        let status: Arc<dyn StatusStore> = Arc::new(
+            FileStatusStore::open(&config.data_dir.join("status")).context("opening the status store")?,
+        );
+        let delivery = if noop {
+            None
+        } else {
+            let d = Delivery::start(
+                spool.clone(),
+                status.clone(),
+                tenants.clone(),
+                config.delivery.clone(),
+                config.hostname.clone(),
+                &config.data_dir,
+            );
+            d.recover(pending);
+            Some(d)
+        };
         let listeners = server::bind(&config).await?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
             .await
             .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
         let token = admin_token(&config)?;
         tracing::info!(event = "listening", listener = %"admin", addr = %admin_listener.local_addr()?, tls = %"none");
-        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, tls));
+        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, delivery, tls));
 
         let (stop, stopped) = watch::channel(false);
         let mut term = signal(SignalKind::terminate())?;
@@ -274,10 +331,15 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
         let admin = Arc::new(admin::Admin {
             tenants,
             metrics,
+            status,
             token,
         });
         let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
+        let spool_handle = shared.spool.clone();
         server::run(shared, listeners, stopped).await;
+        // Delivery keeps its own handle; the committer stops after what is
+        // already queued (unfinished deliveries resume at the next start).
+        spool_handle.close();
         let _ = admin_task.await;
         // All sessions are gone, so is every spool handle: the committer
         // drains and stops.

@@ -21,6 +21,8 @@ pub struct Shared {
     pub policy: Arc<dyn Policy>,
     pub metrics: Arc<Metrics>,
     pub spool: Spool,
+    /// Hands each queued message to delivery (absent in the noop benchmark).
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
     pub tls: TlsAcceptor,
     conns: Mutex<ConnCount>,
     next_session: AtomicU64,
@@ -59,6 +61,7 @@ impl Shared {
         policy: Arc<dyn Policy>,
         metrics: Arc<Metrics>,
         spool: Spool,
+        delivery: Option<Arc<crate::delivery::Delivery>>,
         tls: TlsAcceptor,
     ) -> Self {
         Shared {
@@ -66,6 +69,7 @@ impl Shared {
             policy,
             metrics,
             spool,
+            delivery,
             tls,
             conns: Mutex::new(ConnCount::default()),
             next_session: AtomicU64::new(1),

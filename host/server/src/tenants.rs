@@ -195,10 +195,13 @@ impl Tenants {
         Ok(tenants)
     }
 
+    /// Stores a configured tenant as version 1 of everything. Everything is
+    /// validated before anything is stored, so a mistake in the
+    /// configuration cannot leave a half-made tenant on disk.
     fn bootstrap(&self, t: &Tenant) -> anyhow::Result<()> {
         let rules = toml::to_string(&t.rules)?;
-        self.set_rules(&t.id, &rules)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Rules::parse(&rules).with_context(|| format!("tenant {}: rules", t.id))?;
+        let mut components = Vec::new();
         for f in &t.functions {
             let bytes = match f.component.strip_prefix("builtin:") {
                 Some(name) => BUILTINS
@@ -209,8 +212,16 @@ impl Tenants {
                 None => std::fs::read(&f.component)
                     .with_context(|| format!("reading {}", f.component))?,
             };
-            self.deploy(&t.id, &f.name, &bytes)
-                .map_err(|e| anyhow::anyhow!("function {}: {e}", f.name))?;
+            self.rt
+                .load(&f.name, 1, &bytes)
+                .with_context(|| format!("tenant {}: function {}", t.id, f.name))?;
+            components.push((f.name.as_str(), bytes));
+        }
+        self.set_rules(&t.id, &rules)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (name, bytes) in components {
+            self.deploy(&t.id, name, &bytes)
+                .map_err(|e| anyhow::anyhow!("function {name}: {e}"))?;
         }
         Ok(())
     }

@@ -47,12 +47,17 @@ pub enum SpoolError {
     Closed,
 }
 
+struct Append {
+    /// Queue id for a message record (empty for a Done record).
+    id: String,
+    record: Vec<u8>,
+    done: oneshot::Sender<Result<(), SpoolError>>,
+}
+
 enum Job {
-    Append {
-        id: String,
-        record: Vec<u8>,
-        done: oneshot::Sender<Result<(), SpoolError>>,
-    },
+    Append(Append),
+    /// Commit what came before, then stop (shutdown).
+    Stop,
 }
 
 /// Handle to the spool; cheap to clone.
@@ -97,26 +102,32 @@ impl Spool {
         let record = encode_message(meta, content);
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Job::Append {
+            .send(Job::Append(Append {
                 id: meta.id.clone(),
                 record,
                 done,
-            })
+            }))
             .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// Records that a message has left the spool (delivery's job; exposed
-    /// now so the format is complete and tested).
+    /// Stops the committer once everything sent before is committed; later
+    /// writes fail with [`SpoolError::Closed`].
+    pub fn close(&self) {
+        let _ = self.tx.send(Job::Stop);
+    }
+
+    /// Records that a message has left the spool (delivered, or failed for
+    /// good).
     pub async fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
         let record = encode(Kind::Done, &[id.as_bytes()]);
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Job::Append {
+            .send(Job::Append(Append {
                 id: String::new(),
                 record,
                 done,
-            })
+            }))
             .map_err(|_| SpoolError::Closed)?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
@@ -152,14 +163,22 @@ struct Committer {
 impl Committer {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         let (mut syncs, mut records) = (0u64, 0u64);
+        let mut stopping = false;
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            let mut bytes = batch_len(&batch);
+            let mut batch = match first {
+                Job::Stop => break,
+                Job::Append(a) => vec![a],
+            };
+            let mut bytes = batch[0].record.len();
             while bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(job) => {
-                        bytes += batch_len(std::slice::from_ref(&job));
-                        batch.push(job);
+                    Ok(Job::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Ok(Job::Append(a)) => {
+                        bytes += a.record.len();
+                        batch.push(a);
                     }
                     Err(_) => break,
                 }
@@ -167,7 +186,7 @@ impl Committer {
             let result = self.commit(&batch, bytes);
             syncs += 1;
             records += batch.len() as u64;
-            for Job::Append { id, done, .. } in batch {
+            for Append { id, done, .. } in batch {
                 let r = match &result {
                     Ok(()) => Ok(()),
                     Err(CommitError::DiskFull) => Err(SpoolError::DiskFull),
@@ -184,6 +203,9 @@ impl Committer {
                 };
                 let _ = done.send(r);
             }
+            if stopping {
+                break;
+            }
         }
         tracing::info!(
             event = "spool.stats",
@@ -193,7 +215,7 @@ impl Committer {
         );
     }
 
-    fn commit(&mut self, batch: &[Job], bytes: usize) -> Result<(), CommitError> {
+    fn commit(&mut self, batch: &[Append], bytes: usize) -> Result<(), CommitError> {
         let free = free_bytes(&self.dir).map_err(CommitError::io)?;
         if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
             tracing::warn!(
@@ -222,16 +244,13 @@ impl Committer {
         Ok(())
     }
 
-    fn write_batch(&mut self, batch: &[Job]) -> io::Result<()> {
+    fn write_batch(&mut self, batch: &[Append]) -> io::Result<()> {
         let cancels: Vec<Vec<u8>> = self
             .cancels
             .iter()
             .map(|id| encode(Kind::Cancel, &[id.as_bytes()]))
             .collect();
-        for rec in cancels
-            .iter()
-            .chain(batch.iter().map(|Job::Append { record, .. }| record))
-        {
+        for rec in cancels.iter().chain(batch.iter().map(|a| &a.record)) {
             self.segment.file.write_all(rec)?;
             self.segment.len += rec.len() as u64;
         }
@@ -239,13 +258,6 @@ impl Committer {
         self.cancels.clear();
         Ok(())
     }
-}
-
-fn batch_len(batch: &[Job]) -> usize {
-    batch
-        .iter()
-        .map(|Job::Append { record, .. }| record.len())
-        .sum()
 }
 
 #[derive(Debug)]
@@ -291,6 +303,16 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// cancelled, in acceptance order. Safe to call while a server writes to
 /// the spool: a record still being written is simply not seen yet.
 pub fn read_pending(dir: &Path) -> io::Result<Vec<Spooled>> {
+    read(dir, true)
+}
+
+/// Every message ever acknowledged that is still on disk, delivered ones
+/// included (not the cancelled ones, which were never acknowledged).
+pub fn read_accepted(dir: &Path) -> io::Result<Vec<Spooled>> {
+    read(dir, false)
+}
+
+fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<Spooled>> {
     let mut messages: Vec<Spooled> = Vec::new();
     let mut gone = std::collections::HashSet::new();
     for (seq, path) in segments(dir)? {
@@ -316,6 +338,7 @@ pub fn read_pending(dir: &Path) -> io::Result<Vec<Spooled>> {
                         tracing::warn!(segment = seq, offset = at, "undecodable message record")
                     }
                 },
+                Kind::Done if !pending_only => {}
                 Kind::Done | Kind::Cancel => {
                     gone.insert(String::from_utf8_lossy(payload).into_owned());
                 }

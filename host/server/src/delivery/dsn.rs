@@ -1,0 +1,74 @@
+//! Delivery status notifications (RFC 3464): a `multipart/report` for the
+//! envelope sender, built with `mail-builder`.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::mime::MimePart;
+
+/// One failed recipient and why.
+pub struct FailedRecipient<'a> {
+    pub recipient: &'a str,
+    /// SMTP code of the failure (5xx, or 4xx when retries ran out).
+    pub code: u16,
+    /// Enhanced status ("5.1.1").
+    pub status: String,
+    /// The reply or error, for humans.
+    pub diagnostic: &'a str,
+}
+
+/// Builds the DSN for `original` (its header section is returned).
+pub fn build(
+    reporting_host: &str,
+    original_id: &str,
+    sender: &str,
+    failed: &[FailedRecipient<'_>],
+    original: &[u8],
+) -> Vec<u8> {
+    let text = format!(
+        "This is the mail system at {reporting_host}.\r\n\r\n\
+         Your message {original_id} could not be delivered to one or more recipients.\r\n\r\n{}",
+        failed
+            .iter()
+            .map(|f| format!("<{}>: {}\r\n", f.recipient, f.diagnostic))
+            .collect::<String>()
+    );
+    let mut status =
+        format!("Reporting-MTA: dns; {reporting_host}\r\nX-Mailwit-Queue-ID: {original_id}\r\n");
+    for f in failed {
+        let action = if f.code >= 500 { "failed" } else { "delayed" };
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            f.recipient,
+            f.status,
+            f.diagnostic.replace(['\r', '\n'], " ")
+        ));
+    }
+    let headers_end = original
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(original.len());
+    let report = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new("text/plain", text),
+            MimePart::new("message/delivery-status", status),
+            MimePart::new(
+                "text/rfc822-headers",
+                String::from_utf8_lossy(&original[..headers_end]).into_owned(),
+            ),
+        ],
+    );
+    let daemon = format!("mailer-daemon@{reporting_host}");
+    MessageBuilder::new()
+        .from(("Mail Delivery System", daemon.as_str()))
+        .to(sender)
+        .subject("Undelivered Mail Returned to Sender")
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-replied"),
+        )
+        .body(report)
+        .write_to_vec()
+        .unwrap_or_default()
+}

@@ -1,0 +1,215 @@
+//! The status store: one event per message × recipient × step, kept for the
+//! retention period (7 days by default, as the Sinch seed says) and then
+//! purged.
+//!
+//! [`StatusStore`] is the interface a shared backend can implement later.
+//! [`FileStatusStore`] is the embedded default: an append-only JSON-lines
+//! file (`<data_dir>/status/events.jsonl`), indexed in memory by message
+//! id. Appends are fsynced in the batch that records them. A purge rewrites
+//! the file without the expired events (write, fsync, rename). This suits
+//! one machine's volume; it holds the retained events in memory.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The steps of a message's life, per recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted with `250` (timestamp of the 250).
+    Received,
+    /// A temporary failure; will be retried.
+    Deferred,
+    /// The next hop accepted it.
+    Sent,
+    /// Captured in the sandbox, never sent.
+    DeliveredToSandbox,
+    /// Dropped on the tenant's request.
+    Discarded,
+    /// A permanent failure, or retries exhausted.
+    Failed,
+    /// A delivery status notification was queued for the sender.
+    Bounced,
+}
+
+impl Status {
+    /// No further step will follow for this recipient.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Sent | Status::DeliveredToSandbox | Status::Discarded | Status::Failed
+        )
+    }
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ms: u64,
+    pub tenant: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub status: Status,
+    /// The next hop's reply, the error, or what happened.
+    pub detail: String,
+}
+
+pub trait StatusStore: Send + Sync {
+    /// Records events durably.
+    fn record(&self, events: &[Event]) -> std::io::Result<()>;
+    /// A message's events (optionally one recipient's), oldest first. With
+    /// a tenant, another tenant's message yields nothing; without one (the
+    /// operator's view), any tenant's.
+    fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event>;
+    /// Drops events older than `cutoff_ms`; returns how many.
+    fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize>;
+}
+
+pub struct FileStatusStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    file: File,
+    by_id: HashMap<String, Vec<Event>>,
+}
+
+impl FileStatusStore {
+    pub fn open(dir: &Path) -> std::io::Result<FileStatusStore> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("events.jsonl");
+        let mut by_id: HashMap<String, Vec<Event>> = HashMap::new();
+        if path.exists() {
+            for line in BufReader::new(File::open(&path)?).lines() {
+                // A line cut short by a crash is skipped.
+                if let Ok(e) = serde_json::from_str::<Event>(&line?) {
+                    by_id.entry(e.message_id.clone()).or_default().push(e);
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(FileStatusStore {
+            path,
+            inner: Mutex::new(Inner { file, by_id }),
+        })
+    }
+}
+
+impl StatusStore for FileStatusStore {
+    fn record(&self, events: &[Event]) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut buf, e)?;
+            buf.push(b'\n');
+        }
+        let mut inner = self.inner.lock().expect("status lock");
+        inner.file.write_all(&buf)?;
+        inner.file.sync_data()?;
+        for e in events {
+            inner
+                .by_id
+                .entry(e.message_id.clone())
+                .or_default()
+                .push(e.clone());
+        }
+        Ok(())
+    }
+
+    fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event> {
+        let inner = self.inner.lock().expect("status lock");
+        inner
+            .by_id
+            .get(id)
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| {
+                        tenant.is_none_or(|t| e.tenant == t)
+                            && recipient.is_none_or(|r| e.recipient.eq_ignore_ascii_case(r))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
+        let mut inner = self.inner.lock().expect("status lock");
+        let before: usize = inner.by_id.values().map(Vec::len).sum();
+        inner.by_id.retain(|_, events| {
+            events.retain(|e| e.ts_ms >= cutoff_ms);
+            !events.is_empty()
+        });
+        let kept: usize = inner.by_id.values().map(Vec::len).sum();
+        if kept == before {
+            return Ok(0);
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        let mut all: Vec<&Event> = inner.by_id.values().flatten().collect();
+        all.sort_by_key(|e| e.ts_ms);
+        let mut buf = Vec::new();
+        for e in all {
+            serde_json::to_writer(&mut buf, e)?;
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        inner.file = OpenOptions::new().append(true).open(&self.path)?;
+        Ok(before - kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, tenant: &str, rcpt: &str, ts_ms: u64, status: Status) -> Event {
+        Event {
+            ts_ms,
+            tenant: tenant.into(),
+            message_id: id.into(),
+            recipient: rcpt.into(),
+            status,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn record_query_purge_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStatusStore::open(dir.path()).unwrap();
+        s.record(&[
+            ev("M1", "a", "x@e.example", 10, Status::Received),
+            ev("M1", "a", "y@e.example", 10, Status::Received),
+            ev("M1", "a", "x@e.example", 20, Status::Sent),
+            ev("M2", "a", "x@e.example", 30, Status::Received),
+        ])
+        .unwrap();
+        assert_eq!(s.message(Some("a"), "M1", None).len(), 3);
+        assert_eq!(s.message(Some("a"), "M1", Some("X@e.example")).len(), 2);
+        assert!(
+            s.message(Some("b"), "M1", None).is_empty(),
+            "another tenant saw M1"
+        );
+        assert_eq!(s.purge(15).unwrap(), 2);
+        assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
+        s.record(&[ev("M2", "a", "x@e.example", 40, Status::Sent)])
+            .unwrap();
+        drop(s);
+        let s = FileStatusStore::open(dir.path()).unwrap();
+        assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
+        assert_eq!(s.message(Some("a"), "M2", None).len(), 2);
+    }
+}

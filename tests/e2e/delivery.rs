@@ -1,0 +1,292 @@
+//! After "250 queued": relay to a real next hop (aiosmtpd) with DKIM that an
+//! independent verifier (dkimpy) accepts, retries, failures with a DSN,
+//! sandbox and discard routes, retention, and recovery after SIGKILL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::*;
+
+/// The next hop: tests/e2e/upstream.py on a free port.
+struct Upstream {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Upstream {
+    fn start(dir: &Path, port: Option<u16>) -> Upstream {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let dir = dir.join("upstream");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/upstream.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "upstream did not start");
+        Upstream { child, port, dir }
+    }
+
+    /// Messages received so far: (envelope JSON, content).
+    fn received(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let eml = self.dir.join(format!("{n}.eml"));
+            if !eml.exists() {
+                break;
+            }
+            let env = std::fs::read_to_string(self.dir.join(format!("{n}.json"))).unwrap();
+            out.push((
+                serde_json::from_str(&env).unwrap(),
+                std::fs::read(eml).unwrap(),
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn submit(s: &Server, to: &str, extra: &[&str]) -> String {
+    let port = s.port("plain").to_string();
+    let (_, out) = run(Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
+        .args(["--auth-user", LOGIN, "--auth-password", PASSWORD])
+        .args(["--from", SENDER, "--to", to, "--helo", "client.test"])
+        .args(extra));
+    queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"))
+}
+
+fn relay_rules(upstream_port: u16, key_pem: &str) -> String {
+    format!(
+        "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {upstream_port}\ntls = \"none\"\n\n\
+         [tenants.rules.dkim]\ndomain = \"acme.example\"\nselector = \"s1\"\nprivate-key = '''\n{key_pem}'''\n\n\
+         [tenants.rules.route]\nsandbox-recipient-domains = [\"sandbox.example\"]\n"
+    )
+}
+
+/// An RSA key made by openssl, and its public half as a DKIM DNS record.
+fn dkim_key(dir: &Path) -> (String, String) {
+    let key = dir.join("dkim.pem");
+    let (ok, out) = run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    assert!(ok, "{out}");
+    let out = Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    use base64::Engine;
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(out.stdout)
+    );
+    (std::fs::read_to_string(&key).unwrap(), record)
+}
+
+/// dkimpy's verdict on `message`, with the DNS lookup answered by `record`.
+fn dkim_verifies(dir: &Path, message: &[u8], record: &str) -> bool {
+    let path = write_file(dir, "verify.eml", message);
+    let script = r#"
+import sys, dkim
+record = sys.argv[2].encode()
+def dns(name, timeout=5):
+    return record if name == b"s1._domainkey.acme.example." else None
+print("verified" if dkim.verify(open(sys.argv[1], "rb").read(), dnsfunc=dns) else "failed")
+"#;
+    let (ok, out) = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .arg(record));
+    assert!(ok, "{out}");
+    out.trim() == "verified"
+}
+
+#[test]
+fn relay_signs_retries_bounces_and_tracks_every_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(tmp.path(), None);
+    let (key, record) = dkim_key(tmp.path());
+    let s = Server::start_with(Options {
+        delivery: "retry_initial_secs = 1\nretry_max_secs = 2".into(),
+        acme_rules: relay_rules(upstream.port, &key),
+        ..Options::default()
+    });
+
+    // Relayed intact (but for the removed X-IB headers), signed.
+    let id = submit(
+        &s,
+        "ok@example.net",
+        &[
+            "--header",
+            "X-IB-bulk-id: bulk-9",
+            "--header",
+            "Subject: relayed",
+        ],
+    );
+    wait_for("the relayed message", || upstream.received().len() == 1);
+    let (env, content) = upstream.received().remove(0);
+    assert_eq!(env["mail_from"], SENDER);
+    assert_eq!(env["rcpt_tos"], serde_json::json!(["ok@example.net"]));
+    let text = String::from_utf8_lossy(&content);
+    assert!(text.starts_with("DKIM-Signature:"), "{text}");
+    assert!(
+        !text.contains("X-IB-bulk-id"),
+        "control header relayed:\n{text}"
+    );
+    assert!(text.contains("Subject: relayed"));
+    assert!(
+        dkim_verifies(tmp.path(), &content, &record),
+        "DKIM signature does not verify:\n{text}"
+    );
+    // A changed body no longer verifies: the check can fail.
+    let tampered = String::from_utf8_lossy(&content)
+        .replace("This is a test mailing", "This is a forged mailing");
+    assert!(!dkim_verifies(tmp.path(), tampered.as_bytes(), &record));
+    wait_for("sent", || {
+        s.statuses(&id, "ok@example.net") == ["received", "sent"]
+    });
+    let events = s.status(&id).unwrap();
+    assert!(
+        events["events"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("upstream-1"),
+        "{events}"
+    );
+
+    // 4xx first, 250 later: received -> deferred -> sent.
+    let id = submit(&s, "defer@example.net", &[]);
+    wait_for("deferred then sent", || {
+        s.statuses(&id, "defer@example.net") == ["received", "deferred", "sent"]
+    });
+
+    // 5xx: failed, and a DSN to the sender through the same machinery.
+    let id = submit(&s, "reject@example.net", &[]);
+    wait_for("failed and bounced", || {
+        s.statuses(&id, "reject@example.net") == ["received", "failed", "bounced"]
+    });
+    // aiosmtpd shows the null sender as "<>".
+    wait_for("the DSN", || {
+        upstream
+            .received()
+            .iter()
+            .any(|(e, _)| e["mail_from"] == "<>")
+    });
+    let (env, dsn) = upstream
+        .received()
+        .into_iter()
+        .find(|(e, _)| e["mail_from"] == "<>")
+        .unwrap();
+    assert_eq!(env["rcpt_tos"], serde_json::json!([SENDER]));
+    let dsn = String::from_utf8_lossy(&dsn);
+    assert!(
+        dsn.contains("multipart/report") && dsn.contains("delivery-status"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; reject@example.net")
+            && dsn.contains("Status: 5.1.1"),
+        "{dsn}"
+    );
+    assert!(dsn.contains(&id), "{dsn}");
+
+    // Sandbox: captured, never sent.
+    let before = upstream.received().len();
+    let id = submit(&s, "qa@sandbox.example", &[]);
+    wait_for("sandboxed", || {
+        s.statuses(&id, "qa@sandbox.example") == ["received", "delivered_to_sandbox"]
+    });
+    assert!(
+        s.data_dir()
+            .join("sandbox/acme")
+            .join(format!("{id}.eml"))
+            .exists()
+    );
+    assert_eq!(upstream.received().len(), before);
+    // Every finished message has left the spool.
+    wait_for("an empty spool", || s.pending().is_empty());
+}
+
+#[test]
+fn discard_route_and_retention_purge() {
+    let s = Server::start_with(Options {
+        delivery: "retention_secs = 2\npurge_interval_secs = 1".into(),
+        acme_rules: "[tenants.rules.route]\ndefault = \"discard\"\n".into(),
+        ..Options::default()
+    });
+    let id = submit(&s, "a@example.net", &[]);
+    wait_for("discarded", || {
+        s.statuses(&id, "a@example.net") == ["received", "discarded"]
+    });
+    // Older than the retention: purged.
+    wait_for("the purge", || s.status(&id).is_none());
+    assert!(s.log_text().contains("status.purged"));
+}
+
+#[test]
+fn sigkill_during_delivery_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The next hop is down at first: every message is deferred.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s = Server::start_with(Options {
+        delivery: "retry_initial_secs = 1\nretry_max_secs = 1".into(),
+        acme_rules: relay_rules(port, &dkim_key(tmp.path()).0),
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..5)
+        .map(|i| submit(&s, &format!("r{i}@example.net"), &[]))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let rcpt = format!("r{i}@example.net");
+        wait_for("a deferral", || {
+            s.statuses(id, &rcpt).contains(&"deferred".to_string())
+        });
+    }
+    s.kill9();
+    let upstream = Upstream::start(tmp.path(), Some(port));
+    s.restart();
+    wait_for("all five delivered", || upstream.received().len() >= 5);
+    for (i, id) in ids.iter().enumerate() {
+        let rcpt = format!("r{i}@example.net");
+        wait_for("sent", || {
+            s.statuses(id, &rcpt).last().map(String::as_str) == Some("sent")
+        });
+        assert_eq!(
+            s.statuses(id, &rcpt)
+                .iter()
+                .filter(|st| *st == "received")
+                .count(),
+            1,
+            "{id}"
+        );
+    }
+    wait_for("an empty spool", || s.pending().is_empty());
+}

@@ -1,0 +1,58 @@
+"""A real next hop for the delivery tests, on aiosmtpd.
+
+usage: upstream.py PORT OUTDIR
+
+Stores each message as OUTDIR/<n>.eml with OUTDIR/<n>.json (envelope).
+RCPT behaviour by local part: reject* -> 550 5.1.1; defer* -> 451 4.3.0 the
+first time that address is seen, then 250; anything else -> 250.
+"""
+import asyncio
+import json
+import os
+import sys
+
+from aiosmtpd.controller import Controller
+
+
+class Handler:
+    def __init__(self, outdir):
+        self.outdir = outdir
+        self.seen = {}
+        self.n = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("reject"):
+            return "550 5.1.1 No such user here"
+        if local.startswith("defer"):
+            self.seen[address] = self.seen.get(address, 0) + 1
+            if self.seen[address] == 1:
+                return "451 4.3.0 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.n += 1
+        base = os.path.join(self.outdir, str(self.n))
+        with open(base + ".eml.tmp", "wb") as f:
+            f.write(envelope.original_content)
+        with open(base + ".json", "w") as f:
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+        os.rename(base + ".eml.tmp", base + ".eml")
+        return "250 2.0.0 Ok: stored as upstream-%d" % self.n
+
+
+def main():
+    port, outdir = int(sys.argv[1]), sys.argv[2]
+    os.makedirs(outdir, exist_ok=True)
+    controller = Controller(Handler(outdir), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        asyncio.get_event_loop().run_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
