@@ -290,3 +290,143 @@ fn sigkill_during_delivery_loses_nothing() {
     }
     wait_for("an empty spool", || s.pending().is_empty());
 }
+
+/// The HTTP receiver: tests/e2e/receiver.py.
+struct Receiver {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path, port: u16) -> Receiver {
+        let dir = dir.join("receiver");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Receiver { child, dir }
+    }
+
+    /// (content type, body) of every report received.
+    fn reports(&self) -> Vec<(String, String)> {
+        (1..)
+            .map_while(|n| {
+                let body = std::fs::read_to_string(self.dir.join(format!("{n}.body"))).ok()?;
+                Some((
+                    std::fs::read_to_string(self.dir.join(format!("{n}.type"))).unwrap(),
+                    body,
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn delivery_reports_reach_the_callback_server_once_it_is_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Server::start_with(Options {
+        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        ..Options::default()
+    });
+    let url = format!("X-IB-notify-url: http://127.0.0.1:{port}/dlr");
+    // JSON, final state only.
+    let json_id = submit(
+        &s,
+        "a@example.net",
+        &[
+            "--header",
+            &url,
+            "--header",
+            "X-IB-bulk-id: bulk-J",
+            "--header",
+            "X-IB-callback-data: cb-json",
+        ],
+    );
+    // XML, with the intermediate report.
+    let xml_id = submit(
+        &s,
+        "b@example.net",
+        &[
+            "--header",
+            &url,
+            "--header",
+            "X-IB-notify-content-type: application/xml",
+            "--header",
+            "X-IB-intermediate-report: true",
+            "--header",
+            "X-IB-callback-data: <cb&xml>",
+        ],
+    );
+    wait_for("both delivered", || {
+        s.statuses(&json_id, "a@example.net").len() == 2
+            && s.statuses(&xml_id, "b@example.net").len() == 2
+    });
+    // The receiver is down: the reports wait, mail did not.
+    wait_for("a deferred report", || {
+        s.log_text().contains("report.deferred")
+    });
+    let receiver = Receiver::start(tmp.path(), port);
+    wait_for("three reports", || receiver.reports().len() >= 3);
+    let reports = receiver.reports();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    let json: Vec<serde_json::Value> = reports
+        .iter()
+        .filter(|(t, _)| t == "application/json")
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(json.len(), 1, "{reports:?}");
+    let r = &json[0]["results"][0];
+    assert_eq!(r["messageId"], json_id.as_str());
+    assert_eq!(r["bulkId"], "bulk-J");
+    assert_eq!(r["to"], "a@example.net");
+    assert_eq!(r["status"], "DELIVERED_TO_SANDBOX");
+    assert_eq!(r["callbackData"], "cb-json");
+    assert!(r["timestamp"].as_u64().unwrap() > 0);
+    let xml: Vec<&String> = reports
+        .iter()
+        .filter(|(t, _)| t == "application/xml")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(xml.len(), 2, "{reports:?}");
+    let all = xml.iter().map(|s| s.as_str()).collect::<String>();
+    assert!(
+        all.contains("<status>RECEIVED</status>")
+            && all.contains("<status>DELIVERED_TO_SANDBOX</status>"),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("<messageId>{xml_id}</messageId>"))
+            && all.contains("<callbackData>&lt;cb&amp;xml&gt;</callbackData>"),
+        "{all}"
+    );
+    // Sent ones are gone from the queue.
+    wait_for("an empty report queue", || {
+        std::fs::read_dir(s.data_dir().join("reports"))
+            .unwrap()
+            .count()
+            == 0
+    });
+}

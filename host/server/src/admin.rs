@@ -9,6 +9,8 @@
 //! | `PUT /v1/tenants/{t}/rules` | replace the rules (body: TOML) |
 //! | `POST /v1/tenants/{t}/functions/{f}/rollback` | previous version (`f` = `rules` for the rules) |
 //! | `GET /v1/messages/{id}[?recipient=a@b]` | a message's status events, any tenant (JSON) |
+//! | `GET /v1/tenants/{t}/sandbox` | the tenant's sandboxed messages (JSON) |
+//! | `GET /v1/tenants/{t}/sandbox/{id}` | one sandboxed message, raw |
 //!
 //! Everything under `/v1/` needs `Authorization: Bearer <token>`.
 
@@ -30,6 +32,7 @@ use crate::tenants::{AdminError, Tenants};
 const MAX_BODY: usize = 32 << 20;
 
 pub struct Admin {
+    pub data_dir: std::path::PathBuf,
     pub tenants: Arc<Tenants>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusStore>,
@@ -118,6 +121,16 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             serde_json::json!({ "error": "missing or wrong bearer token" }),
         );
     }
+    if req.method() == Method::GET {
+        if let ["v1", "tenants", t, "sandbox", id] = path.as_slice() {
+            return match crate::delivery::sandbox_message(&admin.data_dir, t, id) {
+                Some(raw) => reply(StatusCode::OK, raw, "message/rfc822"),
+                None => error(AdminError::NotFound(format!(
+                    "no sandboxed message {id} for tenant {t}"
+                ))),
+            };
+        }
+    }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -131,6 +144,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     };
     let tenants = admin.tenants.clone();
     let status = admin.status.clone();
+    let data_dir = admin.data_dir.clone();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
     // Deploys compile: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
@@ -152,6 +166,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             (Method::POST, ["v1", "tenants", t, "functions", f, "rollback"]) => tenants
                 .rollback(t, f)
                 .map(|v| serde_json::json!({ "tenant": t, "function": f, "active_version": v })),
+            (Method::GET, ["v1", "tenants", t, "sandbox"]) => {
+                let list: Vec<serde_json::Value> = crate::delivery::sandbox_list(&data_dir, t)
+                    .into_iter()
+                    .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
+                    .collect();
+                Ok(serde_json::json!({ "tenant": t, "messages": list }))
+            }
             (Method::GET, ["v1", "messages", id]) => {
                 let recipient = query
                     .split('&')

@@ -306,7 +306,8 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
                 config.delivery.clone(),
                 config.hostname.clone(),
                 &config.data_dir,
-            );
+            )
+            .context("starting delivery")?;
             d.recover(pending);
             Some(d)
         };
@@ -329,6 +330,7 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
         let admin = Arc::new(admin::Admin {
+            data_dir: config.data_dir.clone(),
             tenants,
             metrics,
             status,

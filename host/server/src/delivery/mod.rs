@@ -13,11 +13,12 @@
 //! (`Done` record) only once every recipient has a final event; after a
 //! crash the recipients without one are delivered again (at least once).
 //!
-//! Not yet here: delivery reports to `X-IB-notify-url` (the metadata is
-//! kept for them).
+//! Each event may also become a delivery report to the tenant's callback
+//! server ([`reports`]).
 
 pub mod dsn;
 pub mod relay;
+pub mod reports;
 pub mod status;
 
 use std::path::PathBuf;
@@ -67,6 +68,7 @@ struct Job {
 
 pub struct Delivery {
     spool: Spool,
+    reports: Arc<reports::Reports>,
     status: Arc<dyn StatusStore>,
     tenants: Arc<Tenants>,
     config: DeliveryConfig,
@@ -84,10 +86,11 @@ impl Delivery {
         config: DeliveryConfig,
         hostname: String,
         data_dir: &std::path::Path,
-    ) -> Arc<Delivery> {
+    ) -> std::io::Result<Arc<Delivery>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let d = Arc::new(Delivery {
             spool,
+            reports: reports::Reports::start(&data_dir.join("reports"))?,
             status,
             tenants,
             config,
@@ -124,7 +127,7 @@ impl Delivery {
                 }
             }
         });
-        d
+        Ok(d)
     }
 
     /// A message just acknowledged with 250.
@@ -166,16 +169,20 @@ impl Delivery {
         }
     }
 
-    async fn record(&self, events: Vec<Event>) {
+    /// Records events in the status store, then queues the delivery
+    /// reports they call for.
+    async fn record(&self, meta: &Meta, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
         let status = self.status.clone();
-        match tokio::task::spawn_blocking(move || status.record(&events)).await {
+        let recorded = events.clone();
+        match tokio::task::spawn_blocking(move || status.record(&recorded)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "status.write_failed", cause = %e),
             Err(e) => tracing::error!(event = "status.write_failed", cause = %e),
         }
+        self.reports.events(meta, &events).await;
     }
 
     fn event(
@@ -213,7 +220,7 @@ impl Delivery {
                     )
                 })
                 .collect();
-            self.record(events).await;
+            self.record(meta, events).await;
         }
         if job.pending.is_empty() {
             self.done(meta).await;
@@ -254,7 +261,7 @@ impl Delivery {
         for e in &events {
             tracing::info!(event = "delivery", queue_id = %meta.id, tenant = %meta.tenant, status = ?e.status, detail = %e.detail);
         }
-        self.record(events).await;
+        self.record(meta, events).await;
         if !failed.is_empty() {
             self.bounce(&job.msg, &failed).await;
         }
@@ -403,12 +410,43 @@ impl Delivery {
                         )
                     })
                     .collect();
-                self.record(events).await;
+                self.record(meta, events).await;
                 self.submit(dsn_meta, content);
             }
             Err(e) => tracing::error!(event = "dsn.spool_failed", queue_id = %meta.id, cause = %e),
         }
     }
+}
+
+/// A tenant's sandbox: `(queue id, size)` of each captured message, by id.
+pub fn sandbox_list(data_dir: &std::path::Path, tenant: &str) -> Vec<(String, u64)> {
+    let Ok(rd) = std::fs::read_dir(data_dir.join("sandbox").join(tenant)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64)> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".eml")?.to_string();
+            Some((id, e.metadata().ok()?.len()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One sandboxed message's raw content.
+pub fn sandbox_message(data_dir: &std::path::Path, tenant: &str, id: &str) -> Option<Vec<u8>> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    std::fs::read(
+        data_dir
+            .join("sandbox")
+            .join(tenant)
+            .join(format!("{id}.eml")),
+    )
+    .ok()
 }
 
 /// The message as relayed: the policy's control headers removed, then a

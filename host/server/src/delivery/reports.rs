@@ -1,0 +1,253 @@
+//! Delivery reports to the tenant's callback server (`X-IB-notify-url`), in
+//! JSON or XML as `X-IB-notify-content-type` asks, carrying the message id,
+//! bulk id, recipient, status, timestamp, the next hop's reply and the
+//! `X-IB-callback-data`. Final states always; intermediate ones (received,
+//! deferred, bounced) when `X-IB-intermediate-report: true`.
+//!
+//! Reports never ride the SMTP path. Each is written durably as a file
+//! under `<data_dir>/reports/` and a background sender POSTs it, retrying
+//! with backoff while the callback server is down, and deletes it once the
+//! server answers 2xx. Only `http://` URLs are sent for now; an `https://`
+//! report is kept and logged as unsupported rather than silently dropped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::status::{Event, Status};
+use crate::spool::Meta;
+
+/// Longest wait between two attempts of one report.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Time allowed for one POST.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    url: String,
+    content_type: String,
+    body: String,
+}
+
+pub struct Reports {
+    dir: PathBuf,
+    wake: Notify,
+}
+
+fn meta_value<'a>(meta: &'a Meta, key: &str) -> Option<&'a str> {
+    meta.metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn xml_escape(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&apos;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+impl Reports {
+    /// Starts the background sender over the reports kept in `dir`.
+    pub fn start(dir: &Path) -> std::io::Result<Arc<Reports>> {
+        std::fs::create_dir_all(dir)?;
+        let r = Arc::new(Reports {
+            dir: dir.to_path_buf(),
+            wake: Notify::new(),
+        });
+        let this = r.clone();
+        tokio::spawn(async move { this.run().await });
+        Ok(r)
+    }
+
+    /// Queues the reports these events call for (none without a notify URL).
+    pub async fn events(&self, meta: &Meta, events: &[Event]) {
+        let Some(url) = meta_value(meta, "notifyUrl") else {
+            return;
+        };
+        let intermediate =
+            meta_value(meta, "intermediateReport").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let xml = meta_value(meta, "notifyContentType")
+            .is_some_and(|v| v.eq_ignore_ascii_case("application/xml"));
+        let wanted: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.status.is_final() || intermediate)
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let bulk = meta_value(meta, "bulkId");
+        let callback = meta_value(meta, "callbackData");
+        let body = if xml {
+            let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<reports>\n");
+            for e in &wanted {
+                s.push_str(&format!(
+                    "  <report>\n    <messageId>{}</messageId>\n    <bulkId>{}</bulkId>\n    <to>{}</to>\n    <status>{}</status>\n    <final>{}</final>\n    <timestamp>{}</timestamp>\n    <reply>{}</reply>\n    <callbackData>{}</callbackData>\n  </report>\n",
+                    xml_escape(&e.message_id),
+                    xml_escape(bulk.unwrap_or("")),
+                    xml_escape(&e.recipient),
+                    status_name(e.status),
+                    e.status.is_final(),
+                    e.ts_ms,
+                    xml_escape(&e.detail),
+                    xml_escape(callback.unwrap_or("")),
+                ));
+            }
+            s + "</reports>\n"
+        } else {
+            let results: Vec<serde_json::Value> = wanted
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "messageId": e.message_id,
+                        "bulkId": bulk,
+                        "to": e.recipient,
+                        "status": status_name(e.status),
+                        "final": e.status.is_final(),
+                        "timestamp": e.ts_ms,
+                        "reply": e.detail,
+                        "callbackData": callback,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "results": results }).to_string()
+        };
+        let pending = Pending {
+            url: url.to_string(),
+            content_type: if xml {
+                "application/xml"
+            } else {
+                "application/json"
+            }
+            .into(),
+            body,
+        };
+        let path = self.dir.join(format!("{}.json", ulid::Ulid::new()));
+        let bytes = serde_json::to_vec(&pending).expect("serializable");
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => self.wake.notify_one(),
+            Ok(Err(e)) => tracing::error!(event = "report.write_failed", cause = %e),
+            Err(e) => tracing::error!(event = "report.write_failed", cause = %e),
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        // Per report file: attempts so far and when to try next.
+        let mut backoff: HashMap<PathBuf, (u32, Instant)> = HashMap::new();
+        loop {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+                Ok(rd) => rd
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            files.sort();
+            let now = Instant::now();
+            for path in files {
+                if backoff.get(&path).is_some_and(|(_, next)| *next > now) {
+                    continue;
+                }
+                let Ok(Ok(p)) = std::fs::read(&path).map(|b| serde_json::from_slice::<Pending>(&b))
+                else {
+                    tracing::warn!(event = "report.unreadable", path = %path.display());
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                };
+                match post(&p).await {
+                    Ok(()) => {
+                        tracing::info!(event = "report.sent", url = %p.url);
+                        let _ = std::fs::remove_file(&path);
+                        backoff.remove(&path);
+                    }
+                    Err(e) => {
+                        let entry = backoff.entry(path.clone()).or_insert((0, now));
+                        entry.0 += 1;
+                        let wait = Duration::from_secs(1u64 << entry.0.min(9)).min(MAX_BACKOFF);
+                        entry.1 = now + wait;
+                        tracing::info!(event = "report.deferred", url = %p.url, cause = %e, retry_in = ?wait);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Received => "RECEIVED",
+        Status::Deferred => "DEFERRED",
+        Status::Sent => "SENT",
+        Status::DeliveredToSandbox => "DELIVERED_TO_SANDBOX",
+        Status::Discarded => "DISCARDED",
+        Status::Failed => "FAILED",
+        Status::Bounced => "BOUNCED",
+    }
+}
+
+/// One POST; Ok on a 2xx answer.
+async fn post(p: &Pending) -> Result<(), String> {
+    let uri: hyper::Uri = p.url.parse().map_err(|e| format!("bad notify URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "unsupported scheme in {} (only http:// for now)",
+            p.url
+        ));
+    }
+    let host = uri.host().ok_or("notify URL without host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+            .header("host", format!("{host}:{port}"))
+            .header("content-type", &p.content_type)
+            .body(Full::new(Bytes::from(p.body.clone())))
+            .map_err(|e| e.to_string())?;
+        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let _ = res.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("callback answered {status}"))
+        }
+    };
+    tokio::time::timeout(POST_TIMEOUT, attempt)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}

@@ -1,0 +1,37 @@
+"""A real HTTP receiver for delivery reports.
+
+usage: receiver.py PORT OUTDIR
+
+Each POST is stored as OUTDIR/<n>.body with OUTDIR/<n>.type (its
+Content-Type) and answered 200.
+"""
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+port, outdir = int(sys.argv[1]), sys.argv[2]
+os.makedirs(outdir, exist_ok=True)
+count = [0]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        count[0] += 1
+        base = os.path.join(outdir, str(count[0]))
+        with open(base + ".type", "w") as f:
+            f.write(self.headers.get("Content-Type", ""))
+        with open(base + ".body.tmp", "wb") as f:
+            f.write(body)
+        os.rename(base + ".body.tmp", base + ".body")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = HTTPServer(("127.0.0.1", port), Handler)
+print("ready", flush=True)
+server.serve_forever()
