@@ -121,15 +121,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             serde_json::json!({ "error": "missing or wrong bearer token" }),
         );
     }
-    if req.method() == Method::GET {
-        if let ["v1", "tenants", t, "sandbox", id] = path.as_slice() {
-            return match crate::delivery::sandbox_message(&admin.data_dir, t, id) {
-                Some(raw) => reply(StatusCode::OK, raw, "message/rfc822"),
-                None => error(AdminError::NotFound(format!(
-                    "no sandboxed message {id} for tenant {t}"
-                ))),
-            };
-        }
+    if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
+        return match crate::delivery::sandbox_message(&admin.data_dir, t, id) {
+            Some(raw) => reply(StatusCode::OK, raw, "message/rfc822"),
+            None => error(AdminError::NotFound(format!(
+                "no sandboxed message {id} for tenant {t}"
+            ))),
+        };
     }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
