@@ -124,7 +124,10 @@ impl Runtime {
             .total_core_instances(config.max_instances * 4)
             .total_memories(config.max_instances * 2)
             .total_tables(config.max_instances * 4)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            // Give slots back to the kernel in batches: each madvise in a
+            // multi-threaded process costs TLB shootdowns on every core.
+            .decommit_batch_size(32);
         let mut wt = Config::new();
         wt.wasm_component_model(true)
             .epoch_interruption(true)

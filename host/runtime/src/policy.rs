@@ -390,6 +390,15 @@ impl PolicySet {
 }
 
 impl PolicySet {
+    /// Whether any function answers `decision` (a WIT interface name:
+    /// "check-recipient", ...). When none does, the answer is known without
+    /// a call: accept (and `relay:default` for route).
+    pub fn answers(&self, decision: &str) -> bool {
+        self.functions
+            .iter()
+            .any(|f| f.export_names().contains(&decision))
+    }
+
     /// Instantiates every function once and calls nothing: what the
     /// per-call setup costs (for the benchmark).
     pub fn instantiate_each(&self, rt: &Runtime) -> Result<(), Failure> {

@@ -58,6 +58,8 @@ functions = [
 bench = "{hash}"
 [tenants.rules.senders]
 domains = ["bench.example"]
+[tenants.rules.route]
+default = "discard"
 "#,
         data_dir.display()
     )

@@ -380,9 +380,7 @@ impl Driver {
                             size = content.len(),
                             recipients = envelope.recipients.len()
                         );
-                        if let Some(d) = &self.shared.delivery {
-                            d.submit(meta, content);
-                        }
+                        self.shared.delivery.submit(meta, content);
                         Verdict::AcceptWith(Reply::new(
                             250,
                             Status(2, 0, 0),

@@ -296,9 +296,7 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
         let status: Arc<dyn StatusStore> = Arc::new(
             FileStatusStore::open(&config.data_dir.join("status")).context("opening the status store")?,
         );
-        let delivery = if noop {
-            None
-        } else {
+        let delivery = {
             let d = Delivery::start(
                 spool.clone(),
                 status.clone(),
@@ -309,7 +307,7 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             )
             .context("starting delivery")?;
             d.recover(pending);
-            Some(d)
+            d
         };
         let listeners = server::bind(&config).await?;
         let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)

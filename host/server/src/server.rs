@@ -21,8 +21,8 @@ pub struct Shared {
     pub policy: Arc<dyn Policy>,
     pub metrics: Arc<Metrics>,
     pub spool: Spool,
-    /// Hands each queued message to delivery (absent in the noop benchmark).
-    pub delivery: Option<Arc<crate::delivery::Delivery>>,
+    /// Takes each queued message on from here.
+    pub delivery: Arc<crate::delivery::Delivery>,
     pub tls: TlsAcceptor,
     conns: Mutex<ConnCount>,
     next_session: AtomicU64,
@@ -61,7 +61,7 @@ impl Shared {
         policy: Arc<dyn Policy>,
         metrics: Arc<Metrics>,
         spool: Spool,
-        delivery: Option<Arc<crate::delivery::Delivery>>,
+        delivery: Arc<crate::delivery::Delivery>,
         tls: TlsAcceptor,
     ) -> Self {
         Shared {
