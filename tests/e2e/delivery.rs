@@ -299,12 +299,17 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path, port: u16) -> Receiver {
+        Receiver::start_with(dir, port, &[])
+    }
+
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Receiver {
         let dir = dir.join("receiver");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/receiver.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(port.to_string())
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -429,4 +434,64 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
             .count()
             == 0
     });
+}
+
+#[test]
+fn https_delivery_reports_are_verified_against_the_trust_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        tmp.path().join("rcv-cert.pem"),
+        tmp.path().join("rcv-key.pem"),
+    );
+    let (ok, out) = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(ok, "{out}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let receiver = Receiver::start_with(
+        tmp.path(),
+        port,
+        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    // The receiver's certificate is the whole trust store of this server.
+    let s = Server::start_with(Options {
+        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        env: vec![("SSL_CERT_FILE".into(), cert.to_str().unwrap().into())],
+        ..Options::default()
+    });
+    let url = format!("X-IB-notify-url: https://127.0.0.1:{port}/dlr");
+    let id = submit(
+        &s,
+        "a@example.net",
+        &["--header", &url, "--header", "X-IB-callback-data: over-tls"],
+    );
+    wait_for("the report over https", || !receiver.reports().is_empty());
+    let (kind, body) = receiver.reports().remove(0);
+    assert_eq!(kind, "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["results"][0]["messageId"], id.as_str());
+    assert_eq!(v["results"][0]["callbackData"], "over-tls");
 }

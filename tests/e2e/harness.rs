@@ -18,6 +18,7 @@ pub const LOGIN: &str = "app@acme.example";
 pub const SENDER: &str = "news@acme.example";
 
 pub struct Server {
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     config_path: PathBuf,
@@ -37,6 +38,8 @@ pub struct Options {
     /// `[tenants.rules.<table>]`).
     pub acme_rules: String,
     pub extra: String,
+    /// Environment variables for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 /// The stock function set, as configuration.
@@ -136,6 +139,7 @@ domains = ["acme.example"]
         );
         std::fs::write(&config_path, config).unwrap();
         let mut s = Server {
+            env: opts.env.clone(),
             child: None,
             dir,
             config_path,
@@ -151,6 +155,7 @@ domains = ["acme.example"]
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,6 +1,8 @@
 """A real HTTP receiver for delivery reports.
 
-usage: receiver.py PORT OUTDIR
+usage: receiver.py PORT OUTDIR [CERT KEY]
+
+With CERT and KEY (PEM files) it serves HTTPS.
 
 Each POST is stored as OUTDIR/<n>.body with OUTDIR/<n>.type (its
 Content-Type) and answered 200.
@@ -33,5 +35,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = HTTPServer(("127.0.0.1", port), Handler)
+if len(sys.argv) == 5:
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print("ready", flush=True)
 server.serve_forever()

@@ -7,8 +7,8 @@
 //! Reports never ride the SMTP path. Each is written durably as a file
 //! under `<data_dir>/reports/` and a background sender POSTs it, retrying
 //! with backoff while the callback server is down, and deletes it once the
-//! server answers 2xx. Only `http://` URLs are sent for now; an `https://`
-//! report is kept and logged as unsupported rather than silently dropped.
+//! server answers 2xx. `https://` URLs are verified against the system's
+//! trust store (`rustls-native-certs`, which honours `SSL_CERT_FILE`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -214,33 +214,73 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+/// The TLS client for `https://` callbacks, built once.
+fn tls() -> &'static tokio_rustls::TlsConnector {
+    static TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(event = "report.trust_store", cause = %e);
+        }
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(event = "report.trust_store", certificates = added);
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    })
+}
+
+/// Sends `req` over an HTTP/1 connection on `io`.
+async fn send<I>(io: I, req: hyper::Request<Full<Bytes>>) -> Result<hyper::StatusCode, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    Ok(status)
+}
+
 /// One POST; Ok on a 2xx answer.
 async fn post(p: &Pending) -> Result<(), String> {
     let uri: hyper::Uri = p.url.parse().map_err(|e| format!("bad notify URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "unsupported scheme in {} (only http:// for now)",
-            p.url
-        ));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("unsupported scheme in {}", p.url)),
+    };
     let host = uri.host().ok_or("notify URL without host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
         let req = hyper::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
             .header("host", format!("{host}:{port}"))
             .header("content-type", &p.content_type)
             .body(Full::new(Bytes::from(p.body.clone())))
             .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let _ = res.into_body().collect().await;
+        let status = if https {
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let tls = tls()
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            send(tls, req).await?
+        } else {
+            send(tcp, req).await?
+        };
         if status.is_success() {
             Ok(())
         } else {
