@@ -16,6 +16,10 @@ struct Upstream {
 
 impl Upstream {
     fn start(dir: &Path, port: Option<u16>) -> Upstream {
+        Upstream::start_with(dir, port, &[])
+    }
+
+    fn start_with(dir: &Path, port: Option<u16>, extra: &[&str]) -> Upstream {
         let port = port.unwrap_or_else(|| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -29,6 +33,7 @@ impl Upstream {
             .arg(script)
             .arg(port.to_string())
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -494,4 +499,53 @@ fn https_delivery_reports_are_verified_against_the_trust_store() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["results"][0]["messageId"], id.as_str());
     assert_eq!(v["results"][0]["callbackData"], "over-tls");
+}
+
+#[test]
+fn relay_over_starttls_with_auth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        tmp.path().join("up-cert.pem"),
+        tmp.path().join("up-key.pem"),
+    );
+    let (ok, out) = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(ok, "{out}");
+    let upstream = Upstream::start_with(
+        tmp.path(),
+        None,
+        &[
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "relay-user",
+            "relay-secret",
+        ],
+    );
+    let s = Server::start_with(Options {
+        acme_rules: format!(
+            "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"relay-user\"\npassword = \"relay-secret\"\ninsecure = \"true\"\n",
+            upstream.port
+        ),
+        ..Options::default()
+    });
+    let id = submit(&s, "ok@example.net", &[]);
+    wait_for("sent over STARTTLS", || {
+        s.statuses(&id, "ok@example.net") == ["received", "sent"]
+    });
+    let (env, _) = upstream.received().remove(0);
+    assert_eq!(env["tls"], true);
 }

@@ -1,6 +1,9 @@
 """A real next hop for the delivery tests, on aiosmtpd.
 
-usage: upstream.py PORT OUTDIR
+usage: upstream.py PORT OUTDIR [CERT KEY USER PASSWORD]
+
+With the last four, STARTTLS (CERT/KEY as PEM files) and then AUTH as
+USER/PASSWORD are required.
 
 Stores each message as OUTDIR/<n>.eml with OUTDIR/<n>.json (envelope).
 RCPT behaviour by local part: reject* -> 550 5.1.1; defer* -> 451 4.3.0 the
@@ -9,9 +12,11 @@ first time that address is seen, then 250; anything else -> 250.
 import asyncio
 import json
 import os
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
@@ -37,7 +42,7 @@ class Handler:
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content)
         with open(base + ".json", "w") as f:
-            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "tls": session.ssl is not None}, f)
         os.rename(base + ".eml.tmp", base + ".eml")
         return "250 2.0.0 Ok: stored as upstream-%d" % self.n
 
@@ -45,7 +50,18 @@ class Handler:
 def main():
     port, outdir = int(sys.argv[1]), sys.argv[2]
     os.makedirs(outdir, exist_ok=True)
-    controller = Controller(Handler(outdir), hostname="127.0.0.1", port=port)
+    kwargs = {}
+    if len(sys.argv) == 7:
+        cert, key, user, password = sys.argv[3:7]
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+
+        def authenticator(server, session, envelope, mechanism, data):
+            ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
+            return AuthResult(success=ok)
+
+        kwargs = dict(tls_context=ctx, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
+    controller = Controller(Handler(outdir), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
     try:

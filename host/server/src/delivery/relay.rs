@@ -56,14 +56,16 @@ impl Upstream {
 }
 
 fn reply_text(r: &smtp_proto::Response<String>) -> String {
-    format!(
-        "{} {}.{}.{} {}",
-        r.code,
-        r.esc[0],
-        r.esc[1],
-        r.esc[2],
-        r.message.replace(['\r', '\n'], " ")
-    )
+    let message = r.message.replace(['\r', '\n'], " ");
+    if r.esc[0] == 0 {
+        // The next hop sent no enhanced status code.
+        format!("{} {message}", r.code)
+    } else {
+        format!(
+            "{} {}.{}.{} {message}",
+            r.code, r.esc[0], r.esc[1], r.esc[2]
+        )
+    }
 }
 
 /// The outcome for every recipient, in order. A connection-level failure
