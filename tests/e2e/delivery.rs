@@ -7,6 +7,39 @@ use std::process::{Child, Command, Stdio};
 
 use crate::harness::*;
 
+/// A free loopback port (bound, then released for the service to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts one of the Python services in tests/e2e/ (`PORT OUTDIR [extra]`)
+/// and waits for its "ready" line.
+fn python_service(script: &str, port: u16, dir: &Path, extra: &[&str]) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/e2e")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{} did not start", script.display());
+    child
+}
+
 /// The next hop: tests/e2e/upstream.py on a free port.
 struct Upstream {
     child: Child,
@@ -20,30 +53,9 @@ impl Upstream {
     }
 
     fn start_with(dir: &Path, port: Option<u16>, extra: &[&str]) -> Upstream {
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
+        let port = port.unwrap_or_else(free_port);
         let dir = dir.join("upstream");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/upstream.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "upstream did not start");
+        let child = python_service("upstream.py", port, &dir, extra);
         Upstream { child, port, dir }
     }
 
@@ -256,11 +268,7 @@ fn discard_route_and_retention_purge() {
 fn sigkill_during_delivery_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     // The next hop is down at first: every message is deferred.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut s = Server::start_with(Options {
         delivery: "retry_initial_secs = 1\nretry_max_secs = 1".into(),
         acme_rules: relay_rules(port, &dkim_key(tmp.path()).0),
@@ -309,22 +317,7 @@ impl Receiver {
 
     fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Receiver {
         let dir = dir.join("receiver");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let child = python_service("receiver.py", port, &dir, extra);
         Receiver { child, dir }
     }
 
@@ -352,11 +345,7 @@ impl Drop for Receiver {
 #[test]
 fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let s = Server::start_with(Options {
         acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
         ..Options::default()
@@ -471,11 +460,7 @@ fn https_delivery_reports_are_verified_against_the_trust_store() {
         .arg("-out")
         .arg(&cert));
     assert!(ok, "{out}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let receiver = Receiver::start_with(
         tmp.path(),
         port,
