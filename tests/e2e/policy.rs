@@ -34,6 +34,15 @@ fn tenant(id: &str, functions: &str, rules: &str) -> String {
     format!("\n[[tenants]]\nid = \"{id}\"\n{functions}\n\n[tenants.rules]\n{rules}\n")
 }
 
+/// A `functions = [...]` line: (name, component) in call order.
+fn functions(list: &[(&str, String)]) -> String {
+    let items: Vec<String> = list
+        .iter()
+        .map(|(name, component)| format!("{{ name = \"{name}\", component = \"{component}\" }}"))
+        .collect();
+    format!("functions = [{}]", items.join(", "))
+}
+
 fn users(login: &str) -> String {
     format!("[tenants.rules.users]\n\"{login}\" = \"{}\"\n", demo_hash())
 }
@@ -275,10 +284,11 @@ fn api_key_hash() -> String {
 fn a_tenant_can_replace_only_its_router() {
     let staging = tenant(
         "staging",
-        &format!(
-            "functions = [\n {{ name = \"auth\", component = \"builtin:auth\" }},\n {{ name = \"sender\", component = \"builtin:sender\" }},\n {{ name = \"router\", component = \"{}\" }},\n]",
-            component("router_sandbox").display()
-        ),
+        &functions(&[
+            ("auth", "builtin:auth".into()),
+            ("sender", "builtin:sender".into()),
+            ("router", component("router_sandbox").display().to_string()),
+        ]),
         &format!(
             "[tenants.rules.senders]\ndomains = [\"staging.example\"]\n{}",
             users("qa@staging.example")
@@ -322,10 +332,10 @@ fn a_tenant_can_replace_only_its_router() {
 fn hostile_components_cost_their_own_transaction_a_451() {
     let evil = tenant(
         "evil",
-        &format!(
-            "functions = [\n {{ name = \"auth\", component = \"builtin:auth\" }},\n {{ name = \"hostile\", component = \"{}\" }},\n]",
-            component("hostile").display()
-        ),
+        &functions(&[
+            ("auth", "builtin:auth".into()),
+            ("hostile", component("hostile").display().to_string()),
+        ]),
         &format!(
             "[tenants.rules.hostile]\nmode = \"none\"\n{}",
             users("mallory@evil.example")

@@ -49,6 +49,15 @@ pub(crate) struct Exports {
     pub route: Option<ex::route::GuestIndices>,
 }
 
+/// The decision-point interfaces of `mailwit:policy`, in call order.
+pub const INTERFACES: [&str; 5] = [
+    "authenticate",
+    "check-sender",
+    "check-recipient",
+    "inspect-message",
+    "route",
+];
+
 /// One compiled, linked version of one policy function.
 pub struct Function {
     pub name: String,
@@ -73,17 +82,21 @@ impl std::fmt::Debug for Function {
 impl Function {
     /// The interfaces this function answers, by WIT name.
     pub fn export_names(&self) -> Vec<&'static str> {
+        INTERFACES.into_iter().filter(|i| self.answers(i)).collect()
+    }
+
+    /// Whether this function exports the interface `name` (a WIT name such
+    /// as "check-recipient"). Allocation-free: it is asked per message.
+    pub fn answers(&self, name: &str) -> bool {
         let e = &self.exports;
-        [
-            (e.authenticate.is_some(), "authenticate"),
-            (e.check_sender.is_some(), "check-sender"),
-            (e.check_recipient.is_some(), "check-recipient"),
-            (e.inspect_message.is_some(), "inspect-message"),
-            (e.route.is_some(), "route"),
-        ]
-        .into_iter()
-        .filter_map(|(has, name)| has.then_some(name))
-        .collect()
+        match name {
+            "authenticate" => e.authenticate.is_some(),
+            "check-sender" => e.check_sender.is_some(),
+            "check-recipient" => e.check_recipient.is_some(),
+            "inspect-message" => e.inspect_message.is_some(),
+            "route" => e.route.is_some(),
+            _ => false,
+        }
     }
 }
 

@@ -394,9 +394,7 @@ impl PolicySet {
     /// "check-recipient", ...). When none does, the answer is known without
     /// a call: accept (and `relay:default` for route).
     pub fn answers(&self, decision: &str) -> bool {
-        self.functions
-            .iter()
-            .any(|f| f.export_names().contains(&decision))
+        self.functions.iter().any(|f| f.answers(decision))
     }
 
     /// Instantiates every function once and calls nothing: what the

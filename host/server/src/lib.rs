@@ -23,11 +23,14 @@
 //! - [`delivery`]: relay (DKIM, retries, DSN), sandbox and discard routes,
 //!   and the status store of every step.
 //! - [`tls`]: certificate loading and self-signed generation.
+//! - [`fsutil`]: the one durable whole-file write (temp, fsync, rename,
+//!   fsync of the directory) that tenants, sandbox and reports share.
 
 pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod driver;
+pub mod fsutil;
 pub mod message;
 pub mod metrics;
 pub mod policy;

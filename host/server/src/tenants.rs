@@ -16,7 +16,7 @@
 //! version in the history.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use mailwit_runtime::{Function, Limits, PolicySet, Rules, Runtime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Tenant};
+use crate::fsutil::write_durable;
 
 /// The reference components, built from `components/` and embedded.
 pub const BUILTINS: &[(&str, &[u8])] = &[
@@ -395,7 +396,7 @@ impl Tenants {
             .join("functions")
             .join(name)
             .join(format!("{version}.wasm"));
-        write_durable(&path, bytes)?;
+        write_durable(&path, bytes).map_err(anyhow::Error::from)?;
         self.loaded
             .lock()
             .expect("loaded lock")
@@ -428,7 +429,8 @@ impl Tenants {
                 .join("rules")
                 .join(format!("{version}.toml")),
             text.as_bytes(),
-        )?;
+        )
+        .map_err(anyhow::Error::from)?;
         state.rules.latest = version;
         state.rules.history.push(version);
         state.generation += 1;
@@ -491,19 +493,4 @@ fn summary(f: &Function) -> FunctionSummary {
         digest: f.digest.clone(),
         exports: f.export_names().into_iter().map(str::to_string).collect(),
     }
-}
-
-/// Writes a file so that it survives a crash: temporary file, fsync,
-/// rename, fsync of the directory.
-fn write_durable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().context("path has a parent")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }

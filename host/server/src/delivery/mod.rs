@@ -336,21 +336,14 @@ impl Delivery {
 
     /// Writes a sandboxed message under `sandbox/<tenant>/<id>.eml`.
     async fn capture(&self, m: &Spooled) -> std::io::Result<()> {
-        let dir = self.sandbox_dir.join(&m.meta.tenant);
-        let path = dir.join(format!("{}.eml", m.meta.id));
+        let path = self
+            .sandbox_dir
+            .join(&m.meta.tenant)
+            .join(format!("{}.eml", m.meta.id));
         let content = m.content.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            std::fs::create_dir_all(&dir)?;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&content)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })
-        .await
-        .map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || crate::fsutil::write_durable(&path, &content))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Queues a DSN for the sender, unless the message is itself a bounce.

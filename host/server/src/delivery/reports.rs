@@ -139,15 +139,8 @@ impl Reports {
         };
         let path = self.dir.join(format!("{}.json", ulid::Ulid::new()));
         let bytes = serde_json::to_vec(&pending).expect("serializable");
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || crate::fsutil::write_durable(&path, &bytes)).await;
         match written {
             Ok(Ok(())) => self.wake.notify_one(),
             Ok(Err(e)) => tracing::error!(event = "report.write_failed", cause = %e),

@@ -151,8 +151,6 @@ impl StatusStore for FileStatusStore {
         if kept == before {
             return Ok(0);
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
         let mut all: Vec<&Event> = inner.by_id.values().flatten().collect();
         all.sort_by_key(|e| e.ts_ms);
         let mut buf = Vec::new();
@@ -160,12 +158,7 @@ impl StatusStore for FileStatusStore {
             serde_json::to_writer(&mut buf, e)?;
             buf.push(b'\n');
         }
-        f.write_all(&buf)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        crate::fsutil::write_durable(&self.path, &buf)?;
         inner.file = OpenOptions::new().append(true).open(&self.path)?;
         Ok(before - kept)
     }
