@@ -26,13 +26,15 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Settings a test may override: TOML lines for `[limits]`, `[spool]` and
-/// `[runtime]`, and extra TOML appended at the end (more tenants).
+/// Settings a test may override: TOML lines for `[limits]`, `[spool]`,
+/// `[runtime]` and `[status_api]`, and extra TOML appended at the end (more tenants).
 #[derive(Default, Clone)]
 pub struct Options {
     pub limits: &'static str,
     pub spool: &'static str,
     pub runtime: &'static str,
+    /// Lines for `[status_api]` (its address is set).
+    pub status_api: &'static str,
     pub delivery: String,
     /// More rules tables for the acme tenant (each starting with
     /// `[tenants.rules.<table>]`).
@@ -95,6 +97,10 @@ data_dir = "{data}"
 addr = "127.0.0.1:0"
 token = "{ADMIN_TOKEN}"
 
+[status_api]
+addr = "127.0.0.1:0"
+{status_api}
+
 [[listeners]]
 name = "submission"
 addr = "127.0.0.1:0"
@@ -135,6 +141,7 @@ domains = ["acme.example"]
             delivery = opts.delivery,
             acme_rules = opts.acme_rules,
             extra = opts.extra,
+            status_api = opts.status_api,
             hash = demo_hash(),
         );
         std::fs::write(&config_path, config).unwrap();
@@ -182,7 +189,8 @@ domains = ["acme.example"]
             }
         });
         self.ports.clear();
-        while self.ports.len() < 4 {
+        // Three SMTP listeners, admin, status API.
+        while self.ports.len() < 5 {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Some((name, addr))) => {
                     let port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -267,15 +275,7 @@ domains = ["acme.example"]
 
     /// `mailwit status <id>` against this server: the events, as JSON.
     pub fn status(&self, id: &str) -> Option<serde_json::Value> {
-        let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
-            .args([
-                "status",
-                "--admin",
-                &format!("127.0.0.1:{}", self.port("admin")),
-            ])
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg(id));
+        let (ok, out) = self.cli("status", &[id]);
         if !ok {
             return None;
         }
@@ -294,6 +294,20 @@ domains = ["acme.example"]
             .filter(|e| e["recipient"] == recipient)
             .map(|e| e["status"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// `mailwit <command> <args>` against this server's admin listener
+    /// (`tenant`, `status-api`).
+    pub fn cli(&self, command: &str, args: &[&str]) -> (bool, String) {
+        run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
+            .args([
+                command,
+                "--admin",
+                &format!("127.0.0.1:{}", self.port("admin")),
+            ])
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args))
     }
 
     /// Starts the binary again on the same configuration and data.

@@ -7,4 +7,5 @@ mod durability;
 mod harness;
 mod limits;
 mod policy;
+mod status_api;
 mod tls_rules;

@@ -49,15 +49,7 @@ fn users(login: &str) -> String {
 
 /// Runs `mailwit tenant ...` against the server's admin listener.
 fn admin(s: &Server, args: &[&str]) -> (bool, String) {
-    run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
-        .args([
-            "tenant",
-            "--admin",
-            &format!("127.0.0.1:{}", s.port("admin")),
-        ])
-        .arg("--config")
-        .arg(s.dir.path().join("mailwit.toml"))
-        .args(args))
+    s.cli("tenant", args)
 }
 
 #[test]

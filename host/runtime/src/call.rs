@@ -79,9 +79,16 @@ pub struct Failure {
     pub kind: FailureKind,
 }
 
-struct Limiter {
+/// Refuses memory growth past a maximum, and remembers that it did.
+pub(crate) struct Limiter {
     max: usize,
-    hit: bool,
+    pub(crate) hit: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(max: usize) -> Limiter {
+        Limiter { max, hit: false }
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -198,10 +205,7 @@ pub(crate) fn run<R>(
         // the default context grants nothing.
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
-        limiter: Limiter {
-            max: limits.memory_bytes.min(rt.config().max_memory_bytes),
-            hit: false,
-        },
+        limiter: Limiter::new(limits.memory_bytes.min(rt.config().max_memory_bytes)),
         rules: rules.clone(),
         tenant: tenant.clone(),
         function: Arc::from(function.name.as_str()),

@@ -107,6 +107,10 @@ pub enum LoadError {
     Compile(String),
     #[error("component does not link against mailwit:policy@0.1.0: {0}")]
     Link(String),
+    #[error(
+        "not an HTTP component mailwit can serve (one exporting wasi:http/incoming-handler@0.2.x and importing only WASI 0.2, wasi:http/types, fermyon:spin/key-value@2.0.0 and fermyon:spin/variables@2.0.0): {0}"
+    )]
+    HttpLink(String),
     #[error("component exports {interface} with the wrong type: {why}")]
     Mismatch { interface: String, why: String },
     #[error(
@@ -119,6 +123,7 @@ pub enum LoadError {
 pub struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<State>,
+    pub(crate) http_linker: Linker<crate::http::HttpState>,
     config: RuntimeConfig,
     stop: Arc<AtomicBool>,
 }
@@ -167,9 +172,11 @@ impl Runtime {
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)?;
         }
+        let http_linker = crate::http::linker(&engine)?;
         Ok(Runtime {
             engine,
             linker,
+            http_linker,
             config,
             stop,
         })
@@ -308,7 +315,11 @@ impl Runtime {
         }
     }
 
-    fn compile_cached(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+    pub(crate) fn compile_cached(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
         let Some(dir) = &self.config.cache_dir else {
             return Component::new(&self.engine, bytes)
                 .map_err(|e| LoadError::Compile(format!("{e:#}")));
@@ -350,6 +361,6 @@ impl Runtime {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

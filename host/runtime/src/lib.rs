@@ -13,12 +13,15 @@
 //!   deadline, failure classification.
 //! - [`policy`]: a tenant's function set and the order in which the
 //!   decision points are asked.
+//! - [`http`]: HTTP components (the status API), WASI 0.2 `wasi:http`
+//!   components with Spin's key-value and variables imports.
 //! - [`rules`]: a tenant's rules (read-only configuration for components).
 //! - `bindings`: generated from `wit/` by `bindgen!`.
 
 mod bindings;
 pub mod call;
 pub mod engine;
+pub mod http;
 pub mod policy;
 pub mod rules;
 

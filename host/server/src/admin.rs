@@ -11,16 +11,17 @@
 //! | `GET /v1/messages/{id}[?recipient=a@b]` | a message's status events, any tenant (JSON) |
 //! | `GET /v1/tenants/{t}/sandbox` | the tenant's sandboxed messages (JSON) |
 //! | `GET /v1/tenants/{t}/sandbox/{id}` | one sandboxed message, raw |
+//! | `GET /v1/status-api` | the status API component's active version |
+//! | `PUT /v1/status-api` | deploy a status API component (body: the `.wasm`) |
+//! | `POST /v1/status-api/rollback` | its previous version |
 //!
 //! Everything under `/v1/` needs `Authorization: Bearer <token>`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -36,30 +37,17 @@ pub struct Admin {
     pub tenants: Arc<Tenants>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusStore>,
+    pub status_api: Arc<crate::statusapi::StatusApi>,
     pub token: String,
 }
 
 /// Serves the admin API until shutdown.
-pub async fn serve(admin: Arc<Admin>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
-        };
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    crate::httpd::serve(listener, shutdown, move |req| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+        async move { handle(&admin, req).await }
+    })
+    .await
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {
@@ -142,12 +130,16 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     };
     let tenants = admin.tenants.clone();
     let status = admin.status.clone();
+    let status_api = admin.status_api.clone();
     let data_dir = admin.data_dir.clone();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
     // Deploys compile: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         let p: Vec<&str> = owned.iter().map(String::as_str).collect();
         match (method, p.as_slice()) {
+            (Method::GET, ["v1", "status-api"]) => Ok(status_api.summary()),
+            (Method::PUT, ["v1", "status-api"]) => status_api.deploy(&body),
+            (Method::POST, ["v1", "status-api", "rollback"]) => status_api.rollback(),
             (Method::GET, ["v1", "tenants"]) => {
                 Ok(serde_json::to_value(tenants.list()).expect("serializable"))
             }
@@ -216,7 +208,8 @@ pub async fn request(
             "connecting to the admin listener at {addr}: {e} (is `mailwit serve` running?)"
         )
     })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let req = Request::builder()
         .method(method)

@@ -35,7 +35,38 @@ pub struct Config {
     #[serde(default)]
     pub delivery: DeliveryConfig,
     #[serde(default)]
+    pub status_api: StatusApiConfig,
+    #[serde(default)]
     pub tenants: Vec<Tenant>,
+}
+
+/// The status API listener (the notification-status HTTP API, answered by
+/// the status component).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusApiConfig {
+    /// Default 127.0.0.1:8026. Put it behind a TLS-terminating proxy to
+    /// publish it: Basic credentials must not cross a network in clear.
+    pub addr: SocketAddr,
+    /// Deadline of one request inside the component, in ms. Default 2000
+    /// (the component checks the password with argon2).
+    pub deadline_ms: u64,
+    /// Memory limit of one instance. Default 50331648 (48 MiB: argon2's
+    /// default parameters take 19 MiB).
+    pub memory_bytes: usize,
+    /// Largest request body. Default 65536.
+    pub max_body_bytes: usize,
+}
+
+impl Default for StatusApiConfig {
+    fn default() -> Self {
+        StatusApiConfig {
+            addr: "127.0.0.1:8026".parse().expect("valid"),
+            deadline_ms: 2000,
+            memory_bytes: 48 << 20,
+            max_body_bytes: 64 << 10,
+        }
+    }
 }
 
 /// The admin HTTP listener (deploy, rules, rollback, list, metrics).

@@ -22,7 +22,11 @@
 //! - [`spool`]: the durable, group-committed message spool.
 //! - [`delivery`]: relay (DKIM, retries, DSN), sandbox and discard routes,
 //!   and the status store of every step.
+//! - [`statusapi`]: the status API listener, answered in-process by the
+//!   status HTTP component (`components/status`) over a per-account,
+//!   read-only view of the status store, rules and sandbox.
 //! - [`tls`]: certificate loading and self-signed generation.
+//! - [`httpd`]: the HTTP/1 accept loop of the admin and status listeners.
 //! - [`fsutil`]: the one durable whole-file write (temp, fsync, rename,
 //!   fsync of the directory) that tenants, sandbox and reports share.
 
@@ -31,10 +35,12 @@ pub mod config;
 pub mod delivery;
 pub mod driver;
 pub mod fsutil;
+pub mod httpd;
 pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod spool;
+pub mod statusapi;
 pub mod tenants;
 pub mod tls;

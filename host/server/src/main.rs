@@ -16,6 +16,7 @@ use mailwit::delivery::status::{FileStatusStore, StatusStore};
 use mailwit::metrics::Metrics;
 use mailwit::policy::{NoopPolicy, Policy, WasmPolicy};
 use mailwit::server::{self, Shared};
+use mailwit::statusapi::{self, StatusApi};
 use mailwit::tenants::Tenants;
 use mailwit::{spool, tls};
 use mailwit_runtime::{Limits, Runtime, RuntimeConfig};
@@ -69,6 +70,16 @@ enum Command {
         recipient: Option<String>,
         message_id: String,
     },
+    /// Manage the status API's component on a running server.
+    StatusApi {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Admin listener address, when not the configuration's.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        command: StatusApiCommand,
+    },
     /// Inspect the spool of a configuration.
     Spool {
         #[arg(long)]
@@ -96,6 +107,17 @@ enum TenantCommand {
 }
 
 #[derive(Subcommand)]
+enum StatusApiCommand {
+    /// Deploy a new version of the status component (a wasi:http .wasm);
+    /// it is validated first and answers from the next request on.
+    Deploy { component: PathBuf },
+    /// The active version.
+    Show,
+    /// Go back to the previous version.
+    Rollback,
+}
+
+#[derive(Subcommand)]
 enum SpoolCommand {
     /// One line per pending message: id, tenant, sender, recipients, size.
     List,
@@ -116,27 +138,36 @@ fn main() -> anyhow::Result<()> {
             recipient,
             message_id,
         } => {
-            let mut config = Config::load(config.as_deref())?;
-            if let Some(a) = admin {
-                config.admin.addr = a;
-            }
+            let config = client_config(config, admin)?;
             let mut path = format!("/v1/messages/{message_id}");
             if let Some(r) = recipient {
                 path.push_str(&format!("?recipient={r}"));
             }
             admin_call(&config, Method::GET, &path, Vec::new())
         }
-        Command::Tenant {
+        Command::StatusApi {
             config,
             admin,
             command,
         } => {
-            let mut config = Config::load(config.as_deref())?;
-            if let Some(a) = admin {
-                config.admin.addr = a;
-            }
-            tenant(config, command)
+            let config = client_config(config, admin)?;
+            let (method, path, body) = match command {
+                StatusApiCommand::Deploy { component } => (
+                    Method::PUT,
+                    "/v1/status-api",
+                    std::fs::read(&component)
+                        .with_context(|| format!("reading {}", component.display()))?,
+                ),
+                StatusApiCommand::Show => (Method::GET, "/v1/status-api", Vec::new()),
+                StatusApiCommand::Rollback => (Method::POST, "/v1/status-api/rollback", Vec::new()),
+            };
+            admin_call(&config, method, path, body)
         }
+        Command::Tenant {
+            config,
+            admin,
+            command,
+        } => tenant(client_config(config, admin)?, command),
         Command::HashPassword { password } => {
             let password = match password {
                 Some(p) => p,
@@ -184,6 +215,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration a CLI command talks to the server with: `--config`
+/// (or the embedded one), with `--admin` overriding the admin address.
+fn client_config(
+    config: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Config> {
+    let mut config = Config::load(config.as_deref())?;
+    if let Some(a) = admin {
+        config.admin.addr = a;
+    }
+    Ok(config)
 }
 
 fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
@@ -315,6 +359,15 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
         let token = admin_token(&config)?;
         tracing::info!(event = "listening", listener = %"admin", addr = %admin_listener.local_addr()?, tls = %"none");
+        let status_api = {
+            let (rt, dir, t, s, c) = (rt.clone(), config.data_dir.clone(), tenants.clone(), status.clone(), config.status_api.clone());
+            let retention = config.delivery.retention_secs;
+            Arc::new(tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, c, retention)).await?.context("loading the status API component")?)
+        };
+        let status_listener = tokio::net::TcpListener::bind(config.status_api.addr)
+            .await
+            .with_context(|| format!("binding the status API listener on {}", config.status_api.addr))?;
+        tracing::info!(event = "listening", listener = %"status-api", addr = %status_listener.local_addr()?, tls = %"none");
         let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, delivery, tls));
 
         let (stop, stopped) = watch::channel(false);
@@ -332,15 +385,18 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             tenants,
             metrics,
             status,
+            status_api: status_api.clone(),
             token,
         });
         let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
+        let status_task = tokio::spawn(statusapi::serve(status_api, status_listener, stopped.clone()));
         let spool_handle = shared.spool.clone();
         server::run(shared, listeners, stopped).await;
         // Delivery keeps its own handle; the committer stops after what is
         // already queued (unfinished deliveries resume at the next start).
         spool_handle.close();
         let _ = admin_task.await;
+        let _ = status_task.await;
         // All sessions are gone, so is every spool handle: the committer
         // drains and stops.
         tokio::task::spawn_blocking(move || committer.join()).await.ok();

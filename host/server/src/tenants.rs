@@ -73,6 +73,12 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// The status API component (an HTTP component, not a policy function).
+pub const STATUS_COMPONENT: &[u8] = include_bytes!(concat!(
+    env!("MAILWIT_COMPONENTS_DIR"),
+    "/mailwit_status.wasm"
+));
+
 /// The name `rollback` uses for a tenant's rules.
 pub const RULES: &str = "rules";
 
@@ -89,16 +95,18 @@ pub enum AdminError {
     Storage(#[from] anyhow::Error),
 }
 
+/// The versions of one deployable thing (a function, the rules, the
+/// status API component).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Track {
+pub(crate) struct Track {
     /// Highest version number ever stored.
-    latest: u64,
+    pub(crate) latest: u64,
     /// Activations, oldest first; the last is active.
-    history: Vec<u64>,
+    pub(crate) history: Vec<u64>,
 }
 
 impl Track {
-    fn active(&self) -> Option<u64> {
+    pub(crate) fn active(&self) -> Option<u64> {
         self.history.last().copied()
     }
 }

@@ -1,0 +1,297 @@
+//! The status API listener: the Sinch-style notification-status API (and
+//! the tenant's sandbox), answered by an HTTP component
+//! (`components/status`, the same `.wasm` that `spin up` runs) on a fresh
+//! instance per request.
+//!
+//! The component reads through Spin's key-value interface; here that store
+//! is a read-only view computed per request from mailwit's own data, and
+//! scoped to the account named in the request's path
+//! (`/v1/{account}/...`): a key of any other account reads as absent, so a
+//! component, even a faulty one, cannot show one tenant another's data.
+//!
+//! | key | answered from |
+//! |---|---|
+//! | `{account}/users/{login}` | the tenant's rules, `users.<login>` (a PHC hash) |
+//! | `{account}/api-keys/{id}` | the tenant's rules, `api-keys.<id>` |
+//! | `{account}/notifications/{id}` | the status store's events of that message (JSON list) |
+//! | `{account}/sandbox` | the tenant's sandbox listing (JSON) |
+//! | `{account}/sandbox/{id}` | one sandboxed message, raw |
+//!
+//! Variables: `retention_secs` (from `[delivery] retention_secs`).
+//!
+//! The component is versioned like a policy function, under
+//! `<data_dir>/status-api/` (`state.json`, `<v>.wasm`); version 1 is the
+//! embedded build of `components/status`. A deploy swaps it for the next
+//! request; requests under way finish on the version they started with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper::body::Incoming;
+use mailwit_runtime::http::{HostData, HttpFunction, HttpResponse, plain_response};
+use mailwit_runtime::{Limits, Rules, Runtime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::StatusApiConfig;
+use crate::delivery::status::StatusStore;
+use crate::fsutil::write_durable;
+use crate::tenants::{AdminError, STATUS_COMPONENT, Tenants, Track};
+
+/// The status API: its component versions and what its store reads.
+pub struct StatusApi {
+    rt: Arc<Runtime>,
+    dir: PathBuf,
+    data_dir: PathBuf,
+    tenants: Arc<Tenants>,
+    status: Arc<dyn StatusStore>,
+    config: StatusApiConfig,
+    retention_secs: u64,
+    active: RwLock<Arc<HttpFunction>>,
+    /// Version history; held for the whole of a deploy or rollback.
+    track: Mutex<Track>,
+}
+
+impl StatusApi {
+    /// Loads the active version, or stores the embedded component as
+    /// version 1.
+    pub fn open(
+        rt: Arc<Runtime>,
+        data_dir: PathBuf,
+        tenants: Arc<Tenants>,
+        status: Arc<dyn StatusStore>,
+        config: StatusApiConfig,
+        retention_secs: u64,
+    ) -> anyhow::Result<StatusApi> {
+        let dir = data_dir.join("status-api");
+        let state = dir.join("state.json");
+        let track: Track = if state.exists() {
+            serde_json::from_slice(&std::fs::read(&state)?)?
+        } else {
+            write_durable(&dir.join("1.wasm"), STATUS_COMPONENT)?;
+            let t = Track {
+                latest: 1,
+                history: vec![1],
+            };
+            write_durable(&state, &serde_json::to_vec_pretty(&t)?)?;
+            t
+        };
+        let v = track.active().unwrap_or(1);
+        let bytes = std::fs::read(dir.join(format!("{v}.wasm")))?;
+        let f = rt
+            .load_http(v, &bytes)
+            .map_err(|e| anyhow::anyhow!("status API component v{v}: {e}"))?;
+        Ok(StatusApi {
+            rt,
+            dir,
+            data_dir,
+            tenants,
+            status,
+            config,
+            retention_secs,
+            active: RwLock::new(Arc::new(f)),
+            track: Mutex::new(track),
+        })
+    }
+
+    /// The active version and its digest.
+    pub fn summary(&self) -> serde_json::Value {
+        let f = self.active.read().expect("active lock").clone();
+        serde_json::json!({ "version": f.version, "digest": f.digest })
+    }
+
+    /// Validates, stores and activates a new version.
+    pub fn deploy(&self, bytes: &[u8]) -> Result<serde_json::Value, AdminError> {
+        let mut track = self.track.lock().expect("track lock");
+        let version = track.latest + 1;
+        let f = self
+            .rt
+            .load_http(version, bytes)
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        write_durable(&self.dir.join(format!("{version}.wasm")), bytes)
+            .map_err(anyhow::Error::from)?;
+        let mut next = track.clone();
+        next.latest = version;
+        next.history.push(version);
+        self.activate(&mut track, next, f)?;
+        Ok(self.summary())
+    }
+
+    /// Re-activates the previous version.
+    pub fn rollback(&self) -> Result<serde_json::Value, AdminError> {
+        let mut track = self.track.lock().expect("track lock");
+        if track.history.len() < 2 {
+            return Err(AdminError::NotFound(
+                "the status API has no previous version to roll back to".into(),
+            ));
+        }
+        let mut next = track.clone();
+        next.history.pop();
+        let v = next.active().expect("non-empty");
+        let bytes =
+            std::fs::read(self.dir.join(format!("{v}.wasm"))).map_err(anyhow::Error::from)?;
+        let f = self
+            .rt
+            .load_http(v, &bytes)
+            .map_err(|e| AdminError::Storage(anyhow::anyhow!("version {v}: {e}")))?;
+        self.activate(&mut track, next, f)?;
+        Ok(self.summary())
+    }
+
+    fn activate(&self, track: &mut Track, next: Track, f: HttpFunction) -> Result<(), AdminError> {
+        write_durable(
+            &self.dir.join("state.json"),
+            &serde_json::to_vec_pretty(&next).map_err(anyhow::Error::from)?,
+        )
+        .map_err(anyhow::Error::from)?;
+        *track = next;
+        *self.active.write().expect("active lock") = Arc::new(f);
+        Ok(())
+    }
+
+    /// Answers one request with the active component.
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.config.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return plain_response(413, r#"{"error":"request body too large"}"#),
+        };
+        let account = match parts
+            .uri
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()[..]
+        {
+            ["v1", account, ..] => Some(account.to_string()),
+            _ => None,
+        };
+        let rules = account
+            .as_deref()
+            .and_then(|a| self.tenants.get(a))
+            .map(|set| set.rules.clone());
+        let view = Arc::new(AccountView {
+            account,
+            rules,
+            status: self.status.clone(),
+            data_dir: self.data_dir.clone(),
+            retention_secs: self.retention_secs,
+        });
+        let request = Request::from_parts(parts, Full::new(body));
+        let f = self.active.read().expect("active lock").clone();
+        let limits = Limits {
+            deadline: std::time::Duration::from_millis(self.config.deadline_ms),
+            memory_bytes: self.config.memory_bytes,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let rt = self.rt.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = rt.serve_http(&f, limits, view, request, tx);
+            (f.version, r)
+        });
+        match rx.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => {
+                tracing::warn!(event = "status_api.error", error = ?code);
+                plain_response(500, r#"{"error":"the status component failed"}"#)
+            }
+            // The component ended without setting a response: say why.
+            Err(_) => match task.await {
+                Ok((version, Err(failure))) => {
+                    tracing::warn!(event = "status_api.failure", version, kind = failure.label(), failure = ?failure);
+                    let body = serde_json::json!({ "error": format!("the status component failed: {}", failure.label()) });
+                    plain_response(failure.status(), body.to_string())
+                }
+                Ok((version, Ok(()))) => {
+                    tracing::warn!(event = "status_api.no_response", version);
+                    plain_response(500, r#"{"error":"the status component gave no response"}"#)
+                }
+                Err(e) => {
+                    tracing::error!(event = "status_api.panic", cause = %e);
+                    plain_response(500, r#"{"error":"internal error"}"#)
+                }
+            },
+        }
+    }
+}
+
+/// Serves the status API until shutdown.
+pub async fn serve(api: Arc<StatusApi>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    crate::httpd::serve(listener, shutdown, move |req| api.clone().handle(req)).await
+}
+
+/// The store one request sees: one account's data, read-only.
+struct AccountView {
+    account: Option<String>,
+    rules: Option<Arc<Rules>>,
+    status: Arc<dyn StatusStore>,
+    data_dir: PathBuf,
+    retention_secs: u64,
+}
+
+impl HostData for AccountView {
+    fn has_store(&self, label: &str) -> bool {
+        label == "default"
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some(account) = &self.account else {
+            return Ok(None);
+        };
+        let Some(rest) = key
+            .strip_prefix(account.as_str())
+            .and_then(|k| k.strip_prefix('/'))
+        else {
+            return Ok(None);
+        };
+        let secret = |table: &str, name: &str| {
+            Ok(self
+                .rules
+                .as_ref()
+                .and_then(|r| r.secret(&format!("{table}.{name}")))
+                .map(|h| h.as_bytes().to_vec()))
+        };
+        match rest.split_once('/') {
+            Some(("users", login)) => secret("users", login),
+            Some(("api-keys", id)) => secret("api-keys", id),
+            Some(("notifications", id)) => {
+                let events = self.status.message(Some(account), id, None);
+                if events.is_empty() {
+                    return Ok(None);
+                }
+                serde_json::to_vec(&events)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            Some(("sandbox", id)) => Ok(crate::delivery::sandbox_message(
+                &self.data_dir,
+                account,
+                id,
+            )),
+            None if rest == "sandbox" => {
+                let list: Vec<serde_json::Value> =
+                    crate::delivery::sandbox_list(&self.data_dir, account)
+                        .into_iter()
+                        .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
+                        .collect();
+                serde_json::to_vec(&list)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn keys(&self) -> Result<Vec<String>, String> {
+        Err("mailwit's store does not list keys".into())
+    }
+
+    fn variable(&self, name: &str) -> Option<String> {
+        (name == "retention_secs").then(|| self.retention_secs.to_string())
+    }
+}
