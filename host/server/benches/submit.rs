@@ -40,6 +40,8 @@ fn config(data_dir: &std::path::Path) -> String {
 [admin]
 addr = "127.0.0.1:0"
 token = "bench"
+[status_api]
+addr = "127.0.0.1:0"
 [[listeners]]
 name = "bench"
 addr = "127.0.0.1:0"
