@@ -12,6 +12,11 @@ fn main() {
     let components = root.join("components");
     println!("cargo:rerun-if-changed={}", components.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    // components/kv-env implements Spin's interfaces from the host's copy.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("host/runtime/wit-spin").display()
+    );
 
     // OUT_DIR is <target>/<profile>/build/<pkg>/out: keep the guests' build
     // beside the host's, shared by every profile.

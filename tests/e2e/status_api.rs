@@ -2,8 +2,8 @@
 //! in-process by mailwit, asked with curl; its imports checked against
 //! what Spin provides; `spin.toml`'s build producing the file it names.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use crate::harness::*;
 
@@ -11,7 +11,11 @@ const API_KEY: &str = "sk1.9c1d2e3f4a5b6c7d";
 
 /// `curl` against the status API: (HTTP status, body).
 fn curl(s: &Server, user: Option<&str>, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{}{path}", s.port("status-api"));
+    curl_at(s.port("status-api"), user, path)
+}
+
+fn curl_at(port: u16, user: Option<&str>, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-m", "30", "-w", "\n%{http_code}"]);
     if let Some(u) = user {
@@ -346,4 +350,112 @@ fn spin_toml_is_a_version_2_manifest_whose_build_produces_its_source() {
     let (imports, exports) = interfaces(&wasm);
     assert!(imports.iter().all(|i| spin_provides(i)), "{imports:?}");
     assert_eq!(exports, ["wasi:http/incoming-handler@0.2.0"]);
+}
+
+/// A tool `.ci/run` installs with cargo: on PATH or in cargo's bin directory.
+fn cargo_tool(name: &str, install: &str) -> PathBuf {
+    let (ok, out) = run(Command::new("sh").args(["-c", &format!("command -v {name}")]));
+    if ok {
+        return PathBuf::from(out.trim());
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let p = home.join("bin").join(name);
+    assert!(
+        p.exists(),
+        "{name} is not installed: {install} (.ci/run does)"
+    );
+    p
+}
+
+#[test]
+fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
+    let wac = cargo_tool("wac", "cargo install wac-cli --locked");
+    let wasmtime = cargo_tool(
+        "wasmtime",
+        "cargo install wasmtime-cli@48.0.8 --locked --no-default-features --features serve,run,cranelift,parallel-compilation,component-model-async",
+    );
+    // The same status component, its Spin imports satisfied by a small
+    // in-memory store (components/kv-env) instead of Spin.
+    let dir = tempfile::tempdir().unwrap();
+    let composed = dir.path().join("status-with-store.wasm");
+    let (ok, out) = run(Command::new(wac)
+        .arg("plug")
+        .arg(component("status"))
+        .arg("--plug")
+        .arg(component("kv_env"))
+        .arg("-o")
+        .arg(&composed));
+    assert!(ok, "wac plug: {out}");
+    let (imports, exports) = interfaces(&std::fs::read(&composed).unwrap());
+    assert!(
+        !imports.iter().any(|i| i.starts_with("fermyon:")),
+        "{imports:?}"
+    );
+    assert_eq!(exports, ["wasi:http/incoming-handler@0.2.0"]);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let eight_days = 8 * 24 * 3600 * 1000;
+    let events = serde_json::json!([
+        { "ts_ms": now - eight_days, "recipient": "a@example.net", "status": "deferred", "detail": "too old to show" },
+        { "ts_ms": now, "recipient": "a@example.net", "status": "received" },
+        { "ts_ms": now, "recipient": "a@example.net", "status": "sent", "detail": "250 2.0.0 Ok" },
+    ]);
+    /// Stops `wasmtime serve` however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Kill(
+        Command::new(wasmtime)
+            // The CLI .ci/run installs has no pooling allocator: say so.
+            .args(["serve", "-O", "pooling-allocator=n", "-S", "cli"])
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg("--env")
+            .arg(format!("demo/users/demo={}", demo_hash()))
+            .arg("--env")
+            .arg(format!("demo/notifications/N1={events}"))
+            .arg(&composed)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("wasmtime serve to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let me = format!("demo:{PASSWORD}");
+    let (code, text) = curl_at(port, Some(&me), "/v1/demo/notifications/id/N1");
+    let v = json(&text);
+    let codes: Vec<&str> = v["Notification"]["status"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{code}: {text}"))
+        .iter()
+        .map(|e| e["statusCode"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (code, codes),
+        (200, vec!["CAAS_RECEIVED", "CH_SENT"]),
+        "{text}"
+    );
+    assert_eq!(
+        curl_at(port, Some("demo:wrong"), "/v1/demo/notifications/id/N1").0,
+        401
+    );
+    assert_eq!(
+        curl_at(port, Some(&me), "/v1/other/notifications/id/N1").0,
+        401
+    );
 }
