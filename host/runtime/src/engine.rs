@@ -149,13 +149,16 @@ impl Runtime {
             .max_memory_size(config.max_memory_bytes)
             // Give slots back to the kernel in batches: each madvise in a
             // multi-threaded process costs TLB shootdowns on every core.
-            .decommit_batch_size(32)
-            // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only
-            // the pages an instance dirtied, with memset, and keep them
-            // mapped: no madvise and no page faults on the next instance.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10);
+            .decommit_batch_size(32);
+        if has_pagemap_scan() {
+            // Reset only the pages an instance dirtied, with memset, and
+            // keep them mapped: no madvise and no page faults for the next
+            // instance. Without PAGEMAP_SCAN, keeping memory resident would
+            // memset all of it on every reuse, which costs more than it saves.
+            pool.pagemap_scan(wasmtime::Enabled::Auto)
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(64 << 10);
+        }
         let mut wt = Config::new();
         wt.wasm_component_model(true)
             .epoch_interruption(true)
@@ -369,6 +372,17 @@ impl Runtime {
         }
         Ok(component)
     }
+}
+
+/// Whether the kernel has the PAGEMAP_SCAN ioctl (Linux 6.7 and later).
+fn has_pagemap_scan() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 7)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
