@@ -104,6 +104,17 @@ pub struct PolicySet {
     pub rules: Arc<Rules>,
     pub rules_version: u64,
     pub limits: Limits,
+    /// For the embedder's scheduling of calls; starts empty.
+    pub scheduling: Scheduling,
+}
+
+/// What the embedder learns about a set's calls while it runs them.
+#[derive(Debug, Default)]
+pub struct Scheduling {
+    /// Until this time (ms since the Unix epoch) the calls are known slow.
+    pub slow_until_ms: std::sync::atomic::AtomicU64,
+    /// Calls in a row that overran the embedder's fast-path budget.
+    pub overruns: std::sync::atomic::AtomicU32,
 }
 
 fn client(c: &Client) -> t::ClientInfo {
@@ -390,6 +401,20 @@ impl PolicySet {
 }
 
 impl PolicySet {
+    /// The same functions and rules under other limits (for a call with a
+    /// shorter deadline, say).
+    pub fn with_limits(&self, limits: Limits) -> PolicySet {
+        PolicySet {
+            tenant: self.tenant.clone(),
+            generation: self.generation,
+            functions: self.functions.clone(),
+            rules: self.rules.clone(),
+            rules_version: self.rules_version,
+            limits,
+            scheduling: Scheduling::default(),
+        }
+    }
+
     /// Whether any function answers `decision` (a WIT interface name:
     /// "check-recipient", ...). When none does, the answer is known without
     /// a call: accept (and `relay:default` for route).

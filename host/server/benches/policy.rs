@@ -39,6 +39,7 @@ fn main() {
         rules: Arc::new(rules),
         rules_version: 1,
         limits: Limits::default(),
+        scheduling: Default::default(),
     };
     let client = Client {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -127,6 +127,7 @@ enum SpoolCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    mailwit::policy::install_panic_hook();
     match cli.command {
         Command::Serve {
             config,

@@ -9,11 +9,15 @@
 //! [`NoopPolicy`] accepts everything and exists only as the baseline of the
 //! policy-cost benchmark.
 
+use std::cell::Cell;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mailwit_runtime::{Decision, Failure, PolicySet, Route, Runtime, SessionInfo};
+use mailwit_runtime::{
+    Decision, Failure, FailureKind, Limits, PolicySet, Route, Runtime, SessionInfo,
+};
 use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
 
 use crate::metrics::Metrics;
@@ -116,14 +120,59 @@ impl WasmPolicy {
 /// time as wrong passwords (it is the hash of a random, discarded string).
 const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$HJMkUjVZlsjZmelUqPhtuwgLDhi3cbt29gLq0U9XwEY";
 
-/// Runs one decision on a blocking thread (a policy call may take up to its
-/// deadline), times it, and turns failures into `451 4.3.0`. A decision no
-/// function answers costs nothing: `f` runs inline and calls no component.
+/// How long a decision may run inline on the async worker. Policy calls
+/// usually take tens of microseconds, and handing each to a blocking
+/// thread costs more than the call. A call that overruns this budget is
+/// abandoned (its fresh instance is dropped, nothing else happened) and
+/// run again on a blocking thread under the tenant's whole deadline, so a
+/// looping component stalls a worker for at most this long.
+const INLINE_BUDGET: Duration = Duration::from_millis(4);
+/// After this many calls in a row overran the inline budget (a component
+/// that loops, not a worker descheduled once under load), the set's calls
+/// go straight to a blocking thread for [`SLOW_FOR_MS`].
+const SLOW_AFTER_OVERRUNS: u32 = 3;
+const SLOW_FOR_MS: u64 = 60_000;
+
+thread_local! {
+    /// Set while a policy call runs inline on an async worker.
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs a policy call on this (async worker) thread. `None` when it could
+/// not run here: wasmtime-wasi's synchronous I/O (a guest writing to its
+/// stderr) blocks on the runtime, which tokio refuses on a worker with a
+/// panic. That panic is caught here and not printed (see
+/// [`install_panic_hook`]); the caller runs the call again on a blocking
+/// thread, where any other panic shows as usual.
+fn run_inline<R>(call: impl FnOnce() -> R) -> Option<R> {
+    INLINE.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    INLINE.with(|c| c.set(false));
+    r.ok()
+}
+
+/// Keeps the default panic report, except for panics that [`run_inline`]
+/// catches and handles. Call once at start-up.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if INLINE.with(Cell::get) {
+            tracing::debug!(event = "policy.inline_refused", cause = %info, "policy call moved to a blocking thread");
+            return;
+        }
+        default(info)
+    }));
+}
+
+/// Runs one decision, times it, and turns failures into `451 4.3.0`: inline
+/// within [`INLINE_BUDGET`], else on a blocking thread (authentication
+/// always: argon2 takes milliseconds by design). A decision no function
+/// answers costs nothing: `f` runs inline and calls no component.
 async fn decide<T: Send + 'static>(
     metrics: &Metrics,
     set: &Arc<PolicySet>,
     decision: &'static str,
-    f: impl FnOnce(&PolicySet) -> Result<Decision<T>, Failure> + Send + 'static,
+    f: impl Fn(&PolicySet) -> Result<Decision<T>, Failure> + Send + 'static,
 ) -> Result<T, Reply> {
     if decision != "authenticate" && !set.answers(decision) {
         return match f(set) {
@@ -132,8 +181,53 @@ async fn decide<T: Send + 'static>(
         };
     }
     let start = Instant::now();
-    let s = set.clone();
-    let result = tokio::task::spawn_blocking(move || f(&s)).await;
+    let now = crate::delivery::now_ms();
+    let mut inline = None;
+    if decision != "authenticate"
+        && set.limits.deadline > INLINE_BUDGET
+        && set.scheduling.slow_until_ms.load(Ordering::Relaxed) <= now
+    {
+        let quick = set.with_limits(Limits {
+            deadline: INLINE_BUDGET,
+            ..set.limits
+        });
+        let sched = &set.scheduling;
+        match run_inline(|| f(&quick)) {
+            // The component used blocking WASI I/O (a panic message to
+            // stderr, say), which cannot run on an async worker.
+            None => {
+                sched
+                    .slow_until_ms
+                    .store(now + SLOW_FOR_MS, Ordering::Relaxed);
+                tracing::info!(event = "policy.slow", tenant = %set.tenant, generation = set.generation, decision, "a component used blocking I/O; using blocking threads for a minute");
+            }
+            Some(Err(Failure {
+                kind: FailureKind::Deadline,
+                ..
+            })) => {
+                if sched.overruns.fetch_add(1, Ordering::Relaxed) + 1 >= SLOW_AFTER_OVERRUNS {
+                    sched
+                        .slow_until_ms
+                        .store(now + SLOW_FOR_MS, Ordering::Relaxed);
+                    sched.overruns.store(0, Ordering::Relaxed);
+                    tracing::info!(event = "policy.slow", tenant = %set.tenant, generation = set.generation, decision, "calls overran the inline budget; using blocking threads for a minute");
+                }
+            }
+            Some(r) => {
+                if sched.overruns.load(Ordering::Relaxed) != 0 {
+                    sched.overruns.store(0, Ordering::Relaxed);
+                }
+                inline = Some(r);
+            }
+        }
+    }
+    let result = match inline {
+        Some(r) => Ok(r),
+        None => {
+            let s = set.clone();
+            tokio::task::spawn_blocking(move || f(&s)).await
+        }
+    };
     metrics.call(&set.tenant, decision, start.elapsed());
     match result {
         Ok(Ok(Decision::Accept(v))) => Ok(v),

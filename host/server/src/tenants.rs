@@ -332,6 +332,7 @@ impl Tenants {
             rules: Arc::new(rules),
             rules_version,
             limits,
+            scheduling: Default::default(),
         });
         write_durable(
             &self.tenant_dir(tenant).join("state.json"),
