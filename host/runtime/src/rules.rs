@@ -7,13 +7,22 @@
 //! argon2 PHC hashes: the host checks secrets against them
 //! (`verify-secret`) and never hands them to a component.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use sha2::{Digest, Sha256};
 
 /// Most users a tenant may have unless its rules say `max-users` (IBM's
 /// SMTP configurations allow 5).
 pub const DEFAULT_MAX_USERS: usize = 5;
+
+/// How long a verified secret is remembered.
+pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Most secrets remembered per version of the rules.
+const AUTH_CACHE_MAX: usize = 4096;
 
 /// Parsed, validated rules.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +30,55 @@ pub struct Rules {
     source: String,
     scalars: BTreeMap<String, String>,
     lists: BTreeMap<String, Vec<String>>,
+    verified: Arc<AuthCache>,
+}
+
+/// Secrets verified recently, so a client that reconnects with the same
+/// credentials does not cost argon2's tens of milliseconds of CPU each
+/// time (Dovecot's auth cache does the same). Only successes are kept, as
+/// SHA-256 over a random salt, the key and the secret (never the secret
+/// itself), for [`AUTH_CACHE_TTL`]. The cache belongs to one version of
+/// the rules: a changed password or a removed user takes effect at once.
+#[derive(Debug, Default)]
+struct AuthCache {
+    salt: [u8; 16],
+    seen: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl AuthCache {
+    fn new() -> AuthCache {
+        let mut salt = [0u8; 16];
+        OsRng.fill_bytes(&mut salt);
+        AuthCache {
+            salt,
+            seen: Mutex::default(),
+        }
+    }
+
+    fn fingerprint(&self, key: &str, secret: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(key.as_bytes());
+        h.update([0]);
+        h.update(secret.as_bytes());
+        h.finalize().into()
+    }
+
+    fn hit(&self, fp: &[u8; 32]) -> bool {
+        let seen = self.seen.lock().expect("auth cache lock");
+        seen.get(fp).is_some_and(|t| t.elapsed() < AUTH_CACHE_TTL)
+    }
+
+    fn remember(&self, fp: [u8; 32]) {
+        let mut seen = self.seen.lock().expect("auth cache lock");
+        if seen.len() >= AUTH_CACHE_MAX {
+            seen.retain(|_, t| t.elapsed() < AUTH_CACHE_TTL);
+            if seen.len() >= AUTH_CACHE_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(fp, Instant::now());
+    }
 }
 
 /// Why rules were refused.
@@ -51,6 +109,7 @@ impl Rules {
             .map_err(|e: toml::de::Error| RulesError::Toml(e.to_string()))?;
         let mut rules = Rules {
             source: source.to_string(),
+            verified: Arc::new(AuthCache::new()),
             ..Rules::default()
         };
         flatten("", &toml::Value::Table(table), &mut rules)?;
@@ -110,21 +169,30 @@ impl Rules {
     }
 
     /// Checks `secret` against the PHC hash stored at `key` (a `users.` or
-    /// `api-keys.` key). CPU-heavy by design (argon2).
+    /// `api-keys.` key). CPU-heavy by design (argon2), except for a secret
+    /// verified within [`AUTH_CACHE_TTL`].
     pub fn verify_secret(&self, key: &str, secret: &str) -> bool {
         if !is_hash(key) {
             return false;
         }
-        match self
+        let Some(hash) = self
             .scalars
             .get(key)
             .and_then(|h| PasswordHash::new(h).ok())
-        {
-            Some(hash) => argon2::Argon2::default()
-                .verify_password(secret.as_bytes(), &hash)
-                .is_ok(),
-            None => false,
+        else {
+            return false;
+        };
+        let fp = self.verified.fingerprint(key, secret);
+        if self.verified.hit(&fp) {
+            return true;
         }
+        let ok = argon2::Argon2::default()
+            .verify_password(secret.as_bytes(), &hash)
+            .is_ok();
+        if ok {
+            self.verified.remember(fp);
+        }
+        ok
     }
 }
 
@@ -191,6 +259,26 @@ mod tests {
         assert!(r.verify_secret("users.demo", "demo-password"));
         assert!(!r.verify_secret("users.demo", "wrong"));
         assert!(!r.verify_secret("revision", "3"));
+    }
+
+    #[test]
+    fn remembers_only_verified_secrets_and_only_for_its_own_version() {
+        let source = format!("[users]\ndemo = \"{HASH}\"\n");
+        let r = Rules::parse(&source).unwrap();
+        assert!(!r.verify_secret("users.demo", "wrong"));
+        assert!(r.verified.seen.lock().unwrap().is_empty(), "a failure was cached");
+        assert!(r.verify_secret("users.demo", "demo-password"));
+        assert_eq!(r.verified.seen.lock().unwrap().len(), 1);
+        // Cached: the same answer without argon2; a wrong secret still fails.
+        assert!(r.verify_secret("users.demo", "demo-password"));
+        assert!(!r.verify_secret("users.demo", "demo-password2"));
+        // The entry is bound to the key, and other rules start empty.
+        assert!(!r.verify_secret("api-keys.demo", "demo-password"));
+        let next = Rules::parse(&source).unwrap();
+        assert!(next.verified.seen.lock().unwrap().is_empty());
+        // What is kept is a salted digest, not the secret.
+        let fp = r.verified.fingerprint("users.demo", "demo-password");
+        assert_ne!(fp, next.verified.fingerprint("users.demo", "demo-password"));
     }
 
     #[test]
