@@ -488,6 +488,17 @@ fn https_delivery_reports_are_verified_against_the_trust_store() {
 
 #[test]
 fn relay_over_starttls_with_auth() {
+    relay_over_tls_with_auth("starttls");
+}
+
+#[test]
+fn relay_over_implicit_tls_with_auth() {
+    relay_over_tls_with_auth("implicit");
+}
+
+/// Relays through an upstream that requires TLS (`starttls` or `implicit`,
+/// the rules' `tls` values) and then AUTH, with a certificate of its own.
+fn relay_over_tls_with_auth(tls: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key) = (
         tmp.path().join("up-cert.pem"),
@@ -510,25 +521,25 @@ fn relay_over_starttls_with_auth() {
         .arg("-out")
         .arg(&cert));
     assert!(ok, "{out}");
-    let upstream = Upstream::start_with(
-        tmp.path(),
-        None,
-        &[
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
-            "relay-user",
-            "relay-secret",
-        ],
-    );
+    let mut args = vec![
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        "relay-user",
+        "relay-secret",
+    ];
+    if tls == "implicit" {
+        args.push("implicit");
+    }
+    let upstream = Upstream::start_with(tmp.path(), None, &args);
     let s = Server::start_with(Options {
         acme_rules: format!(
-            "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"relay-user\"\npassword = \"relay-secret\"\ninsecure = \"true\"\n",
+            "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"{tls}\"\nuser = \"relay-user\"\npassword = \"relay-secret\"\ninsecure = \"true\"\n",
             upstream.port
         ),
         ..Options::default()
     });
     let id = submit(&s, "ok@example.net", &[]);
-    wait_for("sent over STARTTLS", || {
+    wait_for(&format!("sent over {tls} TLS"), || {
         s.statuses(&id, "ok@example.net") == ["received", "sent"]
     });
     let (env, _) = upstream.received().remove(0);

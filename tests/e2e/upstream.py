@@ -1,9 +1,10 @@
 """A real next hop for the delivery tests, on aiosmtpd.
 
-usage: upstream.py PORT OUTDIR [CERT KEY USER PASSWORD]
+usage: upstream.py PORT OUTDIR [CERT KEY USER PASSWORD [implicit]]
 
-With the last four, STARTTLS (CERT/KEY as PEM files) and then AUTH as
-USER/PASSWORD are required.
+With CERT KEY USER PASSWORD, STARTTLS (CERT/KEY as PEM files) and then
+AUTH as USER/PASSWORD are required; with `implicit` as well, the port
+speaks TLS from the first byte (SMTPS) and then requires AUTH.
 
 Stores each message as OUTDIR/<n>.eml with OUTDIR/<n>.json (envelope).
 RCPT behaviour by local part: reject* -> 550 5.1.1; defer* -> 451 4.3.0 the
@@ -42,7 +43,8 @@ class Handler:
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content)
         with open(base + ".json", "w") as f:
-            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "tls": session.ssl is not None}, f)
+            tls = server.transport.get_extra_info("ssl_object") is not None
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "tls": tls}, f)
         os.rename(base + ".eml.tmp", base + ".eml")
         return "250 2.0.0 Ok: stored as upstream-%d" % self.n
 
@@ -51,8 +53,9 @@ def main():
     port, outdir = int(sys.argv[1]), sys.argv[2]
     os.makedirs(outdir, exist_ok=True)
     kwargs = {}
-    if len(sys.argv) == 7:
+    if len(sys.argv) in (7, 8):
         cert, key, user, password = sys.argv[3:7]
+        implicit = sys.argv[7:] == ["implicit"]
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
 
@@ -60,7 +63,12 @@ def main():
             ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
             return AuthResult(success=ok)
 
-        kwargs = dict(tls_context=ctx, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
+        if implicit:
+            # aiosmtpd's auth_require_tls only knows STARTTLS; the whole
+            # connection is TLS here.
+            kwargs = dict(ssl_context=ctx, authenticator=authenticator, auth_required=True, auth_require_tls=False)
+        else:
+            kwargs = dict(tls_context=ctx, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(Handler(outdir), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)

@@ -266,7 +266,10 @@ mod tests {
         let source = format!("[users]\ndemo = \"{HASH}\"\n");
         let r = Rules::parse(&source).unwrap();
         assert!(!r.verify_secret("users.demo", "wrong"));
-        assert!(r.verified.seen.lock().unwrap().is_empty(), "a failure was cached");
+        assert!(
+            r.verified.seen.lock().unwrap().is_empty(),
+            "a failure was cached"
+        );
         assert!(r.verify_secret("users.demo", "demo-password"));
         assert_eq!(r.verified.seen.lock().unwrap().len(), 1);
         // Cached: the same answer without argon2; a wrong secret still fails.
