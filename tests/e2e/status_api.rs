@@ -232,6 +232,32 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
     assert!(json(&text)["messages"].is_array());
 }
 
+#[test]
+fn status_requests_beyond_the_concurrency_cap_get_503() {
+    let s = Server::start_with(Options {
+        status_api: "deadline_ms = 3000\nmax_concurrent = 1",
+        ..Options::default()
+    });
+    let hostile = component("status_hostile");
+    let (ok, out) = status_api_cli(&s, &["deploy", hostile.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(curl(&s, None, "/v1/acme/hello"), (200, "hostile".into()));
+    // One request holds the only slot (it loops until its deadline)...
+    let port = s.port("status-api");
+    let looping = std::thread::spawn(move || curl_at(port, None, "/v1/acme/loop"));
+    // ...so another is turned away rather than queued or given an instance.
+    wait_for("a 503 while the slot is taken", || {
+        let (code, text) = curl(&s, None, "/v1/acme/hello");
+        code == 503 && text.contains("too many")
+    });
+    assert_eq!(
+        looping.join().unwrap().0,
+        503,
+        "the looping request hit its deadline"
+    );
+    assert_eq!(curl(&s, None, "/v1/acme/hello"), (200, "hostile".into()));
+}
+
 /// What a component imports and exports, by name (its own, not those of
 /// the modules and components nested inside it).
 fn interfaces(wasm: &[u8]) -> (Vec<String>, Vec<String>) {

@@ -56,6 +56,8 @@ pub struct StatusApiConfig {
     pub memory_bytes: usize,
     /// Largest request body. Default 65536.
     pub max_body_bytes: usize,
+    /// Requests answered at once; more get `503`. Default 32.
+    pub max_concurrent: usize,
 }
 
 impl Default for StatusApiConfig {
@@ -65,6 +67,7 @@ impl Default for StatusApiConfig {
             deadline_ms: 2000,
             memory_bytes: 48 << 20,
             max_body_bytes: 64 << 10,
+            max_concurrent: 32,
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct StatusApi {
     active: RwLock<Arc<HttpFunction>>,
     /// Version history; held for the whole of a deploy or rollback.
     track: Mutex<Track>,
+    /// Requests under way; beyond `max_concurrent` the answer is `503`, so
+    /// a flood of status requests cannot take the instance pool from mail.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatusApi {
@@ -89,8 +92,9 @@ impl StatusApi {
             data_dir,
             tenants,
             status,
-            config,
             retention_secs,
+            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            config,
             active: RwLock::new(Arc::new(f)),
             track: Mutex::new(track),
         })
@@ -153,6 +157,10 @@ impl StatusApi {
 
     /// Answers one request with the active component.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        // Held by the instance's thread until the instance is gone.
+        let Ok(slot) = self.running.clone().try_acquire_owned() else {
+            return plain_response(503, r#"{"error":"too many status requests at once"}"#);
+        };
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.config.max_body_bytes)
             .collect()
@@ -191,6 +199,7 @@ impl StatusApi {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = self.rt.clone();
         let task = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let r = rt.serve_http(&f, limits, view, request, tx);
             (f.version, r)
         });
