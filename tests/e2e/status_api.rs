@@ -223,6 +223,20 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
     }
     // Mail is not disturbed meanwhile.
     submit(&s, "still@example.net");
+    // Each failure is counted on the admin listener's /metrics.
+    let (ok, metrics) = run(Command::new("curl")
+        .arg("-s")
+        .arg(format!("http://127.0.0.1:{}/metrics", s.port("admin"))));
+    assert!(ok);
+    for line in [
+        "mailwit_status_api_failures_total{kind=\"deadline\"} 1",
+        "mailwit_status_api_failures_total{kind=\"memory\"} 1",
+        "mailwit_status_api_failures_total{kind=\"trap\"} 1",
+        "mailwit_status_api_responses_total{code=\"503\"} 2",
+        "mailwit_status_api_responses_total{code=\"500\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 
     // Rollback: the stock component answers again.
     let (ok, out) = status_api_cli(&s, &["rollback"]);

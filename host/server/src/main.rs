@@ -361,9 +361,9 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
         let token = admin_token(&config)?;
         tracing::info!(event = "listening", listener = %"admin", addr = %admin_listener.local_addr()?, tls = %"none");
         let status_api = {
-            let (rt, dir, t, s, c) = (rt.clone(), config.data_dir.clone(), tenants.clone(), status.clone(), config.status_api.clone());
+            let (rt, dir, t, s, m, c) = (rt.clone(), config.data_dir.clone(), tenants.clone(), status.clone(), metrics.clone(), config.status_api.clone());
             let retention = config.delivery.retention_secs;
-            Arc::new(tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, c, retention)).await?.context("loading the status API component")?)
+            Arc::new(tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, m, c, retention)).await?.context("loading the status API component")?)
         };
         let status_listener = tokio::net::TcpListener::bind(config.status_api.addr)
             .await

@@ -80,6 +80,22 @@ impl Metrics {
         );
     }
 
+    /// The status API answered with this HTTP status.
+    pub fn status_api_response(&self, code: u16) {
+        self.add(
+            "mailwit_status_api_responses_total",
+            format!("code=\"{code}\""),
+        );
+    }
+
+    /// The status component failed (deadline, memory, trap, no response).
+    pub fn status_api_failure(&self, kind: &str) {
+        self.add(
+            "mailwit_status_api_failures_total",
+            format!("kind=\"{kind}\""),
+        );
+    }
+
     pub fn queued(&self, tenant: &str) {
         self.add(
             "mailwit_messages_queued_total",

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use crate::config::StatusApiConfig;
 use crate::delivery::status::StatusStore;
 use crate::fsutil::write_durable;
+use crate::metrics::Metrics;
 use crate::tenants::{AdminError, STATUS_COMPONENT, Tenants, Track};
 
 /// The status API: its component versions and what its store reads.
@@ -47,6 +48,7 @@ pub struct StatusApi {
     data_dir: PathBuf,
     tenants: Arc<Tenants>,
     status: Arc<dyn StatusStore>,
+    metrics: Arc<Metrics>,
     config: StatusApiConfig,
     retention_secs: u64,
     active: RwLock<Arc<HttpFunction>>,
@@ -65,6 +67,7 @@ impl StatusApi {
         data_dir: PathBuf,
         tenants: Arc<Tenants>,
         status: Arc<dyn StatusStore>,
+        metrics: Arc<Metrics>,
         config: StatusApiConfig,
         retention_secs: u64,
     ) -> anyhow::Result<StatusApi> {
@@ -92,6 +95,7 @@ impl StatusApi {
             data_dir,
             tenants,
             status,
+            metrics,
             retention_secs,
             running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
             config,
@@ -155,8 +159,14 @@ impl StatusApi {
         Ok(())
     }
 
-    /// Answers one request with the active component.
+    /// Answers one request with the active component, and counts the answer.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        let response = self.clone().answer(req).await;
+        self.metrics.status_api_response(response.status().as_u16());
+        response
+    }
+
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         // Held by the instance's thread until the instance is gone.
         let Ok(slot) = self.running.clone().try_acquire_owned() else {
             return plain_response(503, r#"{"error":"too many status requests at once"}"#);
@@ -206,17 +216,20 @@ impl StatusApi {
         match rx.await {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
+                self.metrics.status_api_failure("error_response");
                 tracing::warn!(event = "status_api.error", error = ?code);
                 plain_response(500, r#"{"error":"the status component failed"}"#)
             }
             // The component ended without setting a response: say why.
             Err(_) => match task.await {
                 Ok((version, Err(failure))) => {
+                    self.metrics.status_api_failure(failure.label());
                     tracing::warn!(event = "status_api.failure", version, kind = failure.label(), failure = ?failure);
                     let body = serde_json::json!({ "error": format!("the status component failed: {}", failure.label()) });
                     plain_response(failure.status(), body.to_string())
                 }
                 Ok((version, Ok(()))) => {
+                    self.metrics.status_api_failure("no_response");
                     tracing::warn!(event = "status_api.no_response", version);
                     plain_response(500, r#"{"error":"the status component gave no response"}"#)
                 }
