@@ -8,7 +8,8 @@
 //! (`verify-secret`) and never hands them to a component.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -43,6 +44,12 @@ pub struct Rules {
 struct AuthCache {
     salt: [u8; 16],
     seen: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Verifications under way: the same credentials arriving on several
+    /// connections at once (an application opening its connection pool)
+    /// wait for one argon2 run instead of each doing their own.
+    inflight: Mutex<HashMap<[u8; 32], Arc<OnceLock<bool>>>>,
+    /// argon2 runs so far (for tests and curiosity).
+    computed: AtomicU64,
 }
 
 impl AuthCache {
@@ -51,7 +58,7 @@ impl AuthCache {
         OsRng.fill_bytes(&mut salt);
         AuthCache {
             salt,
-            seen: Mutex::default(),
+            ..AuthCache::default()
         }
     }
 
@@ -67,6 +74,33 @@ impl AuthCache {
     fn hit(&self, fp: &[u8; 32]) -> bool {
         let seen = self.seen.lock().expect("auth cache lock");
         seen.get(fp).is_some_and(|t| t.elapsed() < AUTH_CACHE_TTL)
+    }
+
+    /// The answer for `fp`: cached, or computed once however many ask at
+    /// the same time.
+    fn verify(&self, fp: [u8; 32], compute: impl FnOnce() -> bool) -> bool {
+        if self.hit(&fp) {
+            return true;
+        }
+        let cell = self
+            .inflight
+            .lock()
+            .expect("auth cache lock")
+            .entry(fp)
+            .or_default()
+            .clone();
+        let ok = *cell.get_or_init(|| {
+            self.computed.fetch_add(1, Ordering::Relaxed);
+            compute()
+        });
+        if ok {
+            self.remember(fp);
+        }
+        let mut inflight = self.inflight.lock().expect("auth cache lock");
+        if inflight.get(&fp).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&fp);
+        }
+        ok
     }
 
     fn remember(&self, fp: [u8; 32]) {
@@ -183,16 +217,11 @@ impl Rules {
             return false;
         };
         let fp = self.verified.fingerprint(key, secret);
-        if self.verified.hit(&fp) {
-            return true;
-        }
-        let ok = argon2::Argon2::default()
-            .verify_password(secret.as_bytes(), &hash)
-            .is_ok();
-        if ok {
-            self.verified.remember(fp);
-        }
-        ok
+        self.verified.verify(fp, || {
+            argon2::Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .is_ok()
+        })
     }
 }
 
@@ -282,6 +311,24 @@ mod tests {
         // What is kept is a salted digest, not the secret.
         let fp = r.verified.fingerprint("users.demo", "demo-password");
         assert_ne!(fp, next.verified.fingerprint("users.demo", "demo-password"));
+    }
+
+    #[test]
+    fn concurrent_logins_with_the_same_secret_share_one_argon2_run() {
+        let r = Arc::new(Rules::parse(&format!("[users]\ndemo = \"{HASH}\"\n")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let r = r.clone();
+                std::thread::spawn(move || r.verify_secret("users.demo", "demo-password"))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
+        assert_eq!(r.verified.computed.load(Ordering::Relaxed), 1);
+        assert!(r.verified.inflight.lock().unwrap().is_empty());
+        // Wrong secrets are not remembered: each new attempt runs argon2.
+        assert!(!r.verify_secret("users.demo", "wrong"));
+        assert!(!r.verify_secret("users.demo", "wrong"));
+        assert_eq!(r.verified.computed.load(Ordering::Relaxed), 3);
     }
 
     #[test]
