@@ -16,6 +16,28 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A self-signed certificate for 127.0.0.1 made by openssl, as
+/// `<dir>/<name>-cert.pem` and `<dir>/<name>-key.pem`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let (ok, out) = run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(ok, "{out}");
+    (cert, key)
+}
+
 /// Starts one of the Python services in tests/e2e/ (`PORT OUTDIR [extra]`)
 /// and waits for its "ready" line.
 fn python_service(script: &str, port: u16, dir: &Path, extra: &[&str]) -> Child {
@@ -82,16 +104,6 @@ impl Drop for Upstream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn submit(s: &Server, to: &str, extra: &[&str]) -> String {
-    let port = s.port("plain").to_string();
-    let (_, out) = run(Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
-        .args(["--auth-user", LOGIN, "--auth-password", PASSWORD])
-        .args(["--from", SENDER, "--to", to, "--helo", "client.test"])
-        .args(extra));
-    queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"))
 }
 
 fn relay_rules(upstream_port: u16, key_pem: &str) -> String {
@@ -433,33 +445,7 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
 #[test]
 fn https_delivery_reports_are_verified_against_the_trust_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        tmp.path().join("rcv-cert.pem"),
-        tmp.path().join("rcv-key.pem"),
-    );
-    let (ok, out) = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert!(ok, "{out}");
+    let (cert, key) = self_signed(tmp.path(), "rcv");
     let port = free_port();
     let receiver = Receiver::start_with(
         tmp.path(),
@@ -500,27 +486,7 @@ fn relay_over_implicit_tls_with_auth() {
 /// the rules' `tls` values) and then AUTH, with a certificate of its own.
 fn relay_over_tls_with_auth(tls: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        tmp.path().join("up-cert.pem"),
-        tmp.path().join("up-key.pem"),
-    );
-    let (ok, out) = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert!(ok, "{out}");
+    let (cert, key) = self_signed(tmp.path(), "up");
     let mut args = vec![
         cert.to_str().unwrap(),
         key.to_str().unwrap(),

@@ -323,6 +323,30 @@ impl Drop for Server {
     }
 }
 
+/// swaks on the plaintext-AUTH listener with AUTH PLAIN; the transcript.
+pub fn swaks_plain(
+    s: &Server,
+    login: &str,
+    password: &str,
+    from: &str,
+    to: &str,
+    extra: &[&str],
+) -> String {
+    let port = s.port("plain").to_string();
+    let (_, out) = run(Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
+        .args(["--auth-user", login, "--auth-password", password])
+        .args(["--from", from, "--to", to, "--helo", "client.test"])
+        .args(extra));
+    out
+}
+
+/// Submits as the acme login with swaks; the queue id.
+pub fn submit(s: &Server, to: &str, extra: &[&str]) -> String {
+    let out = swaks_plain(s, LOGIN, PASSWORD, SENDER, to, extra);
+    queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"))
+}
+
 /// Polls `check` for up to 30 s; panics with `what` if it never holds.
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -8,18 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::harness::swaks_plain as swaks;
 use crate::harness::*;
-
-/// swaks against the plaintext-AUTH listener; returns the transcript.
-fn swaks(s: &Server, login: &str, password: &str, from: &str, to: &str, extra: &[&str]) -> String {
-    let port = s.port("plain").to_string();
-    let (_, out) = run(Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
-        .args(["--auth-user", login, "--auth-password", password])
-        .args(["--from", from, "--to", to, "--helo", "client.test"])
-        .args(extra));
-    out
-}
 
 /// The first refusal line swaks printed (`<~* 550 5.7.1 ...`), as "550 5.7.1".
 fn refusal(transcript: &str) -> String {

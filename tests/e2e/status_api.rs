@@ -31,16 +31,6 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// Submits with swaks as the acme login; the queue id.
-fn submit(s: &Server, to: &str) -> String {
-    let port = s.port("plain").to_string();
-    let (_, out) = run(Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port, "--auth", "PLAIN"])
-        .args(["--auth-user", LOGIN, "--auth-password", PASSWORD])
-        .args(["--from", SENDER, "--to", to, "--helo", "client.test"]));
-    queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"))
-}
-
 /// `mailwit status-api ...` against the server's admin listener.
 fn status_api_cli(s: &Server, args: &[&str]) -> (bool, String) {
     s.cli("status-api", args)
@@ -68,7 +58,7 @@ fn status_api_shows_a_messages_events_per_recipient_to_its_tenant_only() {
         extra: beta(),
         ..Options::default()
     });
-    let id = submit(&s, "one@example.net,two@example.net");
+    let id = submit(&s, "one@example.net,two@example.net", &[]);
     let me = format!("{LOGIN}:{PASSWORD}");
     let path = format!("/v1/acme/notifications/id/{id}");
     // No upstream is configured: each recipient is received, then deferred.
@@ -165,7 +155,7 @@ fn status_api_lists_and_serves_the_tenants_sandbox() {
         extra: beta(),
         ..Options::default()
     });
-    let id = submit(&s, "qa@example.net");
+    let id = submit(&s, "qa@example.net", &[]);
     let me = format!("{LOGIN}:{PASSWORD}");
     wait_for("the message in the sandbox listing", || {
         let (code, text) = curl(&s, Some(&me), "/v1/acme/sandbox");
@@ -222,7 +212,7 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
         assert!(text.contains(kind), "{path}: {text}");
     }
     // Mail is not disturbed meanwhile.
-    submit(&s, "still@example.net");
+    submit(&s, "still@example.net", &[]);
     // Each failure is counted on the admin listener's /metrics.
     let (ok, metrics) = run(Command::new("curl")
         .arg("-s")

@@ -103,6 +103,8 @@ pub struct PolicySet {
     pub functions: Vec<Arc<Function>>,
     pub rules: Arc<Rules>,
     pub rules_version: u64,
+    /// The tenant's limits. Each decision takes the limits of its calls as
+    /// an argument: these, or tighter ones the embedder chooses.
     pub limits: Limits,
     /// For the embedder's scheduling of calls; starts empty.
     pub scheduling: Scheduling,
@@ -192,6 +194,7 @@ impl PolicySet {
     fn each<R>(
         &self,
         rt: &Runtime,
+        limits: Limits,
         has: impl Fn(&Function) -> bool,
         mut call: impl FnMut(
             &Function,
@@ -201,14 +204,9 @@ impl PolicySet {
         mut take: impl FnMut(&Function, R) -> Result<(), Failure>,
     ) -> Result<Option<Reply>, Failure> {
         for f in self.functions.iter().filter(|f| has(f)) {
-            match call::run(
-                rt,
-                f,
-                &self.tenant,
-                &self.rules,
-                self.limits,
-                |store, inst| call(f, store, inst),
-            )? {
+            match call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
+                call(f, store, inst)
+            })? {
                 Ok(v) => take(f, v)?,
                 Err(reply) => return Ok(Some(self.refusal(f, reply)?)),
             }
@@ -221,6 +219,7 @@ impl PolicySet {
     pub fn authenticate(
         &self,
         rt: &Runtime,
+        limits: Limits,
         c: &Client,
         mechanism: Mechanism,
         login: &str,
@@ -234,6 +233,7 @@ impl PolicySet {
         let mut accepted = None;
         let refused = self.each(
             rt,
+            limits,
             |f| f.exports.authenticate.is_some(),
             |f, store, inst| {
                 let idx = f.exports.authenticate.as_ref().expect("filtered");
@@ -263,6 +263,7 @@ impl PolicySet {
     pub fn check_sender(
         &self,
         rt: &Runtime,
+        limits: Limits,
         s: &SessionInfo,
         sender: &str,
         size: Option<u64>,
@@ -272,6 +273,7 @@ impl PolicySet {
         let sess = session(s);
         let refused = self.each(
             rt,
+            limits,
             |f| f.exports.check_sender.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_sender.as_ref().expect("filtered");
@@ -286,6 +288,7 @@ impl PolicySet {
     pub fn check_recipient(
         &self,
         rt: &Runtime,
+        limits: Limits,
         s: &SessionInfo,
         sender: &str,
         recipient: &str,
@@ -293,6 +296,7 @@ impl PolicySet {
         let sess = session(s);
         let refused = self.each(
             rt,
+            limits,
             |f| f.exports.check_recipient.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_recipient.as_ref().expect("filtered");
@@ -309,6 +313,7 @@ impl PolicySet {
     pub fn inspect_message(
         &self,
         rt: &Runtime,
+        limits: Limits,
         s: &SessionInfo,
         sender: &str,
         recipients: &[String],
@@ -323,6 +328,7 @@ impl PolicySet {
         let mut out = Inspection::default();
         let refused = self.each(
             rt,
+            limits,
             |f| f.exports.inspect_message.is_some(),
             |f, store, inst| {
                 let idx = f.exports.inspect_message.as_ref().expect("filtered");
@@ -356,6 +362,7 @@ impl PolicySet {
     pub fn route(
         &self,
         rt: &Runtime,
+        limits: Limits,
         s: &SessionInfo,
         sender: &str,
         recipients: &[String],
@@ -377,17 +384,10 @@ impl PolicySet {
                 value: v.clone(),
             })
             .collect();
-        let r = call::run(
-            rt,
-            f,
-            &self.tenant,
-            &self.rules,
-            self.limits,
-            |store, inst| {
-                idx.load(&mut *store, inst)?
-                    .call_route(&mut *store, &sess, &envelope, &md)
-            },
-        )?;
+        let r = call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
+            idx.load(&mut *store, inst)?
+                .call_route(&mut *store, &sess, &envelope, &md)
+        })?;
         match r {
             Ok(t::Destination::Relay(target)) if target.len() > MAX_TEXT => {
                 Err(self.fail(f, FailureKind::Oversize("relay target")))
@@ -401,20 +401,6 @@ impl PolicySet {
 }
 
 impl PolicySet {
-    /// The same functions and rules under other limits (for a call with a
-    /// shorter deadline, say).
-    pub fn with_limits(&self, limits: Limits) -> PolicySet {
-        PolicySet {
-            tenant: self.tenant.clone(),
-            generation: self.generation,
-            functions: self.functions.clone(),
-            rules: self.rules.clone(),
-            rules_version: self.rules_version,
-            limits,
-            scheduling: Scheduling::default(),
-        }
-    }
-
     /// Whether any function answers `decision` (a WIT interface name:
     /// "check-recipient", ...). When none does, the answer is known without
     /// a call: accept (and `relay:default` for route).

@@ -172,10 +172,10 @@ async fn decide<T: Send + 'static>(
     metrics: &Metrics,
     set: &Arc<PolicySet>,
     decision: &'static str,
-    f: impl Fn(&PolicySet) -> Result<Decision<T>, Failure> + Send + 'static,
+    f: impl Fn(&PolicySet, Limits) -> Result<Decision<T>, Failure> + Send + 'static,
 ) -> Result<T, Reply> {
     if decision != "authenticate" && !set.answers(decision) {
-        return match f(set) {
+        return match f(set, set.limits) {
             Ok(Decision::Accept(v)) => Ok(v),
             _ => Err(policy_failed()),
         };
@@ -187,12 +187,12 @@ async fn decide<T: Send + 'static>(
         && set.limits.deadline > INLINE_BUDGET
         && set.scheduling.slow_until_ms.load(Ordering::Relaxed) <= now
     {
-        let quick = set.with_limits(Limits {
+        let quick = Limits {
             deadline: INLINE_BUDGET,
             ..set.limits
-        });
+        };
         let sched = &set.scheduling;
-        match run_inline(|| f(&quick)) {
+        match run_inline(|| f(set, quick)) {
             // The component used blocking WASI I/O (a panic message to
             // stderr, say), which cannot run on an async worker.
             None => {
@@ -225,7 +225,7 @@ async fn decide<T: Send + 'static>(
         Some(r) => Ok(r),
         None => {
             let s = set.clone();
-            tokio::task::spawn_blocking(move || f(&s)).await
+            tokio::task::spawn_blocking(move || f(&s, s.limits)).await
         }
     };
     metrics.call(&set.tenant, decision, start.elapsed());
@@ -288,8 +288,8 @@ impl Policy for WasmPolicy {
             login.to_string(),
             secret.to_string(),
         );
-        let login = decide(&self.metrics, &set, "authenticate", move |s| {
-            s.authenticate(&rt, &c, mechanism, &login2, &secret)
+        let login = decide(&self.metrics, &set, "authenticate", move |s, l| {
+            s.authenticate(&rt, l, &c, mechanism, &login2, &secret)
         })
         .await?;
         Ok(Principal {
@@ -328,8 +328,8 @@ impl TxnPolicy for WasmTxn {
         eight_bit: bool,
     ) -> Result<(), Reply> {
         let (rt, s, sender) = (self.rt.clone(), session.clone(), sender.to_string());
-        decide(&self.metrics, &self.set, "check-sender", move |p| {
-            p.check_sender(&rt, &s, &sender, size, eight_bit)
+        decide(&self.metrics, &self.set, "check-sender", move |p, l| {
+            p.check_sender(&rt, l, &s, &sender, size, eight_bit)
         })
         .await
     }
@@ -346,8 +346,8 @@ impl TxnPolicy for WasmTxn {
             sender.to_string(),
             recipient.to_string(),
         );
-        decide(&self.metrics, &self.set, "check-recipient", move |p| {
-            p.check_recipient(&rt, &s, &sender, &rcpt)
+        decide(&self.metrics, &self.set, "check-recipient", move |p, l| {
+            p.check_recipient(&rt, l, &s, &sender, &rcpt)
         })
         .await
     }
@@ -360,8 +360,8 @@ impl TxnPolicy for WasmTxn {
     ) -> Result<MessageVerdict, Reply> {
         let info = crate::message::summarize(content);
         let (rt, s, env) = (self.rt.clone(), session.clone(), envelope.clone());
-        let inspection = decide(&self.metrics, &self.set, "inspect-message", move |p| {
-            p.inspect_message(&rt, &s, &env.sender, &env.recipients, &info)
+        let inspection = decide(&self.metrics, &self.set, "inspect-message", move |p, l| {
+            p.inspect_message(&rt, l, &s, &env.sender, &env.recipients, &info)
         })
         .await?;
         let (rt, s, env, md) = (
@@ -370,8 +370,8 @@ impl TxnPolicy for WasmTxn {
             envelope.clone(),
             inspection.metadata.clone(),
         );
-        let route = decide(&self.metrics, &self.set, "route", move |p| {
-            p.route(&rt, &s, &env.sender, &env.recipients, &md)
+        let route = decide(&self.metrics, &self.set, "route", move |p, l| {
+            p.route(&rt, l, &s, &env.sender, &env.recipients, &md)
         })
         .await?;
         let versions: Vec<String> = self
