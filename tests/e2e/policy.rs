@@ -310,19 +310,40 @@ fn a_tenant_can_replace_only_its_router() {
     );
 }
 
-#[test]
-fn hostile_components_cost_their_own_transaction_a_451() {
-    let evil = tenant(
+/// Tenant `evil`: the stock authentication (login `mallory@evil.example`)
+/// and the hostile component, in `mode`.
+fn evil_tenant(mode: &str) -> String {
+    tenant(
         "evil",
         &functions(&[
             ("auth", "builtin:auth".into()),
             ("hostile", component("hostile").display().to_string()),
         ]),
         &format!(
-            "[tenants.rules.hostile]\nmode = \"none\"\n{}",
+            "[tenants.rules.hostile]\nmode = \"{mode}\"\n{}",
             users("mallory@evil.example")
         ),
+    )
+}
+
+/// New rules for `evil`: the hostile component in `mode`.
+fn set_evil_mode(s: &Server, mode: &str) {
+    let p = write_file(
+        s.dir.path(),
+        &format!("evil-{mode}.toml"),
+        format!(
+            "[hostile]\nmode = \"{mode}\"\n[users]\n\"mallory@evil.example\" = \"{}\"\n",
+            demo_hash()
+        )
+        .as_bytes(),
     );
+    let (ok, out) = admin(s, &["rules", "evil", p.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn hostile_components_cost_their_own_transaction_a_451() {
+    let evil = evil_tenant("none");
     let s = Server::start_with(Options {
         extra: evil,
         runtime: "deadline_ms = 200",
@@ -358,21 +379,8 @@ fn hostile_components_cost_their_own_transaction_a_451() {
             n
         })
     };
-    let rules = |mode: &str| {
-        let p = write_file(
-            s.dir.path(),
-            &format!("evil-{mode}.toml"),
-            format!(
-                "[hostile]\nmode = \"{mode}\"\n[users]\n\"mallory@evil.example\" = \"{}\"\n",
-                demo_hash()
-            )
-            .as_bytes(),
-        );
-        let (ok, out) = admin(&s, &["rules", "evil", p.to_str().unwrap()]);
-        assert!(ok, "{out}");
-    };
     for mode in ["loop", "memory", "panic", "recursion", "oversize"] {
-        rules(mode);
+        set_evil_mode(&s, mode);
         let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
         let start = std::time::Instant::now();
         let reply = r.cmd("MAIL FROM:<m@evil.example>");
@@ -381,7 +389,7 @@ fn hostile_components_cost_their_own_transaction_a_451() {
         assert!(r.cmd("NOOP").starts_with("250"), "{mode}: session broken");
         eprintln!("{mode}: 451 after {:?}", start.elapsed());
     }
-    rules("none");
+    set_evil_mode(&s, "none");
     let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
     assert!(
         r.cmd("MAIL FROM:<m@evil.example>").starts_with("250"),
@@ -398,6 +406,38 @@ fn hostile_components_cost_their_own_transaction_a_451() {
             "{kind}: {metrics}"
         );
     }
+}
+
+/// On the server's async workers an instance serves several calls of one
+/// function version and rules version; a new rules version gets new ones.
+#[test]
+fn warm_instances_are_reused_within_one_version_only() {
+    let evil = evil_tenant("count");
+    let s = Server::start_with(Options {
+        extra: evil,
+        ..Options::default()
+    });
+    let calls = |r: &mut Raw, n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| {
+                let reply = r.cmd("MAIL FROM:<m@evil.example>");
+                assert!(reply.starts_with("450 4.7.1 call "), "{reply}");
+                reply.trim_end()["450 4.7.1 call ".len()..].parse().unwrap()
+            })
+            .collect()
+    };
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    let first = calls(&mut r, 12);
+    // Each async worker thread keeps its own instance; with fewer workers
+    // than calls, one of them served more than one.
+    assert!(
+        first.iter().max().unwrap() >= &2,
+        "no instance served several calls: {first:?}"
+    );
+    assert!(first.iter().all(|&n| n <= 12), "{first:?}");
+    set_evil_mode(&s, "count");
+    // New rules, new instances: counting starts again.
+    assert_eq!(calls(&mut r, 1), vec![1]);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! rule `hostile.mode` says: `loop` (never returns), `memory` (allocates
 //! until the memory limit), `panic` (traps), `recursion` (overflows the
 //! stack), `oversize` (returns a reply text of `hostile.size` octets,
-//! default 4 MiB). Any other mode accepts.
+//! default 4 MiB), `count` (refuses with `450 4.7.1 call <n>`, n counting
+//! the calls this instance has served, to show instance reuse). Any other
+//! mode accepts.
 
 wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
 
@@ -11,6 +13,8 @@ use mailwit::policy::host;
 use mailwit::policy::types::{MailParams, Reply, Session};
 
 struct Hostile;
+
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 #[inline(never)]
 fn recurse(n: u64, acc: &mut [u64; 16]) -> u64 {
@@ -47,6 +51,10 @@ impl Guest for Hostile {
             Some("oversize") => {
                 let size = host::rule("hostile.size").and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
                 Err(Reply { code: 550, status: "5.7.1".into(), text: "x".repeat(size) })
+            }
+            Some("count") => {
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Err(Reply { code: 450, status: "4.7.1".into(), text: format!("call {n}") })
             }
             _ => Ok(()),
         }

@@ -1,8 +1,19 @@
-//! One call into one function: a fresh `Store` (WASI that grants nothing,
-//! the tenant's rules, a memory limit, an epoch deadline), instantiation
-//! from the pre-linked `InstancePre`, the call, and classification of
-//! whatever went wrong.
+//! One call into one function: a `Store` (WASI that grants nothing, the
+//! tenant's rules, a memory limit, an epoch deadline), instantiation from
+//! the pre-linked `InstancePre`, the call, and classification of whatever
+//! went wrong.
+//!
+//! By default every call gets a fresh instance. Inside [`with_warm`] (the
+//! host's async workers, a few threads) an instance may instead serve
+//! several calls of the same function version, rules version and tenant on
+//! that thread: at most [`WARM_CALLS`] calls, at most [`WARM_PER_THREAD`]
+//! instances per thread (least recently used dropped first), and never
+//! again after any failure (trap, deadline, memory limit, even a panic
+//! that unwinds through the call). Instantiation is most of a call's cost;
+//! the price is that a component's globals may survive from one call to
+//! the next of the same tenant, never across tenants or versions.
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,26 +197,116 @@ impl im::host::Host for State {
     }
 }
 
-/// Runs `call` on a fresh instance of `function` under `limits`.
+/// Most calls one warm instance serves before it is replaced.
+pub const WARM_CALLS: u32 = 1000;
+/// Most warm instances one thread keeps (each holds a pool slot).
+pub const WARM_PER_THREAD: usize = 8;
+
+/// A reused instance and what it may serve.
+struct Warm {
+    function: Arc<Function>,
+    rules: Arc<Rules>,
+    tenant: Arc<str>,
+    memory_bytes: usize,
+    store: Store<State>,
+    instance: Instance,
+    calls: u32,
+}
+
+thread_local! {
+    static WARM_ON: Cell<bool> = const { Cell::new(false) };
+    /// Most recently used last.
+    static WARM: RefCell<Vec<Warm>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with instance reuse allowed for its calls on this thread. Meant
+/// for a few long-lived threads: each keeps up to [`WARM_PER_THREAD`]
+/// instances (pool slots) until replaced.
+pub fn with_warm<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WARM_ON.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(WARM_ON.with(|c| c.replace(true)));
+    f()
+}
+
+/// Runs `call` under `limits` on an instance of `function`: a warm one
+/// inside [`with_warm`], else a fresh one.
 pub(crate) fn run<R>(
     rt: &Runtime,
-    function: &Function,
+    function: &Arc<Function>,
     tenant: &Arc<str>,
     rules: &Arc<Rules>,
     limits: Limits,
     call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
-    let fail = |kind| Failure {
-        function: function.name.clone(),
-        version: function.version,
-        kind,
+    if !WARM_ON.with(Cell::get) {
+        return fresh(rt, function, tenant, rules, limits, call);
+    }
+    let memory_bytes = limits.memory_bytes.min(rt.config().max_memory_bytes);
+    // Taken out of the cache for the call: if the call fails or unwinds,
+    // the instance is simply dropped.
+    let found = WARM.with(|w| {
+        let mut w = w.borrow_mut();
+        let i = w.iter().position(|x| {
+            Arc::ptr_eq(&x.function, function)
+                && Arc::ptr_eq(&x.rules, rules)
+                && Arc::ptr_eq(&x.tenant, tenant)
+                && x.memory_bytes == memory_bytes
+        })?;
+        Some(w.remove(i))
+    });
+    let mut warm = match found {
+        Some(w) => w,
+        None => {
+            let (store, instance) = instantiate(rt, function, tenant, rules, limits)?;
+            Warm {
+                function: function.clone(),
+                rules: rules.clone(),
+                tenant: tenant.clone(),
+                memory_bytes,
+                store,
+                instance,
+                calls: 0,
+            }
+        }
     };
+    arm_deadline(&mut warm.store, limits);
+    warm.store.data_mut().logs = 0;
+    let r = call(&mut warm.store, &warm.instance)
+        .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
+    warm.calls += 1;
+    if warm.calls < WARM_CALLS && !warm.store.data().limiter.hit {
+        WARM.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.len() >= WARM_PER_THREAD {
+                w.remove(0);
+            }
+            w.push(warm);
+        });
+    }
+    Ok(r)
+}
+
+/// A new instance in its own store: WASI that grants nothing, the rules,
+/// the memory limit, a deadline armed for instantiation.
+fn instantiate(
+    rt: &Runtime,
+    function: &Function,
+    tenant: &Arc<str>,
+    rules: &Arc<Rules>,
+    limits: Limits,
+) -> Result<(Store<State>, Instance), Failure> {
+    let memory_bytes = limits.memory_bytes.min(rt.config().max_memory_bytes);
     let state = State {
         // No preopens, no environment, no arguments, no sockets, no stdio:
         // the default context grants nothing.
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
-        limiter: Limiter::new(limits.memory_bytes.min(rt.config().max_memory_bytes)),
+        limiter: Limiter::new(memory_bytes),
         rules: rules.clone(),
         tenant: tenant.clone(),
         function: Arc::from(function.name.as_str()),
@@ -214,21 +315,45 @@ pub(crate) fn run<R>(
     };
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
+    arm_deadline(&mut store, limits);
+    let instance = function
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| failure(function, &store, e, FailureKind::Instantiate))?;
+    Ok((store, instance))
+}
+
+/// The deadline counts from now.
+fn arm_deadline(store: &mut Store<State>, limits: Limits) {
     let ticks = (limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
-    let instance = function.pre.instantiate(&mut store).map_err(|e| {
-        fail(
-            classify(&e, store.data().limiter.hit)
-                .unwrap_or_else(|| FailureKind::Instantiate(format!("{e:#}"))),
-        )
-    })?;
-    call(&mut store, &instance).map_err(|e| {
-        fail(
-            classify(&e, store.data().limiter.hit)
-                .unwrap_or_else(|| FailureKind::Trap(format!("{e:#}"))),
-        )
-    })
+}
+
+fn failure(
+    function: &Function,
+    store: &Store<State>,
+    e: wasmtime::Error,
+    otherwise: fn(String) -> FailureKind,
+) -> Failure {
+    Failure {
+        function: function.name.clone(),
+        version: function.version,
+        kind: classify(&e, store.data().limiter.hit).unwrap_or_else(|| otherwise(format!("{e:#}"))),
+    }
+}
+
+/// Runs `call` on a fresh instance of `function` under `limits`.
+pub(crate) fn fresh<R>(
+    rt: &Runtime,
+    function: &Function,
+    tenant: &Arc<str>,
+    rules: &Arc<Rules>,
+    limits: Limits,
+    call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    let (mut store, instance) = instantiate(rt, function, tenant, rules, limits)?;
+    call(&mut store, &instance).map_err(|e| failure(function, &store, e, FailureKind::Trap))
 }
 
 fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureKind> {

@@ -272,7 +272,7 @@ impl Runtime {
             interface: format!("mailwit:policy/{iface}@0.1.0"),
             why: format!("{e:#}"),
         };
-        let r = crate::call::run(
+        let r = crate::call::fresh(
             self,
             f,
             &tenant,

@@ -9,8 +9,9 @@
 //!   interruption with one ticker thread), the `Linker` (the `host` import
 //!   and a deny-everything WASI), loading and the on-disk compiled-code
 //!   cache keyed by content hash.
-//! - [`call`]: one call: a fresh `Store` per call with memory limit and
-//!   deadline, failure classification.
+//! - [`call`]: one call: a `Store` with memory limit and deadline, on a
+//!   fresh instance (or a warm one on the host's async workers), failure
+//!   classification.
 //! - [`policy`]: a tenant's function set and the order in which the
 //!   decision points are asked.
 //! - [`http`]: HTTP components (the status API), WASI 0.2 `wasi:http`
@@ -25,7 +26,7 @@ pub mod http;
 pub mod policy;
 pub mod rules;
 
-pub use call::{Failure, FailureKind, Limits};
+pub use call::{Failure, FailureKind, Limits, with_warm};
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
 pub use policy::{
     AttachmentInfo, Client, Decision, Inspection, MessageInfo, PolicySet, Route, SessionInfo,

@@ -146,7 +146,11 @@ thread_local! {
 /// thread, where any other panic shows as usual.
 fn run_inline<R>(call: impl FnOnce() -> R) -> Option<R> {
     INLINE.with(|c| c.set(true));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    // The async workers are few and long-lived: their calls may reuse warm
+    // instances (see `mailwit_runtime::call`).
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        mailwit_runtime::with_warm(call)
+    }));
     INLINE.with(|c| c.set(false));
     r.ok()
 }
