@@ -409,7 +409,8 @@ fn hostile_components_cost_their_own_transaction_a_451() {
 }
 
 /// On the server's async workers an instance serves several calls of one
-/// function version and rules version; a new rules version gets new ones.
+/// function version and rules version; a new rules version gets new ones;
+/// `instance_reuse_calls = 1` turns reuse off.
 #[test]
 fn warm_instances_are_reused_within_one_version_only() {
     let evil = evil_tenant("count");
@@ -438,6 +439,15 @@ fn warm_instances_are_reused_within_one_version_only() {
     set_evil_mode(&s, "count");
     // New rules, new instances: counting starts again.
     assert_eq!(calls(&mut r, 1), vec![1]);
+
+    // An operator who wants a fresh instance for every call.
+    let s = Server::start_with(Options {
+        extra: evil_tenant("count"),
+        runtime: "instance_reuse_calls = 1",
+        ..Options::default()
+    });
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    assert_eq!(calls(&mut r, 4), vec![1; 4]);
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! By default every call gets a fresh instance. Inside [`with_warm`] (the
 //! host's async workers, a few threads) an instance may instead serve
 //! several calls of the same function version, rules version and tenant on
-//! that thread: at most [`WARM_CALLS`] calls, at most [`WARM_PER_THREAD`]
+//! that thread: at most `RuntimeConfig::warm_calls` calls (1: always fresh),
+//! at most [`WARM_PER_THREAD`]
 //! instances per thread (least recently used dropped first), and never
 //! again after any failure (trap, deadline, memory limit, even a panic
 //! that unwinds through the call). Instantiation is most of a call's cost;
@@ -197,8 +198,6 @@ impl im::host::Host for State {
     }
 }
 
-/// Most calls one warm instance serves before it is replaced.
-pub const WARM_CALLS: u32 = 1000;
 /// Most warm instances one thread keeps (each holds a pool slot).
 pub const WARM_PER_THREAD: usize = 8;
 
@@ -243,7 +242,7 @@ pub(crate) fn run<R>(
     limits: Limits,
     call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
-    if !WARM_ON.with(Cell::get) {
+    if !WARM_ON.with(Cell::get) || rt.config().warm_calls <= 1 {
         return fresh(rt, function, tenant, rules, limits, call);
     }
     let memory_bytes = limits.memory_bytes.min(rt.config().max_memory_bytes);
@@ -279,7 +278,7 @@ pub(crate) fn run<R>(
     let r = call(&mut warm.store, &warm.instance)
         .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
     warm.calls += 1;
-    if warm.calls < WARM_CALLS && !warm.store.data().limiter.hit {
+    if warm.calls < rt.config().warm_calls && !warm.store.data().limiter.hit {
         WARM.with(|w| {
             let mut w = w.borrow_mut();
             if w.len() >= WARM_PER_THREAD {

@@ -31,6 +31,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest linear memory any tenant may be given, in octets. Default 64 MiB.
     pub max_memory_bytes: usize,
+    /// Most calls one warm instance serves (see [`crate::call`]); 1 gives
+    /// every call a fresh instance. Default 1000.
+    pub warm_calls: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -39,6 +42,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             max_instances: 256,
             max_memory_bytes: 64 << 20,
+            warm_calls: 1000,
         }
     }
 }

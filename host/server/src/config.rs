@@ -140,6 +140,9 @@ pub struct RuntimeSection {
     /// Default memory limit of one instance (a tenant's rules may set
     /// `runtime.memory-bytes`). Default 16777216.
     pub memory_bytes: usize,
+    /// Most policy calls one instance serves before a fresh one replaces
+    /// it; 1 gives every call a fresh instance. Default 1000.
+    pub instance_reuse_calls: u32,
 }
 
 impl Default for RuntimeSection {
@@ -149,6 +152,7 @@ impl Default for RuntimeSection {
             max_memory_bytes: 64 << 20,
             deadline_ms: 250,
             memory_bytes: 16 << 20,
+            instance_reuse_calls: 1000,
         }
     }
 }

@@ -318,6 +318,7 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             cache_dir: Some(config.data_dir.join("cache")),
             max_instances: rc.max_instances,
             max_memory_bytes: rc.max_memory_bytes,
+            warm_calls: rc.instance_reuse_calls,
         })?);
         let defaults = Limits {
             deadline: Duration::from_millis(rc.deadline_ms),
