@@ -6,13 +6,13 @@
 //! By default every call gets a fresh instance. Inside [`with_warm`] (the
 //! host's async workers, a few threads) an instance may instead serve
 //! several calls of the same function version, rules version and tenant on
-//! that thread: at most `RuntimeConfig::warm_calls` calls (1: always fresh),
-//! at most [`WARM_PER_THREAD`]
-//! instances per thread (least recently used dropped first), and never
-//! again after any failure (trap, deadline, memory limit, even a panic
-//! that unwinds through the call). Instantiation is most of a call's cost;
-//! the price is that a component's globals may survive from one call to
-//! the next of the same tenant, never across tenants or versions.
+//! that thread: at most `RuntimeConfig::warm_calls` calls (1: always
+//! fresh), at most [`WARM_PER_THREAD`] instances per thread (least recently
+//! used dropped first; a replaced version's instances linger until then),
+//! and never again after any failure (trap, deadline, memory limit, even a
+//! panic that unwinds through the call). Instantiation is most of a call's
+//! cost; the price is that a component's globals may survive from one call
+//! to the next of the same tenant, never across tenants or versions.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
