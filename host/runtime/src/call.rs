@@ -201,12 +201,12 @@ impl im::host::Host for State {
 /// Most warm instances one thread keeps (each holds a pool slot).
 pub const WARM_PER_THREAD: usize = 8;
 
-/// A reused instance and what it may serve.
+/// A reused instance. Its store's `State` says what it may serve (rules,
+/// tenant, memory limit); `function` keeps the version it was made from
+/// alive, so the pointer comparison cannot meet a new `Function` at a freed
+/// address.
 struct Warm {
     function: Arc<Function>,
-    rules: Arc<Rules>,
-    tenant: Arc<str>,
-    memory_bytes: usize,
     store: Store<State>,
     instance: Instance,
     calls: u32,
@@ -245,16 +245,17 @@ pub(crate) fn run<R>(
     if !WARM_ON.with(Cell::get) || rt.config().warm_calls <= 1 {
         return fresh(rt, function, tenant, rules, limits, call);
     }
-    let memory_bytes = limits.memory_bytes.min(rt.config().max_memory_bytes);
+    let memory_bytes = memory_limit(rt, limits);
     // Taken out of the cache for the call: if the call fails or unwinds,
     // the instance is simply dropped.
     let found = WARM.with(|w| {
         let mut w = w.borrow_mut();
         let i = w.iter().position(|x| {
+            let st = x.store.data();
             Arc::ptr_eq(&x.function, function)
-                && Arc::ptr_eq(&x.rules, rules)
-                && Arc::ptr_eq(&x.tenant, tenant)
-                && x.memory_bytes == memory_bytes
+                && Arc::ptr_eq(&st.rules, rules)
+                && Arc::ptr_eq(&st.tenant, tenant)
+                && st.limiter.max == memory_bytes
         })?;
         Some(w.remove(i))
     });
@@ -264,9 +265,6 @@ pub(crate) fn run<R>(
             let (store, instance) = instantiate(rt, function, tenant, rules, limits)?;
             Warm {
                 function: function.clone(),
-                rules: rules.clone(),
-                tenant: tenant.clone(),
-                memory_bytes,
                 store,
                 instance,
                 calls: 0,
@@ -299,7 +297,7 @@ fn instantiate(
     rules: &Arc<Rules>,
     limits: Limits,
 ) -> Result<(Store<State>, Instance), Failure> {
-    let memory_bytes = limits.memory_bytes.min(rt.config().max_memory_bytes);
+    let memory_bytes = memory_limit(rt, limits);
     let state = State {
         // No preopens, no environment, no arguments, no sockets, no stdio:
         // the default context grants nothing.
@@ -320,6 +318,11 @@ fn instantiate(
         .instantiate(&mut store)
         .map_err(|e| failure(function, &store, e, FailureKind::Instantiate))?;
     Ok((store, instance))
+}
+
+/// An instance's memory limit: the call's, within the runtime's maximum.
+fn memory_limit(rt: &Runtime, limits: Limits) -> usize {
+    limits.memory_bytes.min(rt.config().max_memory_bytes)
 }
 
 /// The deadline counts from now.

@@ -123,7 +123,7 @@ const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$
 /// How long a decision may run inline on the async worker. Policy calls
 /// usually take tens of microseconds, and handing each to a blocking
 /// thread costs more than the call. A call that overruns this budget is
-/// abandoned (its fresh instance is dropped, nothing else happened) and
+/// abandoned (the instance it ran on is dropped, nothing else happened) and
 /// run again on a blocking thread under the tenant's whole deadline, so a
 /// looping component stalls a worker for at most this long.
 const INLINE_BUDGET: Duration = Duration::from_millis(4);

@@ -177,7 +177,7 @@ impl Delivery {
         }
         let status = self.status.clone();
         let recorded = events.clone();
-        match tokio::task::spawn_blocking(move || status.record(&recorded)).await {
+        match tokio::task::spawn_blocking(move || status.record(recorded)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "status.write_failed", cause = %e),
             Err(e) => tracing::error!(event = "status.write_failed", cause = %e),

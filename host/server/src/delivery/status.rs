@@ -64,7 +64,7 @@ pub struct Event {
 
 pub trait StatusStore: Send + Sync {
     /// Records events durably.
-    fn record(&self, events: &[Event]) -> std::io::Result<()>;
+    fn record(&self, events: Vec<Event>) -> std::io::Result<()>;
     /// A message's events (optionally one recipient's), oldest first. With
     /// a tenant, another tenant's message yields nothing; without one (the
     /// operator's view), any tenant's.
@@ -129,9 +129,9 @@ impl FileStatusStore {
 }
 
 impl StatusStore for FileStatusStore {
-    fn record(&self, events: &[Event]) -> std::io::Result<()> {
+    fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
         let mut buf = Vec::new();
-        for e in events {
+        for e in &events {
             serde_json::to_writer(&mut buf, e)?;
             buf.push(b'\n');
         }
@@ -139,7 +139,7 @@ impl StatusStore for FileStatusStore {
         {
             let mut p = self.pending.lock().expect("status lock");
             p.buf.extend_from_slice(&buf);
-            p.events.extend_from_slice(events);
+            p.events.extend(events);
             p.waiting.push(slot.clone());
         }
         let mut inner = self.inner.lock().expect("status lock");
@@ -235,7 +235,7 @@ mod tests {
     fn record_query_purge_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStatusStore::open(dir.path()).unwrap();
-        s.record(&[
+        s.record(vec![
             ev("M1", "a", "x@e.example", 10, Status::Received),
             ev("M1", "a", "y@e.example", 10, Status::Received),
             ev("M1", "a", "x@e.example", 20, Status::Sent),
@@ -250,7 +250,7 @@ mod tests {
         );
         assert_eq!(s.purge(15).unwrap(), 2);
         assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
-        s.record(&[ev("M2", "a", "x@e.example", 40, Status::Sent)])
+        s.record(vec![ev("M2", "a", "x@e.example", 40, Status::Sent)])
             .unwrap();
         drop(s);
         let s = FileStatusStore::open(dir.path()).unwrap();
@@ -268,7 +268,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..100 {
                         let id = format!("T{t}M{i}");
-                        s.record(&[ev(&id, "a", "x@e.example", 1, Status::Received)])
+                        s.record(vec![ev(&id, "a", "x@e.example", 1, Status::Received)])
                             .unwrap();
                         // Visible as soon as record returns.
                         assert_eq!(s.message(Some("a"), &id, None).len(), 1);
