@@ -22,6 +22,7 @@ use wasmtime::component::{Instance, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::engine::{Function, Runtime, TICK};
 use crate::rules::Rules;
@@ -137,6 +138,36 @@ pub struct State {
     function: Arc<str>,
     version: u64,
     logs: u32,
+    /// The instance's exports, type-checked on first use: a warm instance
+    /// serves many calls, and looking an export up and checking its type
+    /// costs about as much as a small call. A store holds one instance, so
+    /// these handles are always that instance's.
+    pub(crate) loaded: Loaded,
+}
+
+/// Exports of a store's instance, loaded when first called.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    pub authenticate: Option<ex::authenticate::Guest>,
+    pub check_sender: Option<ex::check_sender::Guest>,
+    pub check_recipient: Option<ex::check_recipient::Guest>,
+    pub inspect_message: Option<ex::inspect_message::Guest>,
+    pub route: Option<ex::route::Guest>,
+}
+
+/// The export in `slot` of the store's instance, loaded by `load` on first
+/// use.
+pub(crate) fn export<G: Clone>(
+    store: &mut Store<State>,
+    slot: fn(&mut Loaded) -> &mut Option<G>,
+    load: impl FnOnce(&mut Store<State>) -> wasmtime::Result<G>,
+) -> wasmtime::Result<G> {
+    if let Some(g) = slot(&mut store.data_mut().loaded) {
+        return Ok(g.clone());
+    }
+    let g = load(store)?;
+    *slot(&mut store.data_mut().loaded) = Some(g.clone());
+    Ok(g)
 }
 
 impl WasiView for State {
@@ -309,6 +340,7 @@ fn instantiate(
         function: Arc::from(function.name.as_str()),
         version: function.version,
         logs: 0,
+        loaded: Loaded::default(),
     };
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);

@@ -237,7 +237,7 @@ impl PolicySet {
             |f| f.exports.authenticate.is_some(),
             |f, store, inst| {
                 let idx = f.exports.authenticate.as_ref().expect("filtered");
-                idx.load(&mut *store, inst).and_then(|g| {
+                call::export(store, |l| &mut l.authenticate, |s| idx.load(s, inst)).and_then(|g| {
                     g.call_authenticate(&mut *store, &info, &self.tenant, mech, login, secret)
                 })
             },
@@ -277,7 +277,7 @@ impl PolicySet {
             |f| f.exports.check_sender.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_sender.as_ref().expect("filtered");
-                idx.load(&mut *store, inst)
+                call::export(store, |l| &mut l.check_sender, |s| idx.load(s, inst))
                     .and_then(|g| g.call_check_sender(&mut *store, &sess, sender, params))
             },
             |_, ()| Ok(()),
@@ -300,7 +300,7 @@ impl PolicySet {
             |f| f.exports.check_recipient.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_recipient.as_ref().expect("filtered");
-                idx.load(&mut *store, inst)
+                call::export(store, |l| &mut l.check_recipient, |s| idx.load(s, inst))
                     .and_then(|g| g.call_check_recipient(&mut *store, &sess, sender, recipient))
             },
             |_, ()| Ok(()),
@@ -332,7 +332,7 @@ impl PolicySet {
             |f| f.exports.inspect_message.is_some(),
             |f, store, inst| {
                 let idx = f.exports.inspect_message.as_ref().expect("filtered");
-                idx.load(&mut *store, inst)
+                call::export(store, |l| &mut l.inspect_message, |s| idx.load(s, inst))
                     .and_then(|g| g.call_inspect_message(&mut *store, &sess, &envelope, &message))
             },
             |f, found: t::Inspection| {
@@ -385,8 +385,12 @@ impl PolicySet {
             })
             .collect();
         let r = call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
-            idx.load(&mut *store, inst)?
-                .call_route(&mut *store, &sess, &envelope, &md)
+            call::export(store, |l| &mut l.route, |s| idx.load(s, inst))?.call_route(
+                &mut *store,
+                &sess,
+                &envelope,
+                &md,
+            )
         })?;
         match r {
             Ok(t::Destination::Relay(target)) if target.len() > MAX_TEXT => {
