@@ -12,14 +12,27 @@ const MAX_HEADER_VALUE: usize = 8192;
 
 /// Parses `content` for the policy. An unparseable message still gets a
 /// summary (its size), so the policy decides, not the parser.
+///
+/// The header section is parsed first. The body is parsed only when it may
+/// hold attachments: a single text part (the common case) has none, and
+/// decoding its text would be most of the cost (see [`single_text_part`]).
 pub fn summarize(content: &[u8]) -> MessageInfo {
     let mut info = MessageInfo {
         size: content.len() as u64,
         content_type: "text/plain".into(),
         ..MessageInfo::default()
     };
-    let Some(msg) = MessageParser::default().parse(content) else {
+    let parser = MessageParser::default();
+    let Some(head) = parser.parse_headers(content) else {
         return info;
+    };
+    let msg = if single_text_part(&head) {
+        head
+    } else {
+        match parser.parse(content) {
+            Some(m) => m,
+            None => return info,
+        }
     };
     for h in msg.headers().iter().take(MAX_HEADERS) {
         let raw = content
@@ -60,6 +73,27 @@ pub fn summarize(content: &[u8]) -> MessageInfo {
     info
 }
 
+/// Whether a message's header section says its body is one inline text
+/// part, which `mail-parser` never lists as an attachment: no Content-Type
+/// or text/plain or text/html, no Content-Disposition, and no
+/// transfer encoding whose decoding could fail (a part that fails to decode
+/// may be classed as an attachment). Anything else gets the full parse.
+fn single_text_part(head: &mail_parser::Message<'_>) -> bool {
+    let text = match head.content_type() {
+        None => true,
+        Some(ct) => {
+            ct.ctype().eq_ignore_ascii_case("text")
+                && ct.subtype().is_some_and(|s| {
+                    s.eq_ignore_ascii_case("plain") || s.eq_ignore_ascii_case("html")
+                })
+        }
+    };
+    let plain_encoding = head.content_transfer_encoding().is_none_or(|e| {
+        !e.eq_ignore_ascii_case("base64") && !e.eq_ignore_ascii_case("quoted-printable")
+    });
+    text && plain_encoding && head.content_disposition().is_none()
+}
+
 /// A raw header value, unfolded (CRLF before whitespace removed), trimmed,
 /// lossily decoded and bounded.
 fn unfold(raw: &[u8]) -> String {
@@ -88,5 +122,46 @@ mod tests {
         assert_eq!(i.attachments.len(), 1);
         assert_eq!(i.attachments[0].filename.as_deref(), Some("r.pdf"));
         assert_eq!(i.size, m.len() as u64);
+    }
+
+    /// What a full parse of `m` gives, for comparison with [`summarize`].
+    fn full(m: &[u8]) -> String {
+        let msg = MessageParser::default().parse(m).unwrap();
+        let names: Vec<_> = msg
+            .attachments()
+            .map(|p| p.attachment_name().map(str::to_string))
+            .collect();
+        format!("{} {:?}", msg.attachments().count(), names)
+    }
+
+    #[test]
+    fn the_header_only_path_misses_no_attachment() {
+        let cases: [&[u8]; 7] = [
+            // Fast path: one text part.
+            b"From: a@x.example\r\nTo: b@y.example\r\nSubject: s\r\n\r\nhello\r\n",
+            b"From: a@x.example\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n<p>hi</p>\r\n",
+            // Full parse: these single parts are attachments.
+            b"From: a@x.example\r\nContent-Type: application/pdf\r\n\r\nPDF\r\n",
+            b"From: a@x.example\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=a.txt\r\n\r\nA\r\n",
+            b"From: a@x.example\r\nContent-Type: text/csv\r\n\r\na,b\r\n",
+            b"From: a@x.example\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64\r\n",
+            b"From: a@x.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=p.png\r\n\r\nPNG\r\n--b--\r\n",
+        ];
+        for (n, m) in cases.iter().enumerate() {
+            let head = MessageParser::default().parse_headers(*m).unwrap();
+            assert_eq!(single_text_part(&head), n < 2, "case {n}");
+            let i = summarize(m);
+            assert_eq!(i.attachments.is_empty(), n < 2, "case {n}");
+            let names: Vec<_> = i.attachments.iter().map(|a| a.filename.clone()).collect();
+            assert_eq!(
+                format!("{} {:?}", i.attachments.len(), names),
+                full(m),
+                "case {n}"
+            );
+        }
+        // The fast path still sees the headers and addresses.
+        let i = summarize(cases[0]);
+        assert_eq!(i.to, ["b@y.example"]);
+        assert_eq!(i.headers.len(), 3);
     }
 }
