@@ -25,10 +25,19 @@ struct Histogram {
     count: u64,
 }
 
+/// One tenant's policy calls: counted per decision, timed together. Kept
+/// apart from the other counters because it is updated on every decision,
+/// so an update must not format or allocate.
+#[derive(Default)]
+struct PolicyCalls {
+    calls: BTreeMap<&'static str, u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    policy: Mutex<BTreeMap<String, PolicyCalls>>,
 }
 
 impl Metrics {
@@ -42,13 +51,14 @@ impl Metrics {
     }
 
     /// A policy decision was asked (`decision`: authenticate, check-sender, ...).
-    pub fn call(&self, tenant: &str, decision: &str, took: Duration) {
-        self.add(
-            "mailwit_policy_calls_total",
-            format!("tenant=\"{tenant}\",decision=\"{decision}\""),
-        );
-        let mut h = self.latency.lock().expect("metrics lock");
-        let h = h.entry(tenant.to_string()).or_default();
+    pub fn call(&self, tenant: &str, decision: &'static str, took: Duration) {
+        let mut policy = self.policy.lock().expect("metrics lock");
+        let p = match policy.get_mut(tenant) {
+            Some(p) => p,
+            None => policy.entry(tenant.to_string()).or_default(),
+        };
+        *p.calls.entry(decision).or_default() += 1;
+        let h = &mut p.latency;
         let s = took.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if s <= *b {
@@ -114,8 +124,18 @@ impl Metrics {
             }
             let _ = writeln!(out, "{name}{{{labels}}} {v}");
         }
+        let policy = self.policy.lock().expect("metrics lock");
+        let _ = writeln!(out, "# TYPE mailwit_policy_calls_total counter");
+        for (tenant, p) in policy.iter() {
+            for (decision, n) in &p.calls {
+                let _ = writeln!(
+                    out,
+                    "mailwit_policy_calls_total{{tenant=\"{tenant}\",decision=\"{decision}\"}} {n}"
+                );
+            }
+        }
         let _ = writeln!(out, "# TYPE mailwit_policy_latency_seconds histogram");
-        for (tenant, h) in self.latency.lock().expect("metrics lock").iter() {
+        for (tenant, h) in policy.iter().map(|(t, p)| (t, &p.latency)) {
             for (b, c) in BUCKETS.iter().zip(h.counts.iter()) {
                 let _ = writeln!(
                     out,
