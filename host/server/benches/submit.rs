@@ -9,8 +9,14 @@
 //! the last `250` (accepted msg/s), and until every message's final status
 //! event is durable (delivered msg/s, from the server's `event="delivery"`
 //! log lines; the benchmark tenant discards), so a run cannot look fast by
-//! leaving its delivery work behind. Then how many spool records each fsync
-//! carried (from the `spool.stats` line at shutdown) and both ratios.
+//! leaving its delivery work behind. Then the server's CPU time per message
+//! (user + system, from `/proc/<pid>/stat`, until the last final event), and
+//! how many spool records each fsync carried (from the `spool.stats` line at
+//! shutdown).
+//!
+//! One run varies by 10-15% from the next on a shared 2-core machine, more
+//! than the effect measured, so the two policies alternate for `ROUNDS`
+//! rounds (`MAILWIT_BENCH_ROUNDS` overrides) and the ratios are of medians.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -18,18 +24,50 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const MESSAGES: usize = 4000;
+const ROUNDS: usize = 5;
+
+/// One run's figures.
+#[derive(Clone, Copy)]
+struct Run {
+    accepted: f64,
+    delivered: f64,
+    cpu_us: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn main() {
+    let rounds = std::env::var("MAILWIT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
     for clients in [1, 16] {
-        let wasm = run(clients, false);
-        let noop = run(clients, true);
-        for (what, w, n) in [("accepted", wasm.0, noop.0), ("delivered", wasm.1, noop.1)] {
+        let (mut wasm, mut noop) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            wasm.push(run(clients, false));
+            noop.push(run(clients, true));
+        }
+        let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        for (what, f) in [
+            ("accepted msg/s", (|r: &Run| r.accepted) as fn(&Run) -> f64),
+            ("delivered msg/s", |r: &Run| r.delivered),
+        ] {
+            let (w, n) = (med(&wasm, f), med(&noop, f));
             println!(
-                "clients={clients:2} wasm/noop {what} = {:.3} (loss {:.1}%)",
+                "clients={clients:2} median {what}: wasm {w:.0} noop {n:.0} wasm/noop = {:.3} (loss {:.1}%)",
                 w / n,
                 (1.0 - w / n) * 100.0
             );
         }
+        let (w, n) = (med(&wasm, |r| r.cpu_us), med(&noop, |r| r.cpu_us));
+        println!(
+            "clients={clients:2} median server CPU per message: wasm {w:.0} us noop {n:.0} us (policy {:.0} us, {:.1}%)",
+            w - n,
+            (w - n) / w * 100.0
+        );
         println!();
     }
 }
@@ -73,8 +111,24 @@ default = "discard"
     )
 }
 
-/// Accepted and delivered msg/s.
-fn run(clients: usize, noop: bool) -> (f64, f64) {
+/// The server's CPU time so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line, in clock ticks (100 per second on
+    // Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// Accepted and delivered msg/s, and server CPU per message.
+fn run(clients: usize, noop: bool) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir.path().join("data"));
     let path = dir.path().join("bench.toml");
@@ -121,6 +175,7 @@ fn run(clients: usize, noop: bool) -> (f64, f64) {
         "Subject: bench\r\n\r\n{}",
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(64)
     );
+    let cpu_before = cpu_seconds(child.id());
     let start = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|_| {
@@ -136,6 +191,7 @@ fn run(clients: usize, noop: bool) -> (f64, f64) {
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("every message delivered")
         - start;
+    let cpu_us = (cpu_seconds(child.id()) - cpu_before) * 1e6 / total as f64;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -152,14 +208,18 @@ fn run(clients: usize, noop: bool) -> (f64, f64) {
     let rate = total as f64 / elapsed.as_secs_f64();
     let delivered_rate = total as f64 / delivered.as_secs_f64();
     println!(
-        "clients={clients:2} policy={} messages={total} accepted in {:.2}s ({rate:.0} msg/s) delivered in {:.2}s ({delivered_rate:.0} msg/s) spool fsyncs={} records/fsync={:.1}",
+        "clients={clients:2} policy={} messages={total} accepted in {:.2}s ({rate:.0} msg/s) delivered in {:.2}s ({delivered_rate:.0} msg/s) cpu/msg={cpu_us:.0}us spool fsyncs={} records/fsync={:.1}",
         if noop { "noop" } else { "wasm" },
         elapsed.as_secs_f64(),
         delivered.as_secs_f64(),
         field("syncs="),
         field("records=") / field("syncs="),
     );
-    (rate, delivered_rate)
+    Run {
+        accepted: rate,
+        delivered: delivered_rate,
+        cpu_us,
+    }
 }
 
 fn submit(port: u16, n: usize, body: &str) {
