@@ -316,6 +316,50 @@ fn sigkill_during_delivery_loses_nothing() {
     wait_for("an empty spool", || s.pending().is_empty());
 }
 
+/// `Done` records get no fsync of their own (see the spool module): a
+/// message whose `Done` is lost in a crash is recovered, finds a final event
+/// for every recipient, and is not delivered again.
+#[test]
+fn a_lost_done_record_delivers_nothing_again() {
+    use mailwit::spool::record::{Kind, encode};
+    let mut s = Server::start_with(Options {
+        acme_rules: "[tenants.rules.route]\ndefault = \"discard\"\n".into(),
+        ..Options::default()
+    });
+    let id = submit(&s, "a@example.net", &[]);
+    wait_for("discarded", || {
+        s.statuses(&id, "a@example.net") == ["received", "discarded"]
+    });
+    wait_for("the Done record", || s.pending().is_empty());
+    s.kill9();
+    // Cut the Done record off the end of its segment, as a power loss
+    // before the next fsync would.
+    let done = encode(Kind::Done, &[id.as_bytes()]);
+    let segment = std::fs::read_dir(s.data_dir().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p).unwrap().ends_with(&done))
+        .expect("a segment ending with the Done record");
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - done.len() as u64)
+        .unwrap();
+    assert_eq!(s.pending().len(), 1);
+    s.restart();
+    wait_for("the recovery", || {
+        s.log_text().contains("delivery.recovered")
+    });
+    wait_for("an empty spool", || s.pending().is_empty());
+    assert_eq!(
+        s.statuses(&id, "a@example.net"),
+        ["received", "discarded"],
+        "delivered again"
+    );
+}
+
 /// The HTTP receiver: tests/e2e/receiver.py.
 struct Receiver {
     child: Child,

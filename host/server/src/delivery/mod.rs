@@ -288,7 +288,7 @@ impl Delivery {
     }
 
     async fn done(&self, meta: &Meta) {
-        if let Err(e) = self.spool.mark_done(&meta.id).await {
+        if let Err(e) = self.spool.mark_done(&meta.id) {
             tracing::error!(event = "spool.done_failed", queue_id = %meta.id, cause = %e);
         }
     }

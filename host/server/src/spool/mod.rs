@@ -8,6 +8,12 @@
 //! about one fsync, not N. A new segment's directory entry is fsynced before
 //! any record in it is acknowledged.
 //!
+//! `Done` records are written without an fsync of their own: they become
+//! durable with the next batch's fsync (or at shutdown). Losing one in a
+//! crash is harmless: the message is read back as pending, its recipients
+//! all have final events in the status store (recorded durably before
+//! `mark_done`), so recovery delivers nothing again and marks it done.
+//!
 //! A failed write or fsync answers the whole batch with an error (451/452)
 //! and moves on to a fresh segment; the batch's ids are then written as
 //! `Cancel` records at the head of the next batch, so bytes that reached the
@@ -48,7 +54,7 @@ pub enum SpoolError {
 }
 
 struct Append {
-    /// Queue id for a message record (empty for a Done record).
+    /// Queue id of the message record.
     id: String,
     record: Vec<u8>,
     done: oneshot::Sender<Result<(), SpoolError>>,
@@ -56,6 +62,8 @@ struct Append {
 
 enum Job {
     Append(Append),
+    /// A record that needs no fsync of its own (`Done`).
+    Lazy(Vec<u8>),
     /// Commit what came before, then stop (shutdown).
     Stop,
 }
@@ -118,18 +126,12 @@ impl Spool {
     }
 
     /// Records that a message has left the spool (delivered, or failed for
-    /// good).
-    pub async fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
-        let record = encode(Kind::Done, &[id.as_bytes()]);
-        let (done, wait) = oneshot::channel();
+    /// good). Call only once its final events are durable: the record is
+    /// written without waiting for an fsync (see the module comment).
+    pub fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
         self.tx
-            .send(Job::Append(Append {
-                id: String::new(),
-                record,
-                done,
-            }))
-            .map_err(|_| SpoolError::Closed)?;
-        wait.await.map_err(|_| SpoolError::Closed)?
+            .send(Job::Lazy(encode(Kind::Done, &[id.as_bytes()])))
+            .map_err(|_| SpoolError::Closed)
     }
 }
 
@@ -165,25 +167,39 @@ impl Committer {
         let (mut syncs, mut records) = (0u64, 0u64);
         let mut stopping = false;
         while let Ok(first) = rx.recv() {
-            let mut batch = match first {
-                Job::Stop => break,
-                Job::Append(a) => vec![a],
-            };
-            let mut bytes = batch[0].record.len();
-            while bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(Job::Stop) => {
+            let (mut batch, mut lazy, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let mut next = Some(first);
+            while let Some(job) = next {
+                match job {
+                    Job::Stop => {
                         stopping = true;
                         break;
                     }
-                    Ok(Job::Append(a)) => {
+                    Job::Append(a) => {
                         bytes += a.record.len();
                         batch.push(a);
                     }
-                    Err(_) => break,
+                    Job::Lazy(record) => {
+                        bytes += record.len();
+                        lazy.push(record);
+                    }
                 }
+                next = (bytes < MAX_BATCH_BYTES)
+                    .then(|| rx.try_recv().ok())
+                    .flatten();
             }
-            let result = self.commit(&batch, bytes);
+            if batch.is_empty() {
+                // Only lazy records: written now, synced by a later batch.
+                if let Err(e) = self.write(&lazy, &[], false) {
+                    tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
+                    self.rotate();
+                }
+                if stopping {
+                    break;
+                }
+                continue;
+            }
+            let result = self.commit(&lazy, &batch, bytes);
             syncs += 1;
             records += batch.len() as u64;
             for Append { id, done, .. } in batch {
@@ -191,9 +207,7 @@ impl Committer {
                     Ok(()) => Ok(()),
                     Err(CommitError::DiskFull) => Err(SpoolError::DiskFull),
                     Err(CommitError::Io(kind, msg)) => {
-                        if !id.is_empty() {
-                            self.cancels.push(id);
-                        }
+                        self.cancels.push(id);
                         if *kind == io::ErrorKind::StorageFull {
                             Err(SpoolError::DiskFull)
                         } else {
@@ -207,6 +221,10 @@ impl Committer {
                 break;
             }
         }
+        // Lazy records written since the last batch.
+        if let Err(e) = self.segment.file.sync_data() {
+            tracing::error!(cause = %e, "spool sync at shutdown failed");
+        }
         tracing::info!(
             event = "spool.stats",
             syncs,
@@ -215,7 +233,12 @@ impl Committer {
         );
     }
 
-    fn commit(&mut self, batch: &[Append], bytes: usize) -> Result<(), CommitError> {
+    fn commit(
+        &mut self,
+        lazy: &[Vec<u8>],
+        batch: &[Append],
+        bytes: usize,
+    ) -> Result<(), CommitError> {
         let free = free_bytes(&self.dir).map_err(CommitError::io)?;
         if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
             tracing::warn!(
@@ -225,14 +248,10 @@ impl Committer {
             );
             return Err(CommitError::DiskFull);
         }
-        let result = self.write_batch(batch);
+        let result = self.write(lazy, batch, true);
         if let Err(e) = &result {
             tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
-            // After a failed fsync the kernel may have dropped the dirty
-            // pages and cleared the error: never write to this file again.
-            if let Ok(seg) = Segment::create(&self.dir, self.segment.seq + 1) {
-                self.segment = seg;
-            }
+            self.rotate();
             return result.map_err(CommitError::io);
         }
         if self.segment.len >= self.config.segment_bytes {
@@ -244,18 +263,37 @@ impl Committer {
         Ok(())
     }
 
-    fn write_batch(&mut self, batch: &[Append]) -> io::Result<()> {
-        let cancels: Vec<Vec<u8>> = self
-            .cancels
+    /// After a failed write or fsync the kernel may have dropped the dirty
+    /// pages and cleared the error: never write to this file again.
+    fn rotate(&mut self) {
+        if let Ok(seg) = Segment::create(&self.dir, self.segment.seq + 1) {
+            self.segment = seg;
+        }
+    }
+
+    /// Writes `lazy` then `batch`; with `sync`, pending cancels first and
+    /// an fsync after.
+    fn write(&mut self, lazy: &[Vec<u8>], batch: &[Append], sync: bool) -> io::Result<()> {
+        let cancels: Vec<Vec<u8>> = match sync {
+            true => self
+                .cancels
+                .iter()
+                .map(|id| encode(Kind::Cancel, &[id.as_bytes()]))
+                .collect(),
+            false => Vec::new(),
+        };
+        let records = cancels
             .iter()
-            .map(|id| encode(Kind::Cancel, &[id.as_bytes()]))
-            .collect();
-        for rec in cancels.iter().chain(batch.iter().map(|a| &a.record)) {
+            .chain(lazy)
+            .chain(batch.iter().map(|a| &a.record));
+        for rec in records {
             self.segment.file.write_all(rec)?;
             self.segment.len += rec.len() as u64;
         }
-        self.segment.file.sync_data()?;
-        self.cancels.clear();
+        if sync {
+            self.segment.file.sync_data()?;
+            self.cancels.clear();
+        }
         Ok(())
     }
 }
@@ -392,7 +430,7 @@ mod tests {
         for w in waits {
             w.await.unwrap().unwrap();
         }
-        spool.mark_done("M2").await.unwrap();
+        spool.mark_done("M2").unwrap();
         drop(spool);
         committer.join().unwrap();
         assert!(
