@@ -16,21 +16,39 @@ use mailwit::policy::types::{Envelope, Inspection, Message, Reply, Session};
 
 struct Content;
 
+/// The rules this function reads, read once per instance: an instance never
+/// sees two versions of the tenant's rules, and a warm one serves many calls.
+struct Rules {
+    max_size: Option<u64>,
+    refuse_attachments: bool,
+    headers_in_envelope: bool,
+}
+
+fn rules() -> &'static Rules {
+    static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| Rules {
+        max_size: host::rule("message.max-size").and_then(|m| m.parse().ok()),
+        refuse_attachments: host::rule("message.refuse-attachments").as_deref() == Some("true"),
+        headers_in_envelope: host::rule("message.headers-in-envelope").as_deref() != Some("false"),
+    })
+}
+
 fn refuse(code: u16, status: &str, text: String) -> Reply {
     Reply { code, status: status.into(), text }
 }
 
 impl Guest for Content {
     fn inspect_message(_session: Session, envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
-        if let Some(max) = host::rule("message.max-size").and_then(|m| m.parse::<u64>().ok()) {
+        let rules = rules();
+        if let Some(max) = rules.max_size {
             if message.size > max {
                 return Err(refuse(552, "5.3.4", "Message size exceeds the account's limit".into()));
             }
         }
-        if host::rule("message.refuse-attachments").as_deref() == Some("true") && !message.attachments.is_empty() {
+        if rules.refuse_attachments && !message.attachments.is_empty() {
             return Err(refuse(550, "5.6.1", "Attachments are not allowed for this account".into()));
         }
-        if host::rule("message.headers-in-envelope").as_deref() != Some("false") {
+        if rules.headers_in_envelope {
             for addr in message.to.iter().chain(message.cc.iter()) {
                 if !envelope.recipients.iter().any(|r| r.eq_ignore_ascii_case(addr)) {
                     return Err(refuse(550, "5.7.1", format!("To/Cc address {addr} is not a RCPT TO recipient")));

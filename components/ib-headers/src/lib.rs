@@ -50,8 +50,11 @@ impl Guest for IbHeaders {
                 remove.push(name.to_string());
             }
         }
-        if let Some(rev) = host::rule("revision") {
-            metadata.push(Metadata { key: "rulesRevision".into(), value: rev });
+        // Read once per instance: an instance never sees two versions of
+        // the tenant's rules.
+        static REVISION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if let Some(rev) = REVISION.get_or_init(|| host::rule("revision")) {
+            metadata.push(Metadata { key: "rulesRevision".into(), value: rev.clone() });
         }
         Ok(Inspection { metadata, remove_headers: remove })
     }

@@ -1,7 +1,7 @@
 //! Reference router: the route comes from the rules.
 //!
 //! Rules read: `route.default`: `relay:<upstream>` (default `relay:default`),
-//! `sandbox` or `discard`; `route.sandbox-recipients-domains`: recipient
+//! `sandbox` or `discard`; `route.sandbox-recipient-domains`: recipient
 //! domains whose mail goes to the sandbox (a test domain, say).
 //!
 //! Replies: `451 4.3.5` when `route.default` is not one of those forms (a
@@ -15,9 +15,25 @@ use mailwit::policy::types::{Envelope, Metadata, Reply, Destination, Session};
 
 struct Router;
 
+/// The rules this function reads, read once per instance: an instance never
+/// sees two versions of the tenant's rules, and a warm one serves many calls.
+struct Rules {
+    sandboxed: Vec<String>,
+    default: String,
+}
+
+fn rules() -> &'static Rules {
+    static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| Rules {
+        sandboxed: host::rule_list("route.sandbox-recipient-domains"),
+        default: host::rule("route.default").unwrap_or_else(|| "relay:default".into()),
+    })
+}
+
 impl Guest for Router {
     fn route(_session: Session, envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
-        let sandboxed = host::rule_list("route.sandbox-recipient-domains");
+        let rules = rules();
+        let sandboxed = &rules.sandboxed;
         if !sandboxed.is_empty()
             && envelope.recipients.iter().all(|r| {
                 let d = r.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -26,8 +42,7 @@ impl Guest for Router {
         {
             return Ok(Destination::Sandbox);
         }
-        let default = host::rule("route.default").unwrap_or_else(|| "relay:default".into());
-        match default.as_str() {
+        match rules.default.as_str() {
             "sandbox" => Ok(Destination::Sandbox),
             "discard" => Ok(Destination::Discard),
             r => match r.strip_prefix("relay:") {

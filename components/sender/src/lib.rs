@@ -16,27 +16,47 @@ use mailwit::policy::types::{MailParams, Reply, Session};
 
 struct Sender;
 
+/// The rules this function reads, read once per instance: an instance never
+/// sees two versions of the tenant's rules, and a warm one serves many calls.
+struct Rules {
+    max_size: Option<u64>,
+    allow_null: bool,
+    addresses: Vec<String>,
+    domains: Vec<String>,
+}
+
+fn rules() -> &'static Rules {
+    static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| Rules {
+        max_size: host::rule("message.max-size").and_then(|m| m.parse().ok()),
+        allow_null: host::rule("senders.allow-null").as_deref() == Some("true"),
+        addresses: host::rule_list("senders.addresses"),
+        domains: host::rule_list("senders.domains"),
+    })
+}
+
 fn refuse(code: u16, status: &str, text: &str) -> Reply {
     Reply { code, status: status.into(), text: text.into() }
 }
 
 impl Guest for Sender {
     fn check_sender(_session: Session, sender: String, params: MailParams) -> Result<(), Reply> {
-        if let (Some(size), Some(max)) = (params.size, host::rule("message.max-size").and_then(|m| m.parse::<u64>().ok())) {
+        let rules = rules();
+        if let (Some(size), Some(max)) = (params.size, rules.max_size) {
             if size > max {
                 return Err(refuse(552, "5.3.4", "Message size exceeds the account's limit"));
             }
         }
         if sender.is_empty() {
-            return if host::rule("senders.allow-null").as_deref() == Some("true") {
+            return if rules.allow_null {
                 Ok(())
             } else {
                 Err(refuse(550, "5.7.1", "Null sender not allowed for this account"))
             };
         }
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let registered = host::rule_list("senders.addresses").iter().any(|a| a.eq_ignore_ascii_case(&sender));
-        let verified = host::rule_list("senders.domains").iter().any(|d| d.eq_ignore_ascii_case(domain));
+        let registered = rules.addresses.iter().any(|a| a.eq_ignore_ascii_case(&sender));
+        let verified = rules.domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
         if registered || verified {
             Ok(())
         } else {
