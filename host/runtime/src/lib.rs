@@ -29,6 +29,7 @@ pub mod rules;
 pub use call::{Failure, FailureKind, Limits, with_warm};
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
 pub use policy::{
-    AttachmentInfo, Client, Decision, Inspection, MessageInfo, PolicySet, Route, SessionInfo,
+    AttachmentInfo, Client, Decision, Inspection, MessageArgs, MessageInfo, PolicySet, Route,
+    Session, SessionInfo,
 };
 pub use rules::{Rules, RulesError};

@@ -129,26 +129,23 @@ fn client(c: &Client) -> t::ClientInfo {
     }
 }
 
-fn message(m: &MessageInfo) -> t::Message {
+fn message(m: MessageInfo) -> t::Message {
     t::Message {
         headers: m
             .headers
-            .iter()
-            .map(|(n, v)| t::Header {
-                name: n.clone(),
-                value: v.clone(),
-            })
+            .into_iter()
+            .map(|(name, value)| t::Header { name, value })
             .collect(),
-        to: m.to.clone(),
-        cc: m.cc.clone(),
+        to: m.to,
+        cc: m.cc,
         size: m.size,
-        content_type: m.content_type.clone(),
+        content_type: m.content_type,
         attachments: m
             .attachments
-            .iter()
+            .into_iter()
             .map(|a| t::Attachment {
-                filename: a.filename.clone(),
-                content_type: a.content_type.clone(),
+                filename: a.filename,
+                content_type: a.content_type,
                 size: a.size,
             })
             .collect(),
@@ -161,6 +158,37 @@ fn session(s: &SessionInfo) -> t::Session {
         tenant: s.tenant.clone(),
         login: s.login.clone(),
         helo: s.helo.clone(),
+    }
+}
+
+/// A transaction's session as components see it, converted once for all of
+/// the transaction's calls (and cheap to clone into each).
+#[derive(Clone)]
+pub struct Session(Arc<t::Session>);
+
+impl Session {
+    pub fn new(s: &SessionInfo) -> Session {
+        Session(Arc::new(session(s)))
+    }
+}
+
+/// A message's envelope and summary as components see them, converted once
+/// for inspect-message and route.
+#[derive(Clone)]
+pub struct MessageArgs {
+    envelope: Arc<t::Envelope>,
+    message: Arc<t::Message>,
+}
+
+impl MessageArgs {
+    pub fn new(sender: &str, recipients: &[String], m: MessageInfo) -> MessageArgs {
+        MessageArgs {
+            envelope: Arc::new(t::Envelope {
+                sender: sender.to_string(),
+                recipients: recipients.to_vec(),
+            }),
+            message: Arc::new(message(m)),
+        }
     }
 }
 
@@ -264,13 +292,13 @@ impl PolicySet {
         &self,
         rt: &Runtime,
         limits: Limits,
-        s: &SessionInfo,
+        s: &Session,
         sender: &str,
         size: Option<u64>,
         eight_bit: bool,
     ) -> Result<Decision<()>, Failure> {
         let params = t::MailParams { size, eight_bit };
-        let sess = session(s);
+        let sess = &*s.0;
         let refused = self.each(
             rt,
             limits,
@@ -278,7 +306,7 @@ impl PolicySet {
             |f, store, inst| {
                 let idx = f.exports.check_sender.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.check_sender, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_sender(&mut *store, &sess, sender, params))
+                    .and_then(|g| g.call_check_sender(&mut *store, sess, sender, params))
             },
             |_, ()| Ok(()),
         )?;
@@ -289,11 +317,11 @@ impl PolicySet {
         &self,
         rt: &Runtime,
         limits: Limits,
-        s: &SessionInfo,
+        s: &Session,
         sender: &str,
         recipient: &str,
     ) -> Result<Decision<()>, Failure> {
-        let sess = session(s);
+        let sess = &*s.0;
         let refused = self.each(
             rt,
             limits,
@@ -301,7 +329,7 @@ impl PolicySet {
             |f, store, inst| {
                 let idx = f.exports.check_recipient.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.check_recipient, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_recipient(&mut *store, &sess, sender, recipient))
+                    .and_then(|g| g.call_check_recipient(&mut *store, sess, sender, recipient))
             },
             |_, ()| Ok(()),
         )?;
@@ -314,17 +342,10 @@ impl PolicySet {
         &self,
         rt: &Runtime,
         limits: Limits,
-        s: &SessionInfo,
-        sender: &str,
-        recipients: &[String],
-        m: &MessageInfo,
+        s: &Session,
+        m: &MessageArgs,
     ) -> Result<Decision<Inspection>, Failure> {
-        let sess = session(s);
-        let envelope = t::Envelope {
-            sender: sender.to_string(),
-            recipients: recipients.to_vec(),
-        };
-        let message = message(m);
+        let (sess, envelope, message) = (&*s.0, &*m.envelope, &*m.message);
         let mut out = Inspection::default();
         let refused = self.each(
             rt,
@@ -333,7 +354,7 @@ impl PolicySet {
             |f, store, inst| {
                 let idx = f.exports.inspect_message.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.inspect_message, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_inspect_message(&mut *store, &sess, &envelope, &message))
+                    .and_then(|g| g.call_inspect_message(&mut *store, sess, envelope, message))
             },
             |f, found: t::Inspection| {
                 if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
@@ -363,20 +384,15 @@ impl PolicySet {
         &self,
         rt: &Runtime,
         limits: Limits,
-        s: &SessionInfo,
-        sender: &str,
-        recipients: &[String],
+        s: &Session,
+        m: &MessageArgs,
         metadata: &[(String, String)],
     ) -> Result<Decision<Route>, Failure> {
         let Some(f) = self.functions.iter().find(|f| f.exports.route.is_some()) else {
             return Ok(Decision::Accept(Route::Relay("default".into())));
         };
         let idx = f.exports.route.as_ref().expect("checked");
-        let sess = session(s);
-        let envelope = t::Envelope {
-            sender: sender.to_string(),
-            recipients: recipients.to_vec(),
-        };
+        let (sess, envelope) = (&*s.0, &*m.envelope);
         let md: Vec<t::Metadata> = metadata
             .iter()
             .map(|(k, v)| t::Metadata {
@@ -387,8 +403,8 @@ impl PolicySet {
         let r = call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
             call::export(store, |l| &mut l.route, |s| idx.load(s, inst))?.call_route(
                 &mut *store,
-                &sess,
-                &envelope,
+                sess,
+                envelope,
                 &md,
             )
         })?;

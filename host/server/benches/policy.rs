@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use mailwit::tenants::BUILTINS;
 use mailwit_runtime::{
-    Client, Decision, Limits, MessageInfo, PolicySet, Rules, Runtime, RuntimeConfig, SessionInfo,
+    Client, Decision, Limits, MessageArgs, MessageInfo, PolicySet, Rules, Runtime, RuntimeConfig,
+    Session, SessionInfo,
 };
 use mailwit_smtp::Mechanism;
 
@@ -80,8 +81,11 @@ fn main() {
         t.as_secs_f64() * 1e6
     );
 
+    // As the server does: the session converted once per transaction, the
+    // envelope and summary once per message (the summary is consumed).
     let transaction = || {
         let sender = "demo@mailwit.test";
+        let session = Session::new(&session);
         assert_eq!(
             set.check_sender(&rt, set.limits, &session, sender, Some(4096), false)
                 .unwrap(),
@@ -92,14 +96,15 @@ fn main() {
                 .unwrap(),
             Decision::Accept(())
         );
+        let args = MessageArgs::new(sender, &rcpts, message.clone());
         let Decision::Accept(found) = set
-            .inspect_message(&rt, set.limits, &session, sender, &rcpts, &message)
+            .inspect_message(&rt, set.limits, &session, &args)
             .unwrap()
         else {
             panic!("refused")
         };
         let Decision::Accept(_route) = set
-            .route(&rt, set.limits, &session, sender, &rcpts, &found.metadata)
+            .route(&rt, set.limits, &session, &args, &found.metadata)
             .unwrap()
         else {
             panic!("refused")

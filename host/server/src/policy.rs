@@ -10,13 +10,14 @@
 //! policy-cost benchmark.
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailwit_runtime::{
-    Decision, Failure, FailureKind, Limits, PolicySet, Route, Runtime, SessionInfo,
+    Decision, Failure, FailureKind, Limits, MessageArgs, PolicySet, Route, Runtime, Session,
+    SessionInfo,
 };
 use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
 
@@ -311,6 +312,7 @@ impl Policy for WasmPolicy {
             rt: self.rt.clone(),
             set,
             metrics: self.metrics.clone(),
+            session: OnceLock::new(),
         }))
     }
 }
@@ -320,6 +322,15 @@ struct WasmTxn {
     rt: Arc<Runtime>,
     set: Arc<PolicySet>,
     metrics: Arc<Metrics>,
+    /// The session as components see it, converted at the first decision:
+    /// it does not change within a transaction.
+    session: OnceLock<Session>,
+}
+
+impl WasmTxn {
+    fn session(&self, s: &SessionInfo) -> Session {
+        self.session.get_or_init(|| Session::new(s)).clone()
+    }
 }
 
 #[async_trait]
@@ -331,7 +342,7 @@ impl TxnPolicy for WasmTxn {
         size: Option<u64>,
         eight_bit: bool,
     ) -> Result<(), Reply> {
-        let (rt, s, sender) = (self.rt.clone(), session.clone(), sender.to_string());
+        let (rt, s, sender) = (self.rt.clone(), self.session(session), sender.to_string());
         decide(&self.metrics, &self.set, "check-sender", move |p, l| {
             p.check_sender(&rt, l, &s, &sender, size, eight_bit)
         })
@@ -346,7 +357,7 @@ impl TxnPolicy for WasmTxn {
     ) -> Result<(), Reply> {
         let (rt, s, sender, rcpt) = (
             self.rt.clone(),
-            session.clone(),
+            self.session(session),
             sender.to_string(),
             recipient.to_string(),
         );
@@ -362,20 +373,23 @@ impl TxnPolicy for WasmTxn {
         envelope: &Envelope,
         content: &[u8],
     ) -> Result<MessageVerdict, Reply> {
-        let info = crate::message::summarize(content);
-        let (rt, s, env) = (self.rt.clone(), session.clone(), envelope.clone());
+        let args = MessageArgs::new(
+            &envelope.sender,
+            &envelope.recipients,
+            crate::message::summarize(content),
+        );
+        let (rt, s, m) = (self.rt.clone(), self.session(session), args.clone());
         let inspection = decide(&self.metrics, &self.set, "inspect-message", move |p, l| {
-            p.inspect_message(&rt, l, &s, &env.sender, &env.recipients, &info)
+            p.inspect_message(&rt, l, &s, &m)
         })
         .await?;
-        let (rt, s, env, md) = (
+        let (rt, s, md) = (
             self.rt.clone(),
-            session.clone(),
-            envelope.clone(),
+            self.session(session),
             inspection.metadata.clone(),
         );
         let route = decide(&self.metrics, &self.set, "route", move |p, l| {
-            p.route(&rt, l, &s, &env.sender, &env.recipients, &md)
+            p.route(&rt, l, &s, &args, &md)
         })
         .await?;
         let versions: Vec<String> = self
