@@ -15,8 +15,10 @@
 //! shutdown).
 //!
 //! One run varies by 10-15% from the next on a shared 2-core machine, more
-//! than the effect measured, so the two policies alternate for `ROUNDS`
-//! rounds (`MAILWIT_BENCH_ROUNDS` overrides) and the ratios are of medians.
+//! than the effect measured, and the machine drifts between runs, so the
+//! two policies alternate for `ROUNDS` rounds (`MAILWIT_BENCH_ROUNDS`
+//! overrides): each round's wasm/no-op ratio compares two adjacent runs,
+//! and the median of those ratios is the result.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -56,10 +58,13 @@ fn main() {
             ("delivered msg/s", |r: &Run| r.delivered),
         ] {
             let (w, n) = (med(&wasm, f), med(&noop, f));
+            let ratios: Vec<f64> = wasm.iter().zip(&noop).map(|(w, n)| f(w) / f(n)).collect();
+            let ratio = median(ratios.clone());
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
-                "clients={clients:2} median {what}: wasm {w:.0} noop {n:.0} wasm/noop = {:.3} (loss {:.1}%)",
-                w / n,
-                (1.0 - w / n) * 100.0
+                "clients={clients:2} {what}: median wasm {w:.0} noop {n:.0}; wasm/noop per round {} median {ratio:.3} (loss {:.1}%)",
+                each.join(" "),
+                (1.0 - ratio) * 100.0
             );
         }
         let (w, n) = (med(&wasm, |r| r.cpu_us), med(&noop, |r| r.cpu_us));
