@@ -14,6 +14,11 @@
 //! all have final events in the status store (recorded durably before
 //! `mark_done`), so recovery delivers nothing again and marks it done.
 //!
+//! Segments are removed oldest first once none of their messages is
+//! pending (and never the open one), at start-up and as messages are
+//! marked done. Only a prefix goes, so a `Done` or `Cancel` record is never
+//! removed while the message record it refers to stays.
+//!
 //! A failed write or fsync answers the whole batch with an error (451/452)
 //! and moves on to a fresh segment; the batch's ids are then written as
 //! `Cancel` records at the head of the next batch, so bytes that reached the
@@ -25,6 +30,7 @@
 
 pub mod record;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -62,8 +68,9 @@ struct Append {
 
 enum Job {
     Append(Append),
-    /// A record that needs no fsync of its own (`Done`).
-    Lazy(Vec<u8>),
+    /// The message left the spool: a `Done` record, which needs no fsync
+    /// of its own.
+    Done(String),
     /// Commit what came before, then stop (shutdown).
     Stop,
 }
@@ -89,16 +96,29 @@ impl Spool {
         config: &SpoolConfig,
     ) -> io::Result<(Spool, std::thread::JoinHandle<()>, Vec<Spooled>)> {
         std::fs::create_dir_all(dir)?;
-        let pending = read_pending(dir)?;
-        let next_seq = segments(dir)?.last().map(|(seq, _)| seq + 1).unwrap_or(1);
+        let found = read(dir, true)?;
+        let on_disk = segments(dir)?;
+        let next_seq = on_disk.last().map(|(seq, _)| seq + 1).unwrap_or(1);
         let segment = Segment::create(dir, next_seq)?;
+        let mut live: BTreeMap<u64, usize> = on_disk.iter().map(|(seq, _)| (*seq, 0)).collect();
+        live.insert(next_seq, 0);
+        let mut location = HashMap::new();
+        let mut pending = Vec::with_capacity(found.len());
+        for (seq, m) in found {
+            *live.entry(seq).or_default() += 1;
+            location.insert(m.meta.id.clone(), seq);
+            pending.push(m);
+        }
         let (tx, rx) = mpsc::channel();
         let mut committer = Committer {
             dir: dir.to_path_buf(),
             config: config.clone(),
             segment,
             cancels: Vec::new(),
+            live,
+            location,
         };
+        committer.collect();
         let handle = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
@@ -130,7 +150,7 @@ impl Spool {
     /// written without waiting for an fsync (see the module comment).
     pub fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
         self.tx
-            .send(Job::Lazy(encode(Kind::Done, &[id.as_bytes()])))
+            .send(Job::Done(id.to_string()))
             .map_err(|_| SpoolError::Closed)
     }
 }
@@ -160,6 +180,11 @@ struct Committer {
     segment: Segment,
     /// Ids whose batch failed: written as Cancel records at the next chance.
     cancels: Vec<String>,
+    /// Every segment on disk, the open one included, with how many of its
+    /// messages are pending.
+    live: BTreeMap<u64, usize>,
+    /// The segment of each pending message.
+    location: HashMap<String, u64>,
 }
 
 impl Committer {
@@ -167,7 +192,8 @@ impl Committer {
         let (mut syncs, mut records) = (0u64, 0u64);
         let mut stopping = false;
         while let Ok(first) = rx.recv() {
-            let (mut batch, mut lazy, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let (mut batch, mut lazy, mut done_ids, mut bytes) =
+                (Vec::new(), Vec::new(), Vec::new(), 0);
             let mut next = Some(first);
             while let Some(job) = next {
                 match job {
@@ -179,14 +205,26 @@ impl Committer {
                         bytes += a.record.len();
                         batch.push(a);
                     }
-                    Job::Lazy(record) => {
+                    Job::Done(id) => {
+                        let record = encode(Kind::Done, &[id.as_bytes()]);
                         bytes += record.len();
                         lazy.push(record);
+                        done_ids.push(id);
                     }
                 }
                 next = (bytes < MAX_BATCH_BYTES)
                     .then(|| rx.try_recv().ok())
                     .flatten();
+            }
+            // A message marked done may go with its segment even if its
+            // Done record is not written: removing the message record is
+            // as final as a Done record.
+            for id in done_ids {
+                if let Some(seq) = self.location.remove(&id) {
+                    self.live
+                        .entry(seq)
+                        .and_modify(|n| *n = n.saturating_sub(1));
+                }
             }
             if batch.is_empty() {
                 // Only lazy records: written now, synced by a later batch.
@@ -194,12 +232,21 @@ impl Committer {
                     tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
                     self.rotate();
                 }
+                self.collect();
                 if stopping {
                     break;
                 }
                 continue;
             }
+            let seq = self.segment.seq;
             let result = self.commit(&lazy, &batch, bytes);
+            if result.is_ok() {
+                *self.live.entry(seq).or_default() += batch.len();
+                for a in &batch {
+                    self.location.insert(a.id.clone(), seq);
+                }
+            }
+            self.collect();
             syncs += 1;
             records += batch.len() as u64;
             for Append { id, done, .. } in batch {
@@ -255,19 +302,49 @@ impl Committer {
             return result.map_err(CommitError::io);
         }
         if self.segment.len >= self.config.segment_bytes {
-            match Segment::create(&self.dir, self.segment.seq + 1) {
-                Ok(seg) => self.segment = seg,
-                Err(e) => tracing::error!(cause = %e, "could not start a new spool segment"),
-            }
+            self.rotate();
         }
         Ok(())
     }
 
-    /// After a failed write or fsync the kernel may have dropped the dirty
-    /// pages and cleared the error: never write to this file again.
+    /// Starts the next segment: when the open one is full, or after a
+    /// failed write or fsync (the kernel may have dropped the dirty pages
+    /// and cleared the error: never write to that file again).
     fn rotate(&mut self) {
-        if let Ok(seg) = Segment::create(&self.dir, self.segment.seq + 1) {
-            self.segment = seg;
+        match Segment::create(&self.dir, self.segment.seq + 1) {
+            Ok(seg) => {
+                self.live.insert(seg.seq, 0);
+                self.segment = seg;
+            }
+            Err(e) => tracing::error!(cause = %e, "could not start a new spool segment"),
+        }
+    }
+
+    /// Removes the oldest segments while none of their messages is pending,
+    /// never the open one.
+    fn collect(&mut self) {
+        let mut removed = 0;
+        while let Some((&seq, &pending)) = self.live.first_key_value() {
+            if pending > 0 || seq == self.segment.seq {
+                break;
+            }
+            match std::fs::remove_file(segment_path(&self.dir, seq)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = seq, cause = %e, "could not remove a spool segment");
+                    break;
+                }
+            }
+            self.live.remove(&seq);
+        }
+        if removed > 0 {
+            // Not needed for safety (a segment back after a crash holds only
+            // finished messages) but keeps recovery from reading it again.
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(cause = %e, "spool directory sync failed");
+            }
+            tracing::debug!(event = "spool.segments_removed", count = removed);
         }
     }
 
@@ -341,20 +418,26 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// cancelled, in acceptance order. Safe to call while a server writes to
 /// the spool: a record still being written is simply not seen yet.
 pub fn read_pending(dir: &Path) -> io::Result<Vec<Spooled>> {
-    read(dir, true)
+    Ok(read(dir, true)?.into_iter().map(|(_, m)| m).collect())
 }
 
 /// Every message ever acknowledged that is still on disk, delivered ones
 /// included (not the cancelled ones, which were never acknowledged).
 pub fn read_accepted(dir: &Path) -> io::Result<Vec<Spooled>> {
-    read(dir, false)
+    Ok(read(dir, false)?.into_iter().map(|(_, m)| m).collect())
 }
 
-fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<Spooled>> {
-    let mut messages: Vec<Spooled> = Vec::new();
+/// The messages, each with its segment.
+fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<(u64, Spooled)>> {
+    let mut messages: Vec<(u64, Spooled)> = Vec::new();
     let mut gone = std::collections::HashSet::new();
     for (seq, path) in segments(dir)? {
-        let buf = std::fs::read(&path)?;
+        let buf = match std::fs::read(&path) {
+            Ok(buf) => buf,
+            // Removed by a running server since it was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let mut at = 0;
         while at < buf.len() {
             let Some((kind, payload, n)) = decode(&buf[at..]) else {
@@ -368,10 +451,13 @@ fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<Spooled>> {
             };
             match kind {
                 Kind::Message => match decode_message(payload) {
-                    Some((meta, content)) => messages.push(Spooled {
-                        meta,
-                        content: content.to_vec(),
-                    }),
+                    Some((meta, content)) => messages.push((
+                        seq,
+                        Spooled {
+                            meta,
+                            content: content.to_vec(),
+                        },
+                    )),
                     None => {
                         tracing::warn!(segment = seq, offset = at, "undecodable message record")
                     }
@@ -384,7 +470,7 @@ fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<Spooled>> {
             at += n;
         }
     }
-    messages.retain(|m| !gone.contains(&m.meta.id));
+    messages.retain(|(_, m)| !gone.contains(&m.meta.id));
     Ok(messages)
 }
 
@@ -454,6 +540,49 @@ mod tests {
         // Reopening recovers the same and writes into a fresh segment.
         let (_, _, pending) = Spool::open(dir.path(), &config).unwrap();
         assert_eq!(pending.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn finished_segments_are_removed_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every batch fills its segment: one message per segment.
+        let config = SpoolConfig {
+            min_free_bytes: 0,
+            segment_bytes: 1,
+        };
+        let seqs = |dir: &Path| -> Vec<u64> {
+            segments(dir).unwrap().into_iter().map(|(s, _)| s).collect()
+        };
+        let (spool, committer, _) = Spool::open(dir.path(), &config).unwrap();
+        for id in ["A", "B", "C"] {
+            spool.enqueue(&meta(id), b"body\r\n").await.unwrap();
+        }
+        // A, B and C in segments 1, 2 and 3; 4 is open.
+        assert_eq!(seqs(dir.path()), [1, 2, 3, 4]);
+        // B is done, but A before it is not: nothing goes. The enqueue
+        // after it returns once the committer has handled the Done.
+        spool.mark_done("B").unwrap();
+        spool.enqueue(&meta("D"), b"body\r\n").await.unwrap();
+        assert_eq!(seqs(dir.path()), [1, 2, 3, 4, 5]);
+        spool.mark_done("A").unwrap();
+        spool.enqueue(&meta("E"), b"body\r\n").await.unwrap();
+        assert_eq!(seqs(dir.path()), [3, 4, 5, 6]);
+        drop(spool);
+        committer.join().unwrap();
+
+        // At start-up: C, D and E are pending; once C is done (its Done
+        // record in segment 6), a restart removes segment 3.
+        let (spool, committer, pending) = Spool::open(dir.path(), &config).unwrap();
+        let ids: Vec<_> = pending.iter().map(|m| m.meta.id.as_str()).collect();
+        assert_eq!(ids, ["C", "D", "E"]);
+        assert_eq!(seqs(dir.path()), [3, 4, 5, 6, 7]);
+        spool.mark_done("C").unwrap();
+        drop(spool);
+        committer.join().unwrap();
+        let (_, _, pending) = Spool::open(dir.path(), &config).unwrap();
+        let ids: Vec<_> = pending.iter().map(|m| m.meta.id.as_str()).collect();
+        assert_eq!(ids, ["D", "E"]);
+        assert_eq!(seqs(dir.path()), [4, 5, 6, 7, 8]);
     }
 
     #[tokio::test]
