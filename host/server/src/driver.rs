@@ -370,7 +370,7 @@ impl Driver {
                     policy: decided.policy,
                 };
                 match self.shared.spool.enqueue(&meta, &content).await {
-                    Ok(()) => {
+                    Ok(at) => {
                         self.shared.metrics.queued(&p.tenant);
                         info!(
                             event = "smtp.queued",
@@ -380,7 +380,7 @@ impl Driver {
                             size = content.len(),
                             recipients = envelope.recipients.len()
                         );
-                        self.shared.delivery.submit(meta, content);
+                        self.shared.delivery.submit(meta, content, at);
                         Verdict::AcceptWith(Reply::new(
                             250,
                             Status(2, 0, 0),

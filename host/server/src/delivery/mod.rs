@@ -15,6 +15,11 @@
 //!
 //! Each event may also become a delivery report to the tenant's callback
 //! server ([`reports`]).
+//!
+//! A message's content is in memory only while it is being delivered: a
+//! message waiting for its next retry, or found in the spool at start-up,
+//! keeps its envelope and spool location and is read back when its turn
+//! comes, so a backlog of deferred mail costs little memory.
 
 pub mod dsn;
 pub mod relay;
@@ -34,7 +39,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::DeliveryConfig;
-use crate::spool::{Meta, Spool, Spooled};
+use crate::spool::{Location, Meta, Pending, Spool, Spooled};
 use crate::tenants::Tenants;
 use relay::{Outcome, Upstream};
 use status::{Event, Status, StatusStore};
@@ -59,7 +64,12 @@ pub fn now_ms() -> u64 {
 }
 
 struct Job {
+    /// The content is empty until loaded (see `loaded`).
     msg: Arc<Spooled>,
+    /// Where the message is in the spool.
+    at: Location,
+    /// Whether `msg.content` holds the content.
+    loaded: bool,
     /// Recipients without a final event.
     pending: Vec<String>,
     attempts: u32,
@@ -130,11 +140,13 @@ impl Delivery {
         Ok(d)
     }
 
-    /// A message just acknowledged with 250.
-    pub fn submit(&self, meta: Meta, content: Vec<u8>) {
+    /// A message just acknowledged with 250, spooled at `at`.
+    pub fn submit(&self, meta: Meta, content: Vec<u8>, at: Location) {
         let pending = meta.recipients.clone();
         let _ = self.tx.send(Job {
             msg: Arc::new(Spooled { meta, content }),
+            at,
+            loaded: true,
             pending,
             attempts: 0,
             record_received: true,
@@ -143,7 +155,7 @@ impl Delivery {
 
     /// Messages found in the spool at start-up: each recipient without a
     /// final event is delivered (again).
-    pub fn recover(&self, pending: Vec<Spooled>) {
+    pub fn recover(&self, pending: Vec<Pending>) {
         for m in pending {
             let events = self.status.message(Some(&m.meta.tenant), &m.meta.id, None);
             let done: Vec<&str> = events
@@ -161,7 +173,12 @@ impl Delivery {
             let record_received = !events.iter().any(|e| e.status == Status::Received);
             tracing::info!(event = "delivery.recovered", queue_id = %m.meta.id, recipients = todo.len());
             let _ = self.tx.send(Job {
-                msg: Arc::new(m),
+                msg: Arc::new(Spooled {
+                    meta: m.meta,
+                    content: Vec::new(),
+                }),
+                at: m.at,
+                loaded: false,
                 pending: todo,
                 attempts: 0,
                 record_received,
@@ -203,7 +220,33 @@ impl Delivery {
         }
     }
 
-    async fn process(self: Arc<Self>, job: Job) {
+    /// Reads the job's content back from the spool, unless it is loaded.
+    async fn load(&self, job: &mut Job) -> Result<(), String> {
+        if job.loaded {
+            return Ok(());
+        }
+        let (spool, at) = (self.spool.clone(), job.at);
+        let m = tokio::task::spawn_blocking(move || spool.load(&at))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if m.meta.id != job.msg.meta.id {
+            return Err(format!("spool record at {at:?} is {}", m.meta.id));
+        }
+        job.msg = Arc::new(m);
+        job.loaded = true;
+        Ok(())
+    }
+
+    async fn process(self: Arc<Self>, mut job: Job) {
+        // Read back from the spool only when there is something to deliver.
+        let loaded = match job.pending.is_empty() {
+            true => Ok(()),
+            false => self.load(&mut job).await,
+        };
+        if let Err(e) = &loaded {
+            tracing::error!(event = "delivery.load_failed", queue_id = %job.msg.meta.id, cause = %e);
+        }
         let meta = &job.msg.meta;
         if job.record_received {
             let detail = format!("accepted from {} on {}", meta.peer, meta.listener);
@@ -226,7 +269,14 @@ impl Delivery {
             self.done(meta).await;
             return;
         }
-        let outcomes = self.deliver(&job).await;
+        let outcomes = match &loaded {
+            Ok(()) => self.deliver(&job).await,
+            Err(e) => job
+                .pending
+                .iter()
+                .map(|_| Outcome::Deferred(format!("reading the message from the spool: {e}")))
+                .collect(),
+        };
         let now = now_ms();
         let expired = now.saturating_sub(meta.received_at_ms) > self.config.max_age_secs * 1000;
         let mut events = Vec::new();
@@ -275,8 +325,14 @@ impl Delivery {
             .saturating_mul(1u64 << job.attempts.min(20))
             .min(self.config.retry_max_secs);
         let tx = self.tx.clone();
+        // The content is dropped while the message waits: read back then.
         let next = Job {
-            msg: job.msg.clone(),
+            msg: Arc::new(Spooled {
+                meta: job.msg.meta.clone(),
+                content: Vec::new(),
+            }),
+            at: job.at,
+            loaded: false,
             pending: still,
             attempts: job.attempts + 1,
             record_received: false,
@@ -389,7 +445,7 @@ impl Delivery {
             policy: "dsn".into(),
         };
         match self.spool.enqueue(&dsn_meta, &content).await {
-            Ok(()) => {
+            Ok(at) => {
                 let now = now_ms();
                 let events = failed
                     .iter()
@@ -404,7 +460,7 @@ impl Delivery {
                     })
                     .collect();
                 self.record(meta, events).await;
-                self.submit(dsn_meta, content);
+                self.submit(dsn_meta, content, at);
             }
             Err(e) => tracing::error!(event = "dsn.spool_failed", queue_id = %meta.id, cause = %e),
         }

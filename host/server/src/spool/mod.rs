@@ -25,8 +25,12 @@
 //! disk anyway are never delivered. Low disk space is checked before each
 //! batch against `min_free_bytes`.
 //!
-//! Storage stays behind this small interface (`enqueue`, `read_pending`,
-//! `mark_done`) so a shared backend can replace it later.
+//! Each enqueued message gets its [`Location`], from which [`Spool::load`]
+//! reads it back: delivery keeps a message's content in memory only while
+//! it is being delivered.
+//!
+//! Storage stays behind this small interface (`enqueue`, `load`,
+//! `read_pending`, `mark_done`) so a shared backend can replace it later.
 
 pub mod record;
 
@@ -34,7 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
 
@@ -63,7 +67,22 @@ struct Append {
     /// Queue id of the message record.
     id: String,
     record: Vec<u8>,
-    done: oneshot::Sender<Result<(), SpoolError>>,
+    done: oneshot::Sender<Result<Location, SpoolError>>,
+}
+
+/// Where a message record is: its segment, offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    seq: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// A pending message found at start-up: its envelope and where to read it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub meta: Meta,
+    pub at: Location,
 }
 
 enum Job {
@@ -79,6 +98,7 @@ enum Job {
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Job>,
+    dir: Arc<PathBuf>,
 }
 
 /// A message read back from the spool.
@@ -94,9 +114,9 @@ impl Spool {
     pub fn open(
         dir: &Path,
         config: &SpoolConfig,
-    ) -> io::Result<(Spool, std::thread::JoinHandle<()>, Vec<Spooled>)> {
+    ) -> io::Result<(Spool, std::thread::JoinHandle<()>, Vec<Pending>)> {
         std::fs::create_dir_all(dir)?;
-        let found = read(dir, true)?;
+        let found = read(dir, true, false)?;
         let on_disk = segments(dir)?;
         let next_seq = on_disk.last().map(|(seq, _)| seq + 1).unwrap_or(1);
         let segment = Segment::create(dir, next_seq)?;
@@ -104,10 +124,10 @@ impl Spool {
         live.insert(next_seq, 0);
         let mut location = HashMap::new();
         let mut pending = Vec::with_capacity(found.len());
-        for (seq, m) in found {
-            *live.entry(seq).or_default() += 1;
-            location.insert(m.meta.id.clone(), seq);
-            pending.push(m);
+        for (at, m) in found {
+            *live.entry(at.seq).or_default() += 1;
+            location.insert(m.meta.id.clone(), at.seq);
+            pending.push(Pending { meta: m.meta, at });
         }
         let (tx, rx) = mpsc::channel();
         let mut committer = Committer {
@@ -122,11 +142,34 @@ impl Spool {
         let handle = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
-        Ok((Spool { tx }, handle, pending))
+        let spool = Spool {
+            tx,
+            dir: Arc::new(dir.to_path_buf()),
+        };
+        Ok((spool, handle, pending))
     }
 
-    /// Writes a message durably. Returns once it is fsynced.
-    pub async fn enqueue(&self, meta: &Meta, content: &[u8]) -> Result<(), SpoolError> {
+    /// Reads a pending message back (blocking file I/O). Its segment stays
+    /// until the message is marked done.
+    pub fn load(&self, at: &Location) -> io::Result<Spooled> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; at.len as usize];
+        File::open(segment_path(&self.dir, at.seq))?.read_exact_at(&mut buf, at.offset)?;
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad spool record");
+        let (kind, payload, _) = decode(&buf).ok_or_else(bad)?;
+        let (meta, content) = match kind {
+            Kind::Message => decode_message(payload).ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        Ok(Spooled {
+            meta,
+            content: content.to_vec(),
+        })
+    }
+
+    /// Writes a message durably. Returns once it is fsynced, with where it
+    /// was written.
+    pub async fn enqueue(&self, meta: &Meta, content: &[u8]) -> Result<Location, SpoolError> {
         let record = encode_message(meta, content);
         let (done, wait) = oneshot::channel();
         self.tx
@@ -246,12 +289,21 @@ impl Committer {
                     self.location.insert(a.id.clone(), seq);
                 }
             }
+            let mut offset = result.as_ref().map_or(0, |start| *start);
             self.collect();
             syncs += 1;
             records += batch.len() as u64;
-            for Append { id, done, .. } in batch {
+            for Append { id, done, record } in batch {
                 let r = match &result {
-                    Ok(()) => Ok(()),
+                    Ok(_) => {
+                        let at = Location {
+                            seq,
+                            offset,
+                            len: record.len() as u64,
+                        };
+                        offset += at.len;
+                        Ok(at)
+                    }
                     Err(CommitError::DiskFull) => Err(SpoolError::DiskFull),
                     Err(CommitError::Io(kind, msg)) => {
                         self.cancels.push(id);
@@ -285,7 +337,7 @@ impl Committer {
         lazy: &[Vec<u8>],
         batch: &[Append],
         bytes: usize,
-    ) -> Result<(), CommitError> {
+    ) -> Result<u64, CommitError> {
         let free = free_bytes(&self.dir).map_err(CommitError::io)?;
         if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
             tracing::warn!(
@@ -295,16 +347,18 @@ impl Committer {
             );
             return Err(CommitError::DiskFull);
         }
-        let result = self.write(lazy, batch, true);
-        if let Err(e) = &result {
-            tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
-            self.rotate();
-            return result.map_err(CommitError::io);
-        }
+        let start = match self.write(lazy, batch, true) {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
+                self.rotate();
+                return Err(CommitError::io(e));
+            }
+        };
         if self.segment.len >= self.config.segment_bytes {
             self.rotate();
         }
-        Ok(())
+        Ok(start)
     }
 
     /// Starts the next segment: when the open one is full, or after a
@@ -349,8 +403,8 @@ impl Committer {
     }
 
     /// Writes `lazy` then `batch`; with `sync`, pending cancels first and
-    /// an fsync after.
-    fn write(&mut self, lazy: &[Vec<u8>], batch: &[Append], sync: bool) -> io::Result<()> {
+    /// an fsync after. Returns the offset at which `batch` starts.
+    fn write(&mut self, lazy: &[Vec<u8>], batch: &[Append], sync: bool) -> io::Result<u64> {
         let cancels: Vec<Vec<u8>> = match sync {
             true => self
                 .cancels
@@ -359,11 +413,12 @@ impl Committer {
                 .collect(),
             false => Vec::new(),
         };
-        let records = cancels
-            .iter()
-            .chain(lazy)
-            .chain(batch.iter().map(|a| &a.record));
-        for rec in records {
+        for rec in cancels.iter().chain(lazy) {
+            self.segment.file.write_all(rec)?;
+            self.segment.len += rec.len() as u64;
+        }
+        let start = self.segment.len;
+        for rec in batch.iter().map(|a| &a.record) {
             self.segment.file.write_all(rec)?;
             self.segment.len += rec.len() as u64;
         }
@@ -371,7 +426,7 @@ impl Committer {
             self.segment.file.sync_data()?;
             self.cancels.clear();
         }
-        Ok(())
+        Ok(start)
     }
 }
 
@@ -418,18 +473,22 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// cancelled, in acceptance order. Safe to call while a server writes to
 /// the spool: a record still being written is simply not seen yet.
 pub fn read_pending(dir: &Path) -> io::Result<Vec<Spooled>> {
-    Ok(read(dir, true)?.into_iter().map(|(_, m)| m).collect())
+    Ok(read(dir, true, true)?.into_iter().map(|(_, m)| m).collect())
 }
 
 /// Every message ever acknowledged that is still on disk, delivered ones
 /// included (not the cancelled ones, which were never acknowledged).
 pub fn read_accepted(dir: &Path) -> io::Result<Vec<Spooled>> {
-    Ok(read(dir, false)?.into_iter().map(|(_, m)| m).collect())
+    Ok(read(dir, false, true)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect())
 }
 
-/// The messages, each with its segment.
-fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<(u64, Spooled)>> {
-    let mut messages: Vec<(u64, Spooled)> = Vec::new();
+/// The messages, each with its location; without their content unless
+/// `content`.
+fn read(dir: &Path, pending_only: bool, content: bool) -> io::Result<Vec<(Location, Spooled)>> {
+    let mut messages: Vec<(Location, Spooled)> = Vec::new();
     let mut gone = std::collections::HashSet::new();
     for (seq, path) in segments(dir)? {
         let buf = match std::fs::read(&path) {
@@ -451,11 +510,15 @@ fn read(dir: &Path, pending_only: bool) -> io::Result<Vec<(u64, Spooled)>> {
             };
             match kind {
                 Kind::Message => match decode_message(payload) {
-                    Some((meta, content)) => messages.push((
-                        seq,
+                    Some((meta, body)) => messages.push((
+                        Location {
+                            seq,
+                            offset: at as u64,
+                            len: n as u64,
+                        },
                         Spooled {
                             meta,
-                            content: content.to_vec(),
+                            content: if content { body.to_vec() } else { Vec::new() },
                         },
                     )),
                     None => {
@@ -540,6 +603,55 @@ mod tests {
         // Reopening recovers the same and writes into a fresh segment.
         let (_, _, pending) = Spool::open(dir.path(), &config).unwrap();
         assert_eq!(pending.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn messages_load_from_their_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            min_free_bytes: 0,
+            segment_bytes: 300,
+        };
+        let (spool, committer, _) = Spool::open(dir.path(), &config).unwrap();
+        // Two waves of concurrent enqueues: batches of several records,
+        // and a new segment for each wave.
+        let mut written = Vec::new();
+        for wave in 0..2 {
+            let mut waits = Vec::new();
+            for i in wave * 4..wave * 4 + 4 {
+                let spool = spool.clone();
+                waits.push(tokio::spawn(async move {
+                    let body = format!("body {i}\r\n").repeat(i + 1);
+                    let at = spool
+                        .enqueue(&meta(&format!("M{i}")), body.as_bytes())
+                        .await;
+                    (i, body, at.unwrap())
+                }));
+            }
+            for w in waits {
+                written.push(w.await.unwrap());
+            }
+        }
+        spool.mark_done("M3").unwrap();
+        for (i, body, at) in &written {
+            let m = spool.load(at).unwrap();
+            assert_eq!(m.meta.id, format!("M{i}"));
+            assert_eq!(m.content, body.as_bytes());
+        }
+        drop(spool);
+        committer.join().unwrap();
+        assert!(segments(dir.path()).unwrap().len() >= 3);
+        // At start-up, pending messages come with the same locations.
+        let (spool, _committer, pending) = Spool::open(dir.path(), &config).unwrap();
+        assert_eq!(pending.len(), 7);
+        for p in &pending {
+            let (_, body, at) = written
+                .iter()
+                .find(|(i, ..)| format!("M{i}") == p.meta.id)
+                .unwrap();
+            assert_eq!(p.at, *at);
+            assert_eq!(spool.load(&p.at).unwrap().content, body.as_bytes());
+        }
     }
 
     #[tokio::test]
