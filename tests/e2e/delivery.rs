@@ -276,6 +276,30 @@ fn discard_route_and_retention_purge() {
     assert!(s.log_text().contains("status.purged"));
 }
 
+/// With `in_memory_queue = 0` no waiting message keeps its content in
+/// memory: delivery reads it back from the spool, byte for byte.
+#[test]
+fn queued_content_is_read_back_from_the_spool() {
+    let s = Server::start_with(Options {
+        delivery: "in_memory_queue = 0".into(),
+        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        ..Options::default()
+    });
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit(&s, &format!("q{i}@example.net"), &[]))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let rcpt = format!("q{i}@example.net");
+        wait_for("captured", || {
+            s.statuses(id, &rcpt).last().map(String::as_str) == Some("delivered_to_sandbox")
+        });
+        let captured =
+            std::fs::read(s.data_dir().join("sandbox/acme").join(format!("{id}.eml"))).unwrap();
+        assert_eq!(captured, s.spooled(id).content, "{id}");
+        assert!(String::from_utf8_lossy(&captured).contains(&rcpt));
+    }
+}
+
 #[test]
 fn sigkill_during_delivery_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();

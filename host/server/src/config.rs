@@ -98,6 +98,10 @@ impl Default for AdminConfig {
 pub struct DeliveryConfig {
     /// Deliveries under way at once. Default 16.
     pub workers: usize,
+    /// Messages waiting for a worker that keep their content in memory;
+    /// the content of any more is read back from the spool when their turn
+    /// comes. Default 64.
+    pub in_memory_queue: usize,
     /// First retry delay; doubles per attempt. Default 60.
     pub retry_initial_secs: u64,
     /// Longest retry delay. Default 3600.
@@ -116,6 +120,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             workers: 16,
+            in_memory_queue: 64,
             retry_initial_secs: 60,
             retry_max_secs: 3600,
             max_age_secs: 2 * 24 * 3600,

@@ -16,10 +16,12 @@
 //! Each event may also become a delivery report to the tenant's callback
 //! server ([`reports`]).
 //!
-//! A message's content is in memory only while it is being delivered: a
-//! message waiting for its next retry, or found in the spool at start-up,
-//! keeps its envelope and spool location and is read back when its turn
-//! comes, so a backlog of deferred mail costs little memory.
+//! A message's content is in memory only while it is being delivered, or
+//! while it is among the first `in_memory_queue` messages waiting for a
+//! worker: any other waiting message (queued behind those, waiting for its
+//! next retry, or found in the spool at start-up) keeps its envelope and
+//! spool location and is read back when its turn comes, so a backlog costs
+//! little memory.
 
 pub mod dsn;
 pub mod relay;
@@ -28,6 +30,7 @@ pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mail_auth::common::crypto::{RsaKey, Sha256};
@@ -85,6 +88,8 @@ pub struct Delivery {
     hostname: String,
     sandbox_dir: PathBuf,
     tx: mpsc::UnboundedSender<Job>,
+    /// Jobs queued and not yet started.
+    waiting: AtomicUsize,
 }
 
 impl Delivery {
@@ -107,6 +112,7 @@ impl Delivery {
             hostname,
             sandbox_dir: data_dir.join("sandbox"),
             tx,
+            waiting: AtomicUsize::new(0),
         });
         let workers = Arc::new(Semaphore::new(d.config.workers.max(1)));
         let this = d.clone();
@@ -115,6 +121,7 @@ impl Delivery {
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
+                this.waiting.fetch_sub(1, Ordering::Relaxed);
                 let this = this.clone();
                 tokio::spawn(async move {
                     this.process(job).await;
@@ -140,13 +147,22 @@ impl Delivery {
         Ok(d)
     }
 
+    /// Queues a job for a worker.
+    fn queue(&self, job: Job) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(job);
+    }
+
     /// A message just acknowledged with 250, spooled at `at`.
     pub fn submit(&self, meta: Meta, content: Vec<u8>, at: Location) {
         let pending = meta.recipients.clone();
-        let _ = self.tx.send(Job {
+        // Behind a long queue, the content waits in the spool, not here.
+        let loaded = self.waiting.load(Ordering::Relaxed) < self.config.in_memory_queue;
+        let content = if loaded { content } else { Vec::new() };
+        self.queue(Job {
             msg: Arc::new(Spooled { meta, content }),
             at,
-            loaded: true,
+            loaded,
             pending,
             attempts: 0,
             record_received: true,
@@ -172,7 +188,7 @@ impl Delivery {
                 .collect();
             let record_received = !events.iter().any(|e| e.status == Status::Received);
             tracing::info!(event = "delivery.recovered", queue_id = %m.meta.id, recipients = todo.len());
-            let _ = self.tx.send(Job {
+            self.queue(Job {
                 msg: Arc::new(Spooled {
                     meta: m.meta,
                     content: Vec::new(),
@@ -324,7 +340,6 @@ impl Delivery {
             .retry_initial_secs
             .saturating_mul(1u64 << job.attempts.min(20))
             .min(self.config.retry_max_secs);
-        let tx = self.tx.clone();
         // The content is dropped while the message waits: read back then.
         let next = Job {
             msg: Arc::new(Spooled {
@@ -337,9 +352,10 @@ impl Delivery {
             attempts: job.attempts + 1,
             record_received: false,
         };
+        let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(delay)).await;
-            let _ = tx.send(next);
+            this.queue(next);
         });
     }
 
