@@ -276,6 +276,37 @@ fn discard_route_and_retention_purge() {
     assert!(s.log_text().contains("status.purged"));
 }
 
+/// The admin `/metrics` shows the delivery queue: a deferred message
+/// waiting for its retry, none waiting for a worker.
+#[test]
+fn metrics_show_the_delivery_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing listens on the next hop's port: the message is deferred.
+    let s = Server::start_with(Options {
+        delivery: "retry_initial_secs = 600".into(),
+        acme_rules: relay_rules(free_port(), &dkim_key(tmp.path()).0),
+        ..Options::default()
+    });
+    let metrics = || {
+        let (ok, out) = run(Command::new("curl").args([
+            "-sS",
+            &format!("http://127.0.0.1:{}/metrics", s.port("admin")),
+        ]));
+        assert!(ok, "{out}");
+        out
+    };
+    assert!(metrics().contains("mailwit_delivery_retrying 0\n"));
+    let id = submit(&s, "later@example.net", &[]);
+    wait_for("a deferral", || {
+        s.statuses(&id, "later@example.net")
+            .contains(&"deferred".to_string())
+    });
+    wait_for("the retry counted", || {
+        let m = metrics();
+        m.contains("mailwit_delivery_retrying 1\n") && m.contains("mailwit_delivery_waiting 0\n")
+    });
+}
+
 /// With `in_memory_queue = 0` no waiting message keeps its content in
 /// memory: delivery reads it back from the spool, byte for byte.
 #[test]

@@ -38,6 +38,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusStore>,
     pub status_api: Arc<crate::statusapi::StatusApi>,
+    pub delivery: Arc<crate::delivery::Delivery>,
     pub token: String,
 }
 
@@ -93,7 +94,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     if req.method() == Method::GET && path == ["metrics"] {
         return reply(
             StatusCode::OK,
-            admin.metrics.render(&admin.tenants.list()),
+            admin
+                .metrics
+                .render(&admin.tenants.list(), admin.delivery.gauges()),
             "text/plain; version=0.0.4",
         );
     }

@@ -388,6 +388,7 @@ fn serve(config: Config, noop: bool) -> anyhow::Result<()> {
             metrics,
             status,
             status_api: status_api.clone(),
+            delivery: shared.delivery.clone(),
             token,
         });
         let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));

@@ -34,6 +34,15 @@ struct PolicyCalls {
     latency: Histogram,
 }
 
+/// The delivery queue at one moment (gauges).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryGauges {
+    /// Jobs waiting for a delivery worker.
+    pub waiting: usize,
+    /// Messages waiting for their next retry.
+    pub retrying: usize,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -113,9 +122,14 @@ impl Metrics {
         );
     }
 
-    /// The text exposition, with the active versions of `tenants`.
-    pub fn render(&self, tenants: &[TenantSummary]) -> String {
+    /// The text exposition, with the active versions of `tenants` and the
+    /// delivery queue.
+    pub fn render(&self, tenants: &[TenantSummary], delivery: DeliveryGauges) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "# TYPE mailwit_delivery_waiting gauge");
+        let _ = writeln!(out, "mailwit_delivery_waiting {}", delivery.waiting);
+        let _ = writeln!(out, "# TYPE mailwit_delivery_retrying gauge");
+        let _ = writeln!(out, "mailwit_delivery_retrying {}", delivery.retrying);
         let mut last = "";
         for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
             if *name != last {

@@ -90,6 +90,8 @@ pub struct Delivery {
     tx: mpsc::UnboundedSender<Job>,
     /// Jobs queued and not yet started.
     waiting: AtomicUsize,
+    /// Messages waiting for their next retry.
+    retrying: AtomicUsize,
 }
 
 impl Delivery {
@@ -113,6 +115,7 @@ impl Delivery {
             sandbox_dir: data_dir.join("sandbox"),
             tx,
             waiting: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
         });
         let workers = Arc::new(Semaphore::new(d.config.workers.max(1)));
         let this = d.clone();
@@ -145,6 +148,14 @@ impl Delivery {
             }
         });
         Ok(d)
+    }
+
+    /// The queue, for `/metrics`.
+    pub fn gauges(&self) -> crate::metrics::DeliveryGauges {
+        crate::metrics::DeliveryGauges {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            retrying: self.retrying.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues a job for a worker.
@@ -353,8 +364,10 @@ impl Delivery {
             record_received: false,
         };
         let this = self.clone();
+        self.retrying.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(delay)).await;
+            this.retrying.fetch_sub(1, Ordering::Relaxed);
             this.queue(next);
         });
     }
