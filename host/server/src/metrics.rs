@@ -1,5 +1,5 @@
-//! Per-tenant metrics in the Prometheus text format, served at the admin
-//! listener's `/metrics`.
+//! Per-tenant metrics and the delivery queue's gauges in the Prometheus
+//! text format, served at the admin listener's `/metrics`.
 //!
 //! Hand-written rather than a metrics crate: a handful of counters and one
 //! histogram, with label values that are already restricted to
