@@ -276,8 +276,9 @@ fn discard_route_and_retention_purge() {
     assert!(s.log_text().contains("status.purged"));
 }
 
-/// The admin `/metrics` shows the delivery queue: a deferred message
-/// waiting for its retry, none waiting for a worker.
+/// The admin `/metrics` shows the delivery queue and the spool: a deferred
+/// message waiting for its retry, none waiting for a worker, one message
+/// pending in one segment.
 #[test]
 fn metrics_show_the_delivery_queue() {
     let tmp = tempfile::tempdir().unwrap();
@@ -303,7 +304,10 @@ fn metrics_show_the_delivery_queue() {
     });
     wait_for("the retry counted", || {
         let m = metrics();
-        m.contains("mailwit_delivery_retrying 1\n") && m.contains("mailwit_delivery_waiting 0\n")
+        m.contains("mailwit_delivery_retrying 1\n")
+            && m.contains("mailwit_delivery_waiting 0\n")
+            && m.contains("mailwit_spool_pending_messages 1\n")
+            && m.contains("mailwit_spool_segments 1\n")
     });
 }
 

@@ -1,5 +1,5 @@
-//! Per-tenant metrics and the delivery queue's gauges in the Prometheus
-//! text format, served at the admin listener's `/metrics`.
+//! Per-tenant metrics and the delivery queue's and spool's gauges in the
+//! Prometheus text format, served at the admin listener's `/metrics`.
 //!
 //! Hand-written rather than a metrics crate: a handful of counters and one
 //! histogram, with label values that are already restricted to
@@ -41,6 +41,10 @@ pub struct DeliveryGauges {
     pub waiting: usize,
     /// Messages waiting for their next retry.
     pub retrying: usize,
+    /// Messages in the spool not yet done.
+    pub spooled: usize,
+    /// Spool segment files.
+    pub segments: usize,
 }
 
 #[derive(Default)]
@@ -130,6 +134,10 @@ impl Metrics {
         let _ = writeln!(out, "mailwit_delivery_waiting {}", delivery.waiting);
         let _ = writeln!(out, "# TYPE mailwit_delivery_retrying gauge");
         let _ = writeln!(out, "mailwit_delivery_retrying {}", delivery.retrying);
+        let _ = writeln!(out, "# TYPE mailwit_spool_pending_messages gauge");
+        let _ = writeln!(out, "mailwit_spool_pending_messages {}", delivery.spooled);
+        let _ = writeln!(out, "# TYPE mailwit_spool_segments gauge");
+        let _ = writeln!(out, "mailwit_spool_segments {}", delivery.segments);
         let mut last = "";
         for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
             if *name != last {

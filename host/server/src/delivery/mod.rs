@@ -152,9 +152,12 @@ impl Delivery {
 
     /// The queue, for `/metrics`.
     pub fn gauges(&self) -> crate::metrics::DeliveryGauges {
+        let (spooled, segments) = self.spool.gauges();
         crate::metrics::DeliveryGauges {
             waiting: self.waiting.load(Ordering::Relaxed),
             retrying: self.retrying.load(Ordering::Relaxed),
+            spooled,
+            segments,
         }
     }
 

@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 use tokio::sync::oneshot;
@@ -99,6 +100,14 @@ enum Job {
 pub struct Spool {
     tx: mpsc::Sender<Job>,
     dir: Arc<PathBuf>,
+    gauges: Arc<Gauges>,
+}
+
+/// What the committer last saw, for `/metrics`.
+#[derive(Default)]
+struct Gauges {
+    pending: AtomicUsize,
+    segments: AtomicUsize,
 }
 
 /// A message read back from the spool.
@@ -137,16 +146,28 @@ impl Spool {
             cancels: Vec::new(),
             live,
             location,
+            gauges: Arc::default(),
         };
         committer.collect();
+        let gauges = committer.gauges.clone();
         let handle = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
         let spool = Spool {
             tx,
             dir: Arc::new(dir.to_path_buf()),
+            gauges,
         };
         Ok((spool, handle, pending))
+    }
+
+    /// Pending messages and segment files, as of the committer's last
+    /// batch.
+    pub fn gauges(&self) -> (usize, usize) {
+        (
+            self.gauges.pending.load(Ordering::Relaxed),
+            self.gauges.segments.load(Ordering::Relaxed),
+        )
     }
 
     /// Reads a pending message back (blocking file I/O). Its segment stays
@@ -228,6 +249,7 @@ struct Committer {
     live: BTreeMap<u64, usize>,
     /// The segment of each pending message.
     location: HashMap<String, u64>,
+    gauges: Arc<Gauges>,
 }
 
 impl Committer {
@@ -392,6 +414,12 @@ impl Committer {
             }
             self.live.remove(&seq);
         }
+        self.gauges
+            .pending
+            .store(self.location.len(), Ordering::Relaxed);
+        self.gauges
+            .segments
+            .store(self.live.len(), Ordering::Relaxed);
         if removed > 0 {
             // Not needed for safety (a segment back after a crash holds only
             // finished messages) but keeps recovery from reading it again.
@@ -679,6 +707,8 @@ mod tests {
         spool.mark_done("A").unwrap();
         spool.enqueue(&meta("E"), b"body\r\n").await.unwrap();
         assert_eq!(seqs(dir.path()), [3, 4, 5, 6]);
+        // C, D and E pending, in four segment files.
+        assert_eq!(spool.gauges(), (3, 4));
         drop(spool);
         committer.join().unwrap();
 
