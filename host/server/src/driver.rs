@@ -306,39 +306,27 @@ impl Driver {
                 let Some(p) = &self.principal else {
                     return internal();
                 };
-                let txn = match policy.transaction(p) {
+                let txn = match policy.transaction(p, &self.session_info(p)) {
                     Ok(t) => t,
                     Err(r) => return Verdict::Reject(r),
                 };
-                let info = self.session_info(p);
                 let r = txn
-                    .check_sender(
-                        &info,
-                        &address,
-                        declared_size,
-                        body == BodyType::EightBitMime,
-                    )
+                    .check_sender(&address, declared_size, body == BodyType::EightBitMime)
                     .await;
                 self.txn = Some((txn, address));
                 verdict(r)
             }
             Question::Recipient { address } => {
-                let (Some(p), Some((txn, sender))) = (&self.principal, &self.txn) else {
+                let Some((txn, sender)) = &self.txn else {
                     return internal();
                 };
-                verdict(
-                    txn.check_recipient(&self.session_info(p), sender, &address)
-                        .await,
-                )
+                verdict(txn.check_recipient(sender, &address).await)
             }
             Question::Message { envelope, content } => {
                 let (Some(p), Some((txn, _))) = (self.principal.clone(), self.txn.take()) else {
                     return internal();
                 };
-                let decided = match txn
-                    .message(&self.session_info(&p), &envelope, &content)
-                    .await
-                {
+                let decided = match txn.message(&envelope, &content).await {
                     Ok(v) => v,
                     Err(r) => {
                         info!(event = "smtp.message", outcome = "refused", code = r.code);

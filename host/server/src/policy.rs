@@ -3,21 +3,23 @@
 //! The session driver asks a [`Policy`] whether a login may authenticate,
 //! then, for each transaction, takes a [`TxnPolicy`] that answers the
 //! sender, recipient and message questions of that transaction, so that a
-//! transaction runs wholly on the policy version it started with.
+//! transaction runs wholly on the policy version it started with. The
+//! session, as the policy sees it, is given once, when the transaction
+//! starts: it does not change within one.
 //!
 //! [`WasmPolicy`] answers with each tenant's WebAssembly function set.
 //! [`NoopPolicy`] accepts everything and exists only as the baseline of the
 //! policy-cost benchmark.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailwit_runtime::{
-    Decision, Failure, FailureKind, Limits, MessageArgs, PolicySet, Route, Runtime, Session,
-    SessionInfo,
+    Decision, Failure, FailureKind, Limits, MessageArgs, MessageInfo, PolicySet, Route, Runtime,
+    Session, SessionInfo,
 };
 use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
 
@@ -57,32 +59,25 @@ pub trait Policy: Send + Sync + 'static {
         secret: &str,
     ) -> Result<Principal, Reply>;
 
-    /// The policy for one new transaction of this principal.
-    fn transaction(&self, principal: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply>;
+    /// The policy for one new transaction of this principal, in `session`.
+    fn transaction(
+        &self,
+        principal: &Principal,
+        session: &SessionInfo,
+    ) -> Result<Arc<dyn TxnPolicy>, Reply>;
 }
 
 #[async_trait]
 pub trait TxnPolicy: Send + Sync {
     async fn check_sender(
         &self,
-        session: &SessionInfo,
         sender: &str,
         size: Option<u64>,
         eight_bit: bool,
     ) -> Result<(), Reply>;
-    async fn check_recipient(
-        &self,
-        session: &SessionInfo,
-        sender: &str,
-        recipient: &str,
-    ) -> Result<(), Reply>;
+    async fn check_recipient(&self, sender: &str, recipient: &str) -> Result<(), Reply>;
     /// Inspection and routing.
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        content: &[u8],
-    ) -> Result<MessageVerdict, Reply>;
+    async fn message(&self, envelope: &Envelope, content: &[u8]) -> Result<MessageVerdict, Reply>;
 }
 
 /// The reply for any failed login, unknown or wrong: the same, so a client
@@ -303,7 +298,11 @@ impl Policy for WasmPolicy {
         })
     }
 
-    fn transaction(&self, principal: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply> {
+    fn transaction(
+        &self,
+        principal: &Principal,
+        session: &SessionInfo,
+    ) -> Result<Arc<dyn TxnPolicy>, Reply> {
         let set = self
             .tenants
             .get(&principal.tenant)
@@ -312,7 +311,7 @@ impl Policy for WasmPolicy {
             rt: self.rt.clone(),
             set,
             metrics: self.metrics.clone(),
-            session: OnceLock::new(),
+            session: Session::new(session),
         }))
     }
 }
@@ -322,42 +321,29 @@ struct WasmTxn {
     rt: Arc<Runtime>,
     set: Arc<PolicySet>,
     metrics: Arc<Metrics>,
-    /// The session as components see it, converted at the first decision:
-    /// it does not change within a transaction.
-    session: OnceLock<Session>,
-}
-
-impl WasmTxn {
-    fn session(&self, s: &SessionInfo) -> Session {
-        self.session.get_or_init(|| Session::new(s)).clone()
-    }
+    /// The session as components see it, converted once.
+    session: Session,
 }
 
 #[async_trait]
 impl TxnPolicy for WasmTxn {
     async fn check_sender(
         &self,
-        session: &SessionInfo,
         sender: &str,
         size: Option<u64>,
         eight_bit: bool,
     ) -> Result<(), Reply> {
-        let (rt, s, sender) = (self.rt.clone(), self.session(session), sender.to_string());
+        let (rt, s, sender) = (self.rt.clone(), self.session.clone(), sender.to_string());
         decide(&self.metrics, &self.set, "check-sender", move |p, l| {
             p.check_sender(&rt, l, &s, &sender, size, eight_bit)
         })
         .await
     }
 
-    async fn check_recipient(
-        &self,
-        session: &SessionInfo,
-        sender: &str,
-        recipient: &str,
-    ) -> Result<(), Reply> {
+    async fn check_recipient(&self, sender: &str, recipient: &str) -> Result<(), Reply> {
         let (rt, s, sender, rcpt) = (
             self.rt.clone(),
-            self.session(session),
+            self.session.clone(),
             sender.to_string(),
             recipient.to_string(),
         );
@@ -367,25 +353,21 @@ impl TxnPolicy for WasmTxn {
         .await
     }
 
-    async fn message(
-        &self,
-        session: &SessionInfo,
-        envelope: &Envelope,
-        content: &[u8],
-    ) -> Result<MessageVerdict, Reply> {
-        let args = MessageArgs::new(
-            &envelope.sender,
-            &envelope.recipients,
-            crate::message::summarize(content),
-        );
-        let (rt, s, m) = (self.rt.clone(), self.session(session), args.clone());
+    async fn message(&self, envelope: &Envelope, content: &[u8]) -> Result<MessageVerdict, Reply> {
+        // Parsed only for a function that will see it (route does not).
+        let summary = match self.set.answers("inspect-message") {
+            true => crate::message::summarize(content),
+            false => MessageInfo::default(),
+        };
+        let args = MessageArgs::new(&envelope.sender, &envelope.recipients, summary);
+        let (rt, s, m) = (self.rt.clone(), self.session.clone(), args.clone());
         let inspection = decide(&self.metrics, &self.set, "inspect-message", move |p, l| {
             p.inspect_message(&rt, l, &s, &m)
         })
         .await?;
         let (rt, s, md) = (
             self.rt.clone(),
-            self.session(session),
+            self.session.clone(),
             inspection.metadata.clone(),
         );
         let route = decide(&self.metrics, &self.set, "route", move |p, l| {
@@ -431,31 +413,20 @@ impl Policy for NoopPolicy {
         })
     }
 
-    fn transaction(&self, _p: &Principal) -> Result<Arc<dyn TxnPolicy>, Reply> {
+    fn transaction(&self, _p: &Principal, _s: &SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
         Ok(Arc::new(NoopPolicy))
     }
 }
 
 #[async_trait]
 impl TxnPolicy for NoopPolicy {
-    async fn check_sender(
-        &self,
-        _s: &SessionInfo,
-        _f: &str,
-        _z: Option<u64>,
-        _e: bool,
-    ) -> Result<(), Reply> {
+    async fn check_sender(&self, _f: &str, _z: Option<u64>, _e: bool) -> Result<(), Reply> {
         Ok(())
     }
-    async fn check_recipient(&self, _s: &SessionInfo, _f: &str, _r: &str) -> Result<(), Reply> {
+    async fn check_recipient(&self, _f: &str, _r: &str) -> Result<(), Reply> {
         Ok(())
     }
-    async fn message(
-        &self,
-        _s: &SessionInfo,
-        _e: &Envelope,
-        _c: &[u8],
-    ) -> Result<MessageVerdict, Reply> {
+    async fn message(&self, _e: &Envelope, _c: &[u8]) -> Result<MessageVerdict, Reply> {
         Ok(MessageVerdict {
             metadata: Vec::new(),
             remove_headers: Vec::new(),
