@@ -222,14 +222,18 @@ impl Delivery {
         if events.is_empty() {
             return;
         }
+        // The store takes the events; a copy only for a message that asked
+        // for reports.
+        let for_reports = reports::wanted(meta).then(|| events.clone());
         let status = self.status.clone();
-        let recorded = events.clone();
-        match tokio::task::spawn_blocking(move || status.record(recorded)).await {
+        match tokio::task::spawn_blocking(move || status.record(events)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "status.write_failed", cause = %e),
             Err(e) => tracing::error!(event = "status.write_failed", cause = %e),
         }
-        self.reports.events(meta, &events).await;
+        if let Some(events) = for_reports {
+            self.reports.events(meta, &events).await;
+        }
     }
 
     fn event(

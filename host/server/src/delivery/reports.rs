@@ -48,6 +48,11 @@ fn meta_value<'a>(meta: &'a Meta, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Whether the message asked for delivery reports (it has a notify URL).
+pub fn wanted(meta: &Meta) -> bool {
+    meta_value(meta, "notifyUrl").is_some()
+}
+
 fn xml_escape(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control())
