@@ -257,8 +257,9 @@ impl Committer {
         let (mut syncs, mut records) = (0u64, 0u64);
         let mut stopping = false;
         while let Ok(first) = rx.recv() {
-            let (mut batch, mut lazy, mut done_ids, mut bytes) =
-                (Vec::new(), Vec::new(), Vec::new(), 0);
+            // Message records to commit, and Done records (no fsync of
+            // their own).
+            let (mut batch, mut done, mut bytes) = (Vec::new(), Vec::new(), 0);
             let mut next = Some(first);
             while let Some(job) = next {
                 match job {
@@ -271,29 +272,26 @@ impl Committer {
                         batch.push(a);
                     }
                     Job::Done(id) => {
+                        // The message may go with its segment even if this
+                        // record is never written: removing the message
+                        // record is as final as a Done record.
+                        if let Some(seq) = self.location.remove(&id) {
+                            self.live
+                                .entry(seq)
+                                .and_modify(|n| *n = n.saturating_sub(1));
+                        }
                         let record = encode(Kind::Done, &[id.as_bytes()]);
                         bytes += record.len();
-                        lazy.push(record);
-                        done_ids.push(id);
+                        done.push(record);
                     }
                 }
                 next = (bytes < MAX_BATCH_BYTES)
                     .then(|| rx.try_recv().ok())
                     .flatten();
             }
-            // A message marked done may go with its segment even if its
-            // Done record is not written: removing the message record is
-            // as final as a Done record.
-            for id in done_ids {
-                if let Some(seq) = self.location.remove(&id) {
-                    self.live
-                        .entry(seq)
-                        .and_modify(|n| *n = n.saturating_sub(1));
-                }
-            }
             if batch.is_empty() {
-                // Only lazy records: written now, synced by a later batch.
-                if let Err(e) = self.write(&lazy, &[], false) {
+                // Only Done records: written now, synced by a later batch.
+                if let Err(e) = self.write(&done, &[], false) {
                     tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
                     self.rotate();
                 }
@@ -304,7 +302,7 @@ impl Committer {
                 continue;
             }
             let seq = self.segment.seq;
-            let result = self.commit(&lazy, &batch, bytes);
+            let result = self.commit(&done, &batch, bytes);
             if result.is_ok() {
                 *self.live.entry(seq).or_default() += batch.len();
                 for a in &batch {
@@ -342,7 +340,7 @@ impl Committer {
                 break;
             }
         }
-        // Lazy records written since the last batch.
+        // Done records written since the last batch.
         if let Err(e) = self.segment.file.sync_data() {
             tracing::error!(cause = %e, "spool sync at shutdown failed");
         }
@@ -356,7 +354,7 @@ impl Committer {
 
     fn commit(
         &mut self,
-        lazy: &[Vec<u8>],
+        done: &[Vec<u8>],
         batch: &[Append],
         bytes: usize,
     ) -> Result<u64, CommitError> {
@@ -369,7 +367,7 @@ impl Committer {
             );
             return Err(CommitError::DiskFull);
         }
-        let start = match self.write(lazy, batch, true) {
+        let start = match self.write(done, batch, true) {
             Ok(start) => start,
             Err(e) => {
                 tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
@@ -430,9 +428,9 @@ impl Committer {
         }
     }
 
-    /// Writes `lazy` then `batch`; with `sync`, pending cancels first and
-    /// an fsync after. Returns the offset at which `batch` starts.
-    fn write(&mut self, lazy: &[Vec<u8>], batch: &[Append], sync: bool) -> io::Result<u64> {
+    /// Writes the `done` records, then `batch`; with `sync`, pending cancels
+    /// first and an fsync after. Returns the offset at which `batch` starts.
+    fn write(&mut self, done: &[Vec<u8>], batch: &[Append], sync: bool) -> io::Result<u64> {
         let cancels: Vec<Vec<u8>> = match sync {
             true => self
                 .cancels
@@ -441,7 +439,7 @@ impl Committer {
                 .collect(),
             false => Vec::new(),
         };
-        for rec in cancels.iter().chain(lazy) {
+        for rec in cancels.iter().chain(done) {
             self.segment.file.write_all(rec)?;
             self.segment.len += rec.len() as u64;
         }
@@ -569,6 +567,14 @@ fn read(dir: &Path, pending_only: bool, content: bool) -> io::Result<Vec<(Locati
 mod tests {
     use super::*;
 
+    /// No free-space floor; a new segment after `segment_bytes`.
+    fn small_segments(segment_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            min_free_bytes: 0,
+            segment_bytes,
+        }
+    }
+
     fn meta(id: &str) -> Meta {
         Meta {
             id: id.into(),
@@ -588,10 +594,7 @@ mod tests {
     #[tokio::test]
     async fn done_and_torn_records_are_not_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            min_free_bytes: 0,
-            segment_bytes: 200,
-        };
+        let config = small_segments(200);
         let (spool, committer, pending) = Spool::open(dir.path(), &config).unwrap();
         assert!(pending.is_empty());
         // Concurrent enqueues share commits; small segments force rotation.
@@ -636,10 +639,7 @@ mod tests {
     #[tokio::test]
     async fn messages_load_from_their_locations() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SpoolConfig {
-            min_free_bytes: 0,
-            segment_bytes: 300,
-        };
+        let config = small_segments(300);
         let (spool, committer, _) = Spool::open(dir.path(), &config).unwrap();
         // Two waves of concurrent enqueues: batches of several records,
         // and a new segment for each wave.
@@ -686,10 +686,7 @@ mod tests {
     async fn finished_segments_are_removed_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         // Every batch fills its segment: one message per segment.
-        let config = SpoolConfig {
-            min_free_bytes: 0,
-            segment_bytes: 1,
-        };
+        let config = small_segments(1);
         let seqs = |dir: &Path| -> Vec<u64> {
             segments(dir).unwrap().into_iter().map(|(s, _)| s).collect()
         };
