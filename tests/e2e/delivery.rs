@@ -264,7 +264,7 @@ fn relay_signs_retries_bounces_and_tracks_every_step() {
 fn discard_route_and_retention_purge() {
     let s = Server::start_with(Options {
         delivery: "retention_secs = 2\npurge_interval_secs = 1".into(),
-        acme_rules: "[tenants.rules.route]\ndefault = \"discard\"\n".into(),
+        acme_rules: route_rules("discard"),
         ..Options::default()
     });
     let id = submit(&s, "a@example.net", &[]);
@@ -288,22 +288,14 @@ fn metrics_show_the_delivery_queue() {
         acme_rules: relay_rules(free_port(), &dkim_key(tmp.path()).0),
         ..Options::default()
     });
-    let metrics = || {
-        let (ok, out) = run(Command::new("curl").args([
-            "-sS",
-            &format!("http://127.0.0.1:{}/metrics", s.port("admin")),
-        ]));
-        assert!(ok, "{out}");
-        out
-    };
-    assert!(metrics().contains("mailwit_delivery_retrying 0\n"));
+    assert!(s.metrics().contains("mailwit_delivery_retrying 0\n"));
     let id = submit(&s, "later@example.net", &[]);
     wait_for("a deferral", || {
         s.statuses(&id, "later@example.net")
             .contains(&"deferred".to_string())
     });
     wait_for("the retry counted", || {
-        let m = metrics();
+        let m = s.metrics();
         m.contains("mailwit_delivery_retrying 1\n")
             && m.contains("mailwit_delivery_waiting 0\n")
             && m.contains("mailwit_spool_pending_messages 1\n")
@@ -317,7 +309,7 @@ fn metrics_show_the_delivery_queue() {
 fn queued_content_is_read_back_from_the_spool() {
     let s = Server::start_with(Options {
         delivery: "in_memory_queue = 0".into(),
-        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        acme_rules: route_rules("sandbox"),
         ..Options::default()
     });
     let ids: Vec<String> = (0..3)
@@ -382,7 +374,7 @@ fn sigkill_during_delivery_loses_nothing() {
 fn a_lost_done_record_delivers_nothing_again() {
     use mailwit::spool::record::{Kind, encode};
     let mut s = Server::start_with(Options {
-        acme_rules: "[tenants.rules.route]\ndefault = \"discard\"\n".into(),
+        acme_rules: route_rules("discard"),
         ..Options::default()
     });
     let id = submit(&s, "a@example.net", &[]);
@@ -462,7 +454,7 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let s = Server::start_with(Options {
-        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        acme_rules: route_rules("sandbox"),
         ..Options::default()
     });
     let url = format!("X-IB-notify-url: http://127.0.0.1:{port}/dlr");
@@ -557,7 +549,7 @@ fn https_delivery_reports_are_verified_against_the_trust_store() {
     );
     // The receiver's certificate is the whole trust store of this server.
     let s = Server::start_with(Options {
-        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        acme_rules: route_rules("sandbox"),
         env: vec![("SSL_CERT_FILE".into(), cert.to_str().unwrap().into())],
         ..Options::default()
     });

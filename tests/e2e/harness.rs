@@ -206,6 +206,11 @@ domains = ["acme.example"]
         self.ports[listener]
     }
 
+    /// The admin listener's Prometheus text.
+    pub fn metrics(&self) -> String {
+        http_get(self.port("admin"), "/metrics")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -468,6 +473,20 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// A plain HTTP GET on loopback with curl; the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    let (ok, out) =
+        run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]));
+    assert!(ok, "{out}");
+    out
+}
+
+/// Rules for the acme tenant whose messages all take `route`
+/// (`sandbox`, `discard`, `relay:<name>`).
+pub fn route_rules(route: &str) -> String {
+    format!("[tenants.rules.route]\ndefault = \"{route}\"\n")
 }
 
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -398,7 +398,7 @@ fn hostile_components_cost_their_own_transaction_a_451() {
     stop.store(true, Ordering::Relaxed);
     let sent = good.join().expect("the good tenant's client failed");
     assert!(sent > 0);
-    let metrics = http_get(s.port("admin"), "/metrics");
+    let metrics = s.metrics();
     assert!(metrics.contains("mailwit_policy_deadline_hits_total{tenant=\"evil\",function=\"hostile\",kind=\"deadline\"} 1"), "{metrics}");
     for kind in ["memory", "trap", "oversize"] {
         assert!(
@@ -584,13 +584,6 @@ fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
     }
     // All four combinations the swaps went through were seen, in order of deploys.
     assert!(seen.len() >= 3, "versions seen: {seen:?}");
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let (ok, out) =
-        run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}{path}")]));
-    assert!(ok, "{out}");
-    out
 }
 
 #[test]

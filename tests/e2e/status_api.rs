@@ -151,7 +151,7 @@ fn status_api_shows_a_messages_events_per_recipient_to_its_tenant_only() {
 #[test]
 fn status_api_lists_and_serves_the_tenants_sandbox() {
     let s = Server::start_with(Options {
-        acme_rules: "[tenants.rules.route]\ndefault = \"sandbox\"\n".into(),
+        acme_rules: route_rules("sandbox"),
         extra: beta(),
         ..Options::default()
     });
@@ -214,10 +214,7 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
     // Mail is not disturbed meanwhile.
     submit(&s, "still@example.net", &[]);
     // Each failure is counted on the admin listener's /metrics.
-    let (ok, metrics) = run(Command::new("curl")
-        .arg("-s")
-        .arg(format!("http://127.0.0.1:{}/metrics", s.port("admin"))));
-    assert!(ok);
+    let metrics = s.metrics();
     for line in [
         "mailwit_status_api_failures_total{kind=\"deadline\"} 1",
         "mailwit_status_api_failures_total{kind=\"memory\"} 1",
