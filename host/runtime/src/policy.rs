@@ -108,6 +108,8 @@ pub struct PolicySet {
     pub limits: Limits,
     /// For the embedder's scheduling of calls; starts empty.
     pub scheduling: Scheduling,
+    /// [`PolicySet::label`], made on first use; starts empty.
+    pub label: std::sync::OnceLock<String>,
 }
 
 /// What the embedder learns about a set's calls while it runs them.
@@ -421,6 +423,22 @@ impl PolicySet {
 }
 
 impl PolicySet {
+    /// The version that answers, as recorded with each message:
+    /// "generation=3 rules@2 auth@1 router@4". Made once per set: every
+    /// message accepted on it carries the same text.
+    pub fn label(&self) -> &str {
+        self.label.get_or_init(|| {
+            let mut l = format!(
+                "generation={} rules@{}",
+                self.generation, self.rules_version
+            );
+            for f in &self.functions {
+                l.push_str(&format!(" {}@{}", f.name, f.version));
+            }
+            l
+        })
+    }
+
     /// Whether any function answers `decision` (a WIT interface name:
     /// "check-recipient", ...). When none does, the answer is known without
     /// a call: accept (and `relay:default` for route).

@@ -43,6 +43,7 @@ fn main() {
         rules_version: 1,
         limits: Limits::default(),
         scheduling: Default::default(),
+        label: Default::default(),
     };
     let client = Client {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -181,6 +182,7 @@ fn main() {
             rules_version: set.rules_version,
             limits: set.limits,
             scheduling: Default::default(),
+            label: Default::default(),
         };
         let start = Instant::now();
         login(&fresh);

@@ -374,22 +374,11 @@ impl TxnPolicy for WasmTxn {
             p.route(&rt, l, &s, &args, &md)
         })
         .await?;
-        let versions: Vec<String> = self
-            .set
-            .functions
-            .iter()
-            .map(|f| format!("{}@{}", f.name, f.version))
-            .collect();
         Ok(MessageVerdict {
             metadata: inspection.metadata,
             remove_headers: inspection.remove_headers,
             route,
-            policy: format!(
-                "generation={} rules@{} {}",
-                self.set.generation,
-                self.set.rules_version,
-                versions.join(" ")
-            ),
+            policy: self.set.label().to_string(),
         })
     }
 }

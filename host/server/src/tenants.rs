@@ -333,6 +333,7 @@ impl Tenants {
             rules_version,
             limits,
             scheduling: Default::default(),
+            label: Default::default(),
         });
         write_durable(
             &self.tenant_dir(tenant).join("state.json"),
