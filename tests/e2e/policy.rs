@@ -408,6 +408,41 @@ fn hostile_components_cost_their_own_transaction_a_451() {
     }
 }
 
+/// A component asks for the session when it needs it
+/// (`host.current-session`): each call sees its own transaction's session,
+/// also on a warm instance that served another session just before.
+#[test]
+fn components_see_the_session_of_their_own_transaction() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("session"),
+        ..Options::default()
+    });
+    let login = "mallory@evil.example";
+    let mut sessions: Vec<Raw> = ["one.test", "two.test"]
+        .iter()
+        .map(|helo| {
+            let mut r = Raw::open(s.port("plain"));
+            r.cmd(&format!("EHLO {helo}"));
+            let auth = r.cmd(&format!("AUTH PLAIN {}", base64_plain(login, PASSWORD)));
+            assert!(auth.starts_with("235"), "{auth}");
+            r
+        })
+        .collect();
+    // Alternating, so that the instances serve both sessions in turn.
+    for round in 0..4 {
+        for (r, helo) in sessions.iter_mut().zip(["one.test", "two.test"]) {
+            let reply = r.cmd("MAIL FROM:<m@evil.example>");
+            assert_eq!(
+                reply.trim_end(),
+                format!(
+                    "450 4.7.1 session login={login} tenant=evil listener=plain tls=false helo={helo} ip=127.0.0.1"
+                ),
+                "round {round}"
+            );
+        }
+    }
+}
+
 /// On the server's async workers an instance serves several calls of one
 /// function version and rules version; a new rules version gets new ones;
 /// `instance_reuse_calls = 1` turns reuse off.
@@ -464,7 +499,7 @@ fn a_deploy_that_does_not_match_the_world_is_refused() {
     );
     assert!(!ok, "{out}");
     assert!(
-        out.contains("mailwit:policy/route@0.1.0") && out.contains("wrong type"),
+        out.contains("mailwit:policy/route@0.2.0") && out.contains("wrong type"),
         "{out}"
     );
     let not_wasm = write_file(s.dir.path(), "junk.wasm", b"\0asm junk");

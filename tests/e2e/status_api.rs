@@ -336,7 +336,7 @@ fn the_status_component_imports_only_what_spin_provides() {
     assert!(!imports.iter().any(|i| i.starts_with("mailwit:")));
     // The checker itself refuses what Spin lacks.
     for bad in [
-        "mailwit:policy/host@0.1.0",
+        "mailwit:policy/host@0.2.0",
         "wasi:keyvalue/store@0.2.0-draft",
         "wasi:filesystem/types@0.2.0",
         "wasi:http/types@0.3.0-rc-2026-01-06",

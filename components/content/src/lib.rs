@@ -12,7 +12,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "inspector" });
 
 use exports::mailwit::policy::inspect_message::Guest;
 use mailwit::policy::host;
-use mailwit::policy::types::{Envelope, Inspection, Message, Reply, Session};
+use mailwit::policy::types::{Envelope, Inspection, Message, Reply};
 
 struct Content;
 
@@ -38,7 +38,7 @@ fn refuse(code: u16, status: &str, text: String) -> Reply {
 }
 
 impl Guest for Content {
-    fn inspect_message(_session: Session, envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
+    fn inspect_message(envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
         let rules = rules();
         if let Some(max) = rules.max_size {
             if message.size > max {

@@ -15,7 +15,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "inspector" });
 
 use exports::mailwit::policy::inspect_message::Guest;
 use mailwit::policy::host;
-use mailwit::policy::types::{Envelope, Inspection, Message, Metadata, Reply, Session};
+use mailwit::policy::types::{Envelope, Inspection, Message, Metadata, Reply};
 
 const HEADERS: [(&str, &str); 6] = [
     ("X-IB-bulk-id", "bulkId"),
@@ -29,7 +29,7 @@ const HEADERS: [(&str, &str); 6] = [
 struct IbHeaders;
 
 impl Guest for IbHeaders {
-    fn inspect_message(_session: Session, _envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
+    fn inspect_message(_envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
         let mut metadata = Vec::new();
         let mut remove = Vec::new();
         for h in &message.headers {

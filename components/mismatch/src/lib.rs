@@ -1,4 +1,4 @@
-//! A component that exports `mailwit:policy/route@0.1.0` with the wrong
+//! A component that exports `mailwit:policy/route@0.2.0` with the wrong
 //! type, for the test that a deploy refuses it and the running version stays.
 
 wit_bindgen::generate!({ path: "wit", world: "mismatch" });

@@ -4,12 +4,12 @@
 wit_bindgen::generate!({ path: "../../wit", world: "router" });
 
 use exports::mailwit::policy::route::Guest;
-use mailwit::policy::types::{Envelope, Metadata, Reply, Destination, Session};
+use mailwit::policy::types::{Envelope, Metadata, Reply, Destination};
 
 struct SandboxRouter;
 
 impl Guest for SandboxRouter {
-    fn route(_session: Session, _envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
+    fn route(_envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
         Ok(Destination::Sandbox)
     }
 }

@@ -11,7 +11,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "router" });
 
 use exports::mailwit::policy::route::Guest;
 use mailwit::policy::host;
-use mailwit::policy::types::{Envelope, Metadata, Reply, Destination, Session};
+use mailwit::policy::types::{Envelope, Metadata, Reply, Destination};
 
 struct Router;
 
@@ -31,7 +31,7 @@ fn rules() -> &'static Rules {
 }
 
 impl Guest for Router {
-    fn route(_session: Session, envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
+    fn route(envelope: Envelope, _metadata: Vec<Metadata>) -> Result<Destination, Reply> {
         let rules = rules();
         let sandboxed = &rules.sandboxed;
         if !sandboxed.is_empty()

@@ -12,7 +12,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
 
 use exports::mailwit::policy::check_sender::Guest;
 use mailwit::policy::host;
-use mailwit::policy::types::{MailParams, Reply, Session};
+use mailwit::policy::types::{MailParams, Reply};
 
 struct Sender;
 
@@ -40,7 +40,7 @@ fn refuse(code: u16, status: &str, text: &str) -> Reply {
 }
 
 impl Guest for Sender {
-    fn check_sender(_session: Session, sender: String, params: MailParams) -> Result<(), Reply> {
+    fn check_sender(sender: String, params: MailParams) -> Result<(), Reply> {
         let rules = rules();
         if let (Some(size), Some(max)) = (params.size, rules.max_size) {
             if size > max {

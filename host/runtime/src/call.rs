@@ -138,6 +138,10 @@ pub struct State {
     function: Arc<str>,
     version: u64,
     logs: u32,
+    /// What `host.current-session` answers: the session of the transaction the
+    /// current call decides for. Set before every call (a warm instance
+    /// serves many transactions); none for authenticate.
+    pub(crate) session: Option<Arc<im::types::Session>>,
     /// The instance's exports, type-checked on first use: a warm instance
     /// serves many calls, and looking an export up and checking its type
     /// costs about as much as a small call. A store holds one instance, so
@@ -219,6 +223,10 @@ impl im::host::Host for State {
 
     fn verify_secret(&mut self, key: String, secret: String) -> bool {
         self.rules.verify_secret(&key, &secret)
+    }
+
+    fn current_session(&mut self) -> Option<im::types::Session> {
+        self.session.as_deref().cloned()
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -340,6 +348,7 @@ fn instantiate(
         function: Arc::from(function.name.as_str()),
         version: function.version,
         logs: 0,
+        session: None,
         loaded: Loaded::default(),
     };
     let mut store = Store::new(&rt.engine, state);

@@ -113,7 +113,7 @@ impl Function {
 pub enum LoadError {
     #[error("not a valid WebAssembly component: {0}")]
     Compile(String),
-    #[error("component does not link against mailwit:policy@0.1.0: {0}")]
+    #[error("component does not link against mailwit:policy@0.2.0: {0}")]
     Link(String),
     #[error(
         "not an HTTP component mailwit can serve (one exporting wasi:http/incoming-handler@0.2.x and importing only WASI 0.2, wasi:http/types, fermyon:spin/key-value@2.0.0 and fermyon:spin/variables@2.0.0): {0}"
@@ -122,7 +122,7 @@ pub enum LoadError {
     #[error("component exports {interface} with the wrong type: {why}")]
     Mismatch { interface: String, why: String },
     #[error(
-        "component exports none of mailwit:policy/{{authenticate,check-sender,check-recipient,inspect-message,route}}@0.1.0 (it exports: {found})"
+        "component exports none of mailwit:policy/{{authenticate,check-sender,check-recipient,inspect-message,route}}@0.2.0 (it exports: {found})"
     )]
     NoExports { found: String },
 }
@@ -220,14 +220,14 @@ impl Runtime {
                     Ok(i) => Some(i),
                     Err(_)
                         if component
-                            .get_export_index(None, concat!("mailwit:policy/", $iface, "@0.1.0"))
+                            .get_export_index(None, concat!("mailwit:policy/", $iface, "@0.2.0"))
                             .is_none() =>
                     {
                         None
                     }
                     Err(e) => {
                         return Err(LoadError::Mismatch {
-                            interface: concat!("mailwit:policy/", $iface, "@0.1.0").into(),
+                            interface: concat!("mailwit:policy/", $iface, "@0.2.0").into(),
                             why: format!("{e:#}"),
                         });
                     }
@@ -273,7 +273,7 @@ impl Runtime {
         let rules = std::sync::Arc::new(crate::rules::Rules::default());
         let tenant: std::sync::Arc<str> = std::sync::Arc::from("deploy-check");
         let mismatch = |iface: &str, e: wasmtime::Error| LoadError::Mismatch {
-            interface: format!("mailwit:policy/{iface}@0.1.0"),
+            interface: format!("mailwit:policy/{iface}@0.2.0"),
             why: format!("{e:#}"),
         };
         let r = crate::call::fresh(

@@ -218,13 +218,14 @@ impl PolicySet {
             .map_err(|e| self.fail(f, FailureKind::InvalidReply(e.to_string())))
     }
 
-    /// Asks every function that `has` the decision point, in order, on a
-    /// fresh instance each; `take` absorbs an acceptance. The first refusal
-    /// wins.
+    /// Asks every function that `has` the decision point, in order, each
+    /// on its own instance, which answers `host.current-session` with `session`;
+    /// `take` absorbs an acceptance. The first refusal wins.
     fn each<R>(
         &self,
         rt: &Runtime,
         limits: Limits,
+        session: Option<&Session>,
         has: impl Fn(&Function) -> bool,
         mut call: impl FnMut(
             &Function,
@@ -235,6 +236,7 @@ impl PolicySet {
     ) -> Result<Option<Reply>, Failure> {
         for f in self.functions.iter().filter(|f| has(f)) {
             match call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
+                store.data_mut().session = session.map(|s| s.0.clone());
                 call(f, store, inst)
             })? {
                 Ok(v) => take(f, v)?,
@@ -264,6 +266,7 @@ impl PolicySet {
         let refused = self.each(
             rt,
             limits,
+            None,
             |f| f.exports.authenticate.is_some(),
             |f, store, inst| {
                 let idx = f.exports.authenticate.as_ref().expect("filtered");
@@ -300,15 +303,15 @@ impl PolicySet {
         eight_bit: bool,
     ) -> Result<Decision<()>, Failure> {
         let params = t::MailParams { size, eight_bit };
-        let sess = &*s.0;
         let refused = self.each(
             rt,
             limits,
+            Some(s),
             |f| f.exports.check_sender.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_sender.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.check_sender, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_sender(&mut *store, sess, sender, params))
+                    .and_then(|g| g.call_check_sender(&mut *store, sender, params))
             },
             |_, ()| Ok(()),
         )?;
@@ -323,15 +326,15 @@ impl PolicySet {
         sender: &str,
         recipient: &str,
     ) -> Result<Decision<()>, Failure> {
-        let sess = &*s.0;
         let refused = self.each(
             rt,
             limits,
+            Some(s),
             |f| f.exports.check_recipient.is_some(),
             |f, store, inst| {
                 let idx = f.exports.check_recipient.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.check_recipient, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_recipient(&mut *store, sess, sender, recipient))
+                    .and_then(|g| g.call_check_recipient(&mut *store, sender, recipient))
             },
             |_, ()| Ok(()),
         )?;
@@ -347,16 +350,17 @@ impl PolicySet {
         s: &Session,
         m: &MessageArgs,
     ) -> Result<Decision<Inspection>, Failure> {
-        let (sess, envelope, message) = (&*s.0, &*m.envelope, &*m.message);
+        let (envelope, message) = (&*m.envelope, &*m.message);
         let mut out = Inspection::default();
         let refused = self.each(
             rt,
             limits,
+            Some(s),
             |f| f.exports.inspect_message.is_some(),
             |f, store, inst| {
                 let idx = f.exports.inspect_message.as_ref().expect("filtered");
                 call::export(store, |l| &mut l.inspect_message, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_inspect_message(&mut *store, sess, envelope, message))
+                    .and_then(|g| g.call_inspect_message(&mut *store, envelope, message))
             },
             |f, found: t::Inspection| {
                 if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
@@ -394,7 +398,7 @@ impl PolicySet {
             return Ok(Decision::Accept(Route::Relay("default".into())));
         };
         let idx = f.exports.route.as_ref().expect("checked");
-        let (sess, envelope) = (&*s.0, &*m.envelope);
+        let envelope = &*m.envelope;
         let md: Vec<t::Metadata> = metadata
             .iter()
             .map(|(k, v)| t::Metadata {
@@ -403,9 +407,9 @@ impl PolicySet {
             })
             .collect();
         let r = call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
+            store.data_mut().session = Some(s.0.clone());
             call::export(store, |l| &mut l.route, |s| idx.load(s, inst))?.call_route(
                 &mut *store,
-                sess,
                 envelope,
                 &md,
             )
