@@ -315,6 +315,24 @@ domains = ["acme.example"]
             .args(args))
     }
 
+    /// Runs `mailwit serve` on the same configuration and data in the
+    /// foreground, for a start that is expected to fail: its exit status
+    /// and stderr.
+    pub fn serve_failing(&self) -> (std::process::ExitStatus, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailwit"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_BACKTRACE", "0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mailwit");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts the binary again on the same configuration and data.
     pub fn restart(&mut self) {
         self.kill9();

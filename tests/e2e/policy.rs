@@ -42,6 +42,12 @@ fn admin(s: &Server, args: &[&str]) -> (bool, String) {
     s.cli("tenant", args)
 }
 
+/// Deploys the sandbox router as the default tenant's (acme's) `router`.
+fn deploy_sandbox_router(s: &Server) -> (bool, String) {
+    let path = component("router_sandbox");
+    admin(s, &["deploy", "acme", "router", path.to_str().unwrap()])
+}
+
 #[test]
 fn reference_functions_accept_and_refuse_with_their_codes() {
     let strict = tenant(
@@ -567,15 +573,7 @@ fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
         format!("revision = \"acme-2\"\n[users]\n\"{LOGIN}\" = \"{}\"\n[senders]\ndomains = [\"acme.example\"]\n", demo_hash()).as_bytes(),
     );
     wait_for_more();
-    let (ok, out) = admin(
-        &s,
-        &[
-            "deploy",
-            "acme",
-            "router",
-            component("router_sandbox").to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = deploy_sandbox_router(&s);
     assert!(ok, "{out}");
     wait_for_more();
     let (ok, out) = admin(&s, &["rules", "acme", rules2.to_str().unwrap()]);
@@ -624,15 +622,7 @@ fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
 #[test]
 fn deployed_versions_survive_a_restart_without_recompiling() {
     let mut s = Server::start();
-    let (ok, out) = admin(
-        &s,
-        &[
-            "deploy",
-            "acme",
-            "router",
-            component("router_sandbox").to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = deploy_sandbox_router(&s);
     assert!(ok, "{out}");
     // The first start compiled (the check below can see compilations).
     assert!(s.log_text().contains("component.compiled"));
@@ -656,6 +646,28 @@ fn deployed_versions_survive_a_restart_without_recompiling() {
     // And the history survived too: rollback goes to version 1.
     let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
     assert!(ok && out.contains("\"active_version\":1"), "{out}");
+}
+
+/// A stored version that no longer links (a component built against an
+/// older contract, say) stops the server at start-up with an error that
+/// names it, rather than a tenant running without one of its functions.
+#[test]
+fn a_stored_version_that_does_not_link_stops_start_up_naming_it() {
+    let mut s = Server::start();
+    let (ok, out) = deploy_sandbox_router(&s);
+    assert!(ok && out.contains("\"version\":2"), "{out}");
+    s.kill9();
+    let stored = s.data_dir().join("tenants/acme/functions/router/2.wasm");
+    assert!(stored.exists(), "{}", stored.display());
+    std::fs::copy(component("mismatch"), &stored).unwrap();
+    let (status, err) = s.serve_failing();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("loading tenant acme")
+            && err.contains("function router version 2")
+            && err.contains("mailwit:policy/route@0.2.0"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -295,7 +295,10 @@ impl Tenants {
             .join(name)
             .join(format!("{version}.wasm"));
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let f = Arc::new(self.rt.load(name, version, &bytes)?);
+        let f =
+            Arc::new(self.rt.load(name, version, &bytes).with_context(|| {
+                format!("function {name} version {version} ({})", path.display())
+            })?);
         self.loaded
             .lock()
             .expect("loaded lock")
