@@ -22,17 +22,37 @@ use mailwit::policy::types::{ClientInfo, Mechanism, Reply};
 struct Auth;
 
 fn refuse(code: u16, status: &str, text: &str) -> Reply {
-    Reply { code, status: status.into(), text: text.into() }
+    Reply {
+        code,
+        status: status.into(),
+        text: text.into(),
+    }
 }
 
 impl Guest for Auth {
-    fn authenticate(client: ClientInfo, _tenant: String, _mechanism: Mechanism, login: String, secret: String) -> Result<String, Reply> {
+    fn authenticate(
+        client: ClientInfo,
+        _tenant: String,
+        _mechanism: Mechanism,
+        login: String,
+        secret: String,
+    ) -> Result<String, Reply> {
         let allowed = host::rule_list("network.allowed");
         if !allowed.is_empty() {
-            let inside = client.ip.parse::<IpAddr>().is_ok_and(|ip| allowed.iter().any(|c| in_cidr(ip, c)));
+            let inside = client
+                .ip
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| allowed.iter().any(|c| in_cidr(ip, c)));
             if !inside {
-                host::log(host::Level::Info, "client address outside the allowed networks");
-                return Err(refuse(535, "5.7.1", "Client address not allowed for this account"));
+                host::log(
+                    host::Level::Info,
+                    "client address outside the allowed networks",
+                );
+                return Err(refuse(
+                    535,
+                    "5.7.1",
+                    "Client address not allowed for this account",
+                ));
             }
         }
         let key = if login == "App" {
@@ -63,7 +83,11 @@ fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
         }
         (IpAddr::V6(a), Ok(IpAddr::V6(n))) => {
             let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,

@@ -34,28 +34,51 @@ fn rules() -> &'static Rules {
 }
 
 fn refuse(code: u16, status: &str, text: String) -> Reply {
-    Reply { code, status: status.into(), text }
+    Reply {
+        code,
+        status: status.into(),
+        text,
+    }
 }
 
 impl Guest for Content {
     fn inspect_message(envelope: Envelope, message: Message) -> Result<Inspection, Reply> {
         let rules = rules();
-        if let Some(max) = rules.max_size {
-            if message.size > max {
-                return Err(refuse(552, "5.3.4", "Message size exceeds the account's limit".into()));
-            }
+        if let Some(max) = rules.max_size
+            && message.size > max
+        {
+            return Err(refuse(
+                552,
+                "5.3.4",
+                "Message size exceeds the account's limit".into(),
+            ));
         }
         if rules.refuse_attachments && !message.attachments.is_empty() {
-            return Err(refuse(550, "5.6.1", "Attachments are not allowed for this account".into()));
+            return Err(refuse(
+                550,
+                "5.6.1",
+                "Attachments are not allowed for this account".into(),
+            ));
         }
         if rules.headers_in_envelope {
             for addr in message.to.iter().chain(message.cc.iter()) {
-                if !envelope.recipients.iter().any(|r| r.eq_ignore_ascii_case(addr)) {
-                    return Err(refuse(550, "5.7.1", format!("To/Cc address {addr} is not a RCPT TO recipient")));
+                if !envelope
+                    .recipients
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(addr))
+                {
+                    return Err(refuse(
+                        550,
+                        "5.7.1",
+                        format!("To/Cc address {addr} is not a RCPT TO recipient"),
+                    ));
                 }
             }
         }
-        Ok(Inspection { metadata: Vec::new(), remove_headers: Vec::new() })
+        Ok(Inspection {
+            metadata: Vec::new(),
+            remove_headers: Vec::new(),
+        })
     }
 }
 

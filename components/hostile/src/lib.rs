@@ -50,8 +50,14 @@ impl Guest for Hostile {
                 Ok(())
             }
             Some("oversize") => {
-                let size = host::rule("hostile.size").and_then(|s| s.parse().ok()).unwrap_or(4 << 20);
-                Err(Reply { code: 550, status: "5.7.1".into(), text: "x".repeat(size) })
+                let size = host::rule("hostile.size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(4 << 20);
+                Err(Reply {
+                    code: 550,
+                    status: "5.7.1".into(),
+                    text: "x".repeat(size),
+                })
             }
             Some("session") => {
                 let text = match host::current_session() {
@@ -61,11 +67,19 @@ impl Guest for Hostile {
                     ),
                     None => "no session".into(),
                 };
-                Err(Reply { code: 450, status: "4.7.1".into(), text })
+                Err(Reply {
+                    code: 450,
+                    status: "4.7.1".into(),
+                    text,
+                })
             }
             Some("count") => {
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                Err(Reply { code: 450, status: "4.7.1".into(), text: format!("call {n}") })
+                Err(Reply {
+                    code: 450,
+                    status: "4.7.1".into(),
+                    text: format!("call {n}"),
+                })
             }
             _ => Ok(()),
         }

@@ -33,19 +33,34 @@ impl Guest for IbHeaders {
         let mut metadata = Vec::new();
         let mut remove = Vec::new();
         for h in &message.headers {
-            let Some((name, key)) = HEADERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(&h.name)) else {
+            let Some((name, key)) = HEADERS
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&h.name))
+            else {
                 continue;
             };
             let value = h.value.trim().to_string();
             let ok = match *key {
-                "notifyContentType" => matches!(value.to_ascii_lowercase().as_str(), "application/json" | "application/xml"),
-                "intermediateReport" => matches!(value.to_ascii_lowercase().as_str(), "true" | "false"),
+                "notifyContentType" => matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "application/json" | "application/xml"
+                ),
+                "intermediateReport" => {
+                    matches!(value.to_ascii_lowercase().as_str(), "true" | "false")
+                }
                 _ => true,
             };
             if !ok {
-                return Err(Reply { code: 550, status: "5.6.0".into(), text: format!("Invalid {name} header") });
+                return Err(Reply {
+                    code: 550,
+                    status: "5.6.0".into(),
+                    text: format!("Invalid {name} header"),
+                });
             }
-            metadata.push(Metadata { key: key.to_string(), value });
+            metadata.push(Metadata {
+                key: key.to_string(),
+                value,
+            });
             if !remove.iter().any(|r: &String| r.eq_ignore_ascii_case(name)) {
                 remove.push(name.to_string());
             }
@@ -54,9 +69,15 @@ impl Guest for IbHeaders {
         // the tenant's rules.
         static REVISION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
         if let Some(rev) = REVISION.get_or_init(|| host::rule("revision")) {
-            metadata.push(Metadata { key: "rulesRevision".into(), value: rev.clone() });
+            metadata.push(Metadata {
+                key: "rulesRevision".into(),
+                value: rev.clone(),
+            });
         }
-        Ok(Inspection { metadata, remove_headers: remove })
+        Ok(Inspection {
+            metadata,
+            remove_headers: remove,
+        })
     }
 }
 

@@ -48,13 +48,16 @@ impl GuestStore for EnvStore {
     }
 
     fn get_keys(&self) -> Result<Vec<String>, kv::Error> {
-        Ok(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect())
+        Ok(std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect())
     }
 }
 
 impl variables::Guest for Provider {
     fn get(name: String) -> Result<String, variables::Error> {
-        std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).map_err(|_| variables::Error::Undefined(name))
+        std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()))
+            .map_err(|_| variables::Error::Undefined(name))
     }
 }
 

@@ -4,7 +4,7 @@
 wit_bindgen::generate!({ path: "../../wit", world: "router" });
 
 use exports::mailwit::policy::route::Guest;
-use mailwit::policy::types::{Envelope, Metadata, Reply, Destination};
+use mailwit::policy::types::{Destination, Envelope, Metadata, Reply};
 
 struct SandboxRouter;
 

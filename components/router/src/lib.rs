@@ -11,7 +11,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "router" });
 
 use exports::mailwit::policy::route::Guest;
 use mailwit::policy::host;
-use mailwit::policy::types::{Envelope, Metadata, Reply, Destination};
+use mailwit::policy::types::{Destination, Envelope, Metadata, Reply};
 
 struct Router;
 
@@ -48,8 +48,15 @@ impl Guest for Router {
             r => match r.strip_prefix("relay:") {
                 Some(target) if !target.is_empty() => Ok(Destination::Relay(target.to_string())),
                 _ => {
-                    host::log(host::Level::Error, "route.default is not relay:<name>, sandbox or discard");
-                    Err(Reply { code: 451, status: "4.3.5".into(), text: "Routing is misconfigured, try again later".into() })
+                    host::log(
+                        host::Level::Error,
+                        "route.default is not relay:<name>, sandbox or discard",
+                    );
+                    Err(Reply {
+                        code: 451,
+                        status: "4.3.5".into(),
+                        text: "Routing is misconfigured, try again later".into(),
+                    })
                 }
             },
         }

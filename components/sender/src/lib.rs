@@ -36,31 +36,50 @@ fn rules() -> &'static Rules {
 }
 
 fn refuse(code: u16, status: &str, text: &str) -> Reply {
-    Reply { code, status: status.into(), text: text.into() }
+    Reply {
+        code,
+        status: status.into(),
+        text: text.into(),
+    }
 }
 
 impl Guest for Sender {
     fn check_sender(sender: String, params: MailParams) -> Result<(), Reply> {
         let rules = rules();
-        if let (Some(size), Some(max)) = (params.size, rules.max_size) {
-            if size > max {
-                return Err(refuse(552, "5.3.4", "Message size exceeds the account's limit"));
-            }
+        if let (Some(size), Some(max)) = (params.size, rules.max_size)
+            && size > max
+        {
+            return Err(refuse(
+                552,
+                "5.3.4",
+                "Message size exceeds the account's limit",
+            ));
         }
         if sender.is_empty() {
             return if rules.allow_null {
                 Ok(())
             } else {
-                Err(refuse(550, "5.7.1", "Null sender not allowed for this account"))
+                Err(refuse(
+                    550,
+                    "5.7.1",
+                    "Null sender not allowed for this account",
+                ))
             };
         }
         let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let registered = rules.addresses.iter().any(|a| a.eq_ignore_ascii_case(&sender));
+        let registered = rules
+            .addresses
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&sender));
         let verified = rules.domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
         if registered || verified {
             Ok(())
         } else {
-            Err(refuse(550, "5.7.1", "Sender address not allowed: use a registered sender or a verified domain"))
+            Err(refuse(
+                550,
+                "5.7.1",
+                "Sender address not allowed: use a registered sender or a verified domain",
+            ))
         }
     }
 }

@@ -111,7 +111,10 @@ fn handle(req: Request) -> Response {
 /// The routes; `Err` is a store failure (503).
 fn serve(req: &Request) -> Result<Response, String> {
     if *req.method() != Method::Get {
-        return Ok(json(405, &serde_json::json!({ "error": "only GET is served" })));
+        return Ok(json(
+            405,
+            &serde_json::json!({ "error": "only GET is served" }),
+        ));
     }
     let segments: Vec<&str> = req.path().trim_matches('/').split('/').collect();
     let (account, rest) = match segments.as_slice() {
@@ -119,13 +122,22 @@ fn serve(req: &Request) -> Result<Response, String> {
         _ => return Ok(not_found()),
     };
     let store = Store::open_default().map_err(|e| format!("opening the store: {e}"))?;
-    if !authorized(&store, account, req.header("authorization").and_then(|v| v.as_str()))? {
-        let mut r = json(401, &serde_json::json!({ "error": "authentication required" }));
+    if !authorized(
+        &store,
+        account,
+        req.header("authorization").and_then(|v| v.as_str()),
+    )? {
+        let mut r = json(
+            401,
+            &serde_json::json!({ "error": "authentication required" }),
+        );
         r.set_header("www-authenticate", "Basic realm=\"mailwit status\"");
         return Ok(r);
     }
     match rest {
-        ["notifications", "id", id] if valid_segment(id) => notification(&store, account, id, req.query()),
+        ["notifications", "id", id] if valid_segment(id) => {
+            notification(&store, account, id, req.query())
+        }
         ["sandbox"] => {
             let list: Vec<SandboxEntry> = match get(&store, &format!("{account}/sandbox"))? {
                 Some(v) => serde_json::from_slice(&v).map_err(|e| format!("sandbox list: {e}"))?,
@@ -133,31 +145,51 @@ fn serve(req: &Request) -> Result<Response, String> {
             };
             Ok(json(200, &serde_json::json!({ "messages": list })))
         }
-        ["sandbox", id] if valid_segment(id) => Ok(match get(&store, &format!("{account}/sandbox/{id}"))? {
-            Some(raw) => Response::builder().status(200).header("content-type", "message/rfc822").body(raw).build(),
-            None => not_found(),
-        }),
+        ["sandbox", id] if valid_segment(id) => {
+            Ok(match get(&store, &format!("{account}/sandbox/{id}"))? {
+                Some(raw) => Response::builder()
+                    .status(200)
+                    .header("content-type", "message/rfc822")
+                    .body(raw)
+                    .build(),
+                None => not_found(),
+            })
+        }
         _ => Ok(not_found()),
     }
 }
 
 fn notification(store: &Store, account: &str, id: &str, query: &str) -> Result<Response, String> {
-    let wanted = query_param(query, "recipient").map(|r| r.strip_prefix("email:").unwrap_or(&r).to_string());
+    let wanted =
+        query_param(query, "recipient").map(|r| r.strip_prefix("email:").unwrap_or(&r).to_string());
     let Some(raw) = get(store, &format!("{account}/notifications/{id}"))? else {
         return Ok(json(200, &serde_json::json!({})));
     };
-    let events: Vec<Event> = serde_json::from_slice(&raw).map_err(|e| format!("notification {id}: {e}"))?;
+    let events: Vec<Event> =
+        serde_json::from_slice(&raw).map_err(|e| format!("notification {id}: {e}"))?;
     let cutoff = now_ms().saturating_sub(retention_secs().saturating_mul(1000));
     let status: Vec<Status> = events
         .into_iter()
         .filter(|e| e.ts_ms >= cutoff)
-        .filter(|e| wanted.as_deref().is_none_or(|w| w.eq_ignore_ascii_case(&e.recipient)))
+        .filter(|e| {
+            wanted
+                .as_deref()
+                .is_none_or(|w| w.eq_ignore_ascii_case(&e.recipient))
+        })
         .map(status_of)
         .collect();
     if status.is_empty() {
         return Ok(json(200, &serde_json::json!({})));
     }
-    Ok(json(200, &Envelope { notification: Notification { notification_id: id.to_string(), status } }))
+    Ok(json(
+        200,
+        &Envelope {
+            notification: Notification {
+                notification_id: id.to_string(),
+                status,
+            },
+        },
+    ))
 }
 
 /// mailwit's steps in the seed's vocabulary: `CAAS_*` for what happens in
@@ -186,7 +218,10 @@ fn status_of(e: Event) -> Status {
 
 /// Checks `Authorization: Basic` against the account's hashes.
 fn authorized(store: &Store, account: &str, header: Option<&str>) -> Result<bool, String> {
-    let Some(encoded) = header.and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic "))) else {
+    let Some(encoded) = header.and_then(|h| {
+        h.strip_prefix("Basic ")
+            .or_else(|| h.strip_prefix("basic "))
+    }) else {
         return Ok(false);
     };
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
@@ -214,14 +249,21 @@ fn authorized(store: &Store, account: &str, header: Option<&str>) -> Result<bool
         return Ok(false);
     };
     let hash = String::from_utf8_lossy(&hash);
-    Ok(PasswordHash::new(&hash)
-        .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok()))
+    Ok(PasswordHash::new(&hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    }))
 }
 
 /// A path segment or login that cannot escape its key: no `/`, no control
 /// characters, not empty, not `.` or `..`.
 fn valid_segment(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 256 && s != "." && s != ".." && !s.chars().any(|c| c == '/' || c.is_control())
+    !s.is_empty()
+        && s.len() <= 256
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c.is_control())
 }
 
 fn get(store: &Store, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -258,12 +300,15 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
