@@ -219,19 +219,28 @@ impl Delivery {
     /// Records events in the status store, then queues the delivery
     /// reports they call for.
     async fn record(&self, meta: &Meta, events: Vec<Event>) {
-        if events.is_empty() {
+        self.record_steps(meta, vec![events]).await
+    }
+
+    /// Records several steps' events in one status write, then queues each
+    /// step's delivery reports on its own, as if they had been written
+    /// apart (a callback gets its intermediate report, then the final one).
+    async fn record_steps(&self, meta: &Meta, mut steps: Vec<Vec<Event>>) {
+        steps.retain(|s| !s.is_empty());
+        if steps.is_empty() {
             return;
         }
         // The store takes the events; a copy only for a message that asked
         // for reports.
-        let for_reports = reports::wanted(meta).then(|| events.clone());
+        let for_reports = reports::wanted(meta).then(|| steps.clone());
         let status = self.status.clone();
+        let events: Vec<Event> = steps.into_iter().flatten().collect();
         match tokio::task::spawn_blocking(move || status.record(events)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "status.write_failed", cause = %e),
             Err(e) => tracing::error!(event = "status.write_failed", cause = %e),
         }
-        if let Some(events) = for_reports {
+        for events in for_reports.into_iter().flatten() {
             self.reports.events(meta, &events).await;
         }
     }
@@ -282,9 +291,14 @@ impl Delivery {
             tracing::error!(event = "delivery.load_failed", queue_id = %job.msg.meta.id, cause = %e);
         }
         let meta = &job.msg.meta;
+        // A local route (sandbox, discard) finishes at once: its Received
+        // events are recorded with the outcomes, in one status write. A
+        // relay attempt may take minutes, so Received is recorded first.
+        let local = matches!(meta.route.as_str(), "sandbox" | "discard");
+        let mut received = Vec::new();
         if job.record_received {
             let detail = format!("accepted from {} on {}", meta.peer, meta.listener);
-            let events = meta
+            received = meta
                 .recipients
                 .iter()
                 .map(|r| {
@@ -297,7 +311,9 @@ impl Delivery {
                     )
                 })
                 .collect();
-            self.record(meta, events).await;
+            if !local || job.pending.is_empty() {
+                self.record(meta, std::mem::take(&mut received)).await;
+            }
         }
         if job.pending.is_empty() {
             self.done(meta).await;
@@ -345,7 +361,7 @@ impl Delivery {
         for e in &events {
             tracing::info!(event = "delivery", queue_id = %meta.id, tenant = %meta.tenant, status = ?e.status, detail = %e.detail);
         }
-        self.record(meta, events).await;
+        self.record_steps(meta, vec![received, events]).await;
         if !failed.is_empty() {
             self.bounce(&job.msg, &failed).await;
         }
