@@ -116,16 +116,28 @@ impl FileStatusStore {
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         File::open(dir)?.sync_all()?;
+        // A crash during a write can leave a partial last line; the next
+        // write must not extend it into a line the loader skips.
+        let torn = ends_inside_a_line(&path)?;
         Ok(FileStatusStore {
             path,
             pending: Mutex::new(Pending::default()),
-            inner: Mutex::new(Inner {
-                file,
-                by_id,
-                torn: false,
-            }),
+            inner: Mutex::new(Inner { file, by_id, torn }),
         })
     }
+}
+
+/// Whether the file is not empty and its last byte is not a line end.
+fn ends_inside_a_line(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 impl StatusStore for FileStatusStore {
@@ -256,6 +268,33 @@ mod tests {
         let s = FileStatusStore::open(dir.path()).unwrap();
         assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
         assert_eq!(s.message(Some("a"), "M2", None).len(), 2);
+    }
+
+    /// A crash in the middle of a write leaves part of a line; what is
+    /// recorded after the restart is not glued to it and lost.
+    #[test]
+    fn a_partial_last_line_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStatusStore::open(dir.path()).unwrap();
+        s.record(vec![ev("M1", "a", "x@e.example", 10, Status::Received)])
+            .unwrap();
+        drop(s);
+        let path = dir.path().join("events.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"ts_ms":20,"tenant":"a","message_id":"M1","#)
+            .unwrap();
+        drop(f);
+        let s = FileStatusStore::open(dir.path()).unwrap();
+        s.record(vec![ev("M2", "a", "x@e.example", 30, Status::Received)])
+            .unwrap();
+        drop(s);
+        let s = FileStatusStore::open(dir.path()).unwrap();
+        assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
+        assert_eq!(
+            s.message(Some("a"), "M2", None).len(),
+            1,
+            "lost after a torn line"
+        );
     }
 
     #[test]
