@@ -11,8 +11,9 @@
 //! log lines; the benchmark tenant discards), so a run cannot look fast by
 //! leaving its delivery work behind. Then the server's CPU time per message
 //! (user + system, from `/proc/<pid>/stat`, until the last final event), and
-//! how many spool records each fsync carried (from the `spool.stats` line at
-//! shutdown).
+//! from the `spool.stats` line at shutdown: how many spool records each
+//! fsync carried, the time per commit, and how long the committer waited
+//! for work (server start and stop included).
 //!
 //! One run varies by 10-15% from the next on a shared 2-core machine, more
 //! than the effect measured, and the machine drifts between runs, so the
@@ -221,12 +222,14 @@ fn run(clients: usize, noop: bool) -> Run {
     let rate = total as f64 / elapsed.as_secs_f64();
     let delivered_rate = total as f64 / delivered.as_secs_f64();
     println!(
-        "clients={clients:2} policy={} messages={total} accepted in {:.2}s ({rate:.0} msg/s) delivered in {:.2}s ({delivered_rate:.0} msg/s) cpu/msg={cpu_us:.0}us spool fsyncs={} records/fsync={:.1} policy.slow={slow}",
+        "clients={clients:2} policy={} messages={total} accepted in {:.2}s ({rate:.0} msg/s) delivered in {:.2}s ({delivered_rate:.0} msg/s) cpu/msg={cpu_us:.0}us spool fsyncs={} records/fsync={:.1} commit/fsync={:.0}us committer idle={:.2}s policy.slow={slow}",
         if noop { "noop" } else { "wasm" },
         elapsed.as_secs_f64(),
         delivered.as_secs_f64(),
         field("syncs="),
         field("records=") / field("syncs="),
+        field("commit_ms=") * 1000.0 / field("syncs="),
+        field("idle_ms=") / 1000.0,
     );
     Run {
         accepted: rate,

@@ -40,6 +40,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -255,8 +256,16 @@ struct Committer {
 impl Committer {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         let (mut syncs, mut records) = (0u64, 0u64);
+        // Time waiting for work, and time committing batches: how busy the
+        // committer was, for the statistics line.
+        let (mut idle, mut committing) = (Duration::ZERO, Duration::ZERO);
         let mut stopping = false;
-        while let Ok(first) = rx.recv() {
+        while let Ok(first) = {
+            let waiting = Instant::now();
+            let job = rx.recv();
+            idle += waiting.elapsed();
+            job
+        } {
             // Message records to commit, and Done records (no fsync of
             // their own).
             let (mut batch, mut done, mut bytes) = (Vec::new(), Vec::new(), 0);
@@ -302,7 +311,9 @@ impl Committer {
                 continue;
             }
             let seq = self.segment.seq;
+            let started = Instant::now();
             let result = self.commit(&done, &batch, bytes);
+            committing += started.elapsed();
             if result.is_ok() {
                 *self.live.entry(seq).or_default() += batch.len();
                 for a in &batch {
@@ -348,6 +359,8 @@ impl Committer {
             event = "spool.stats",
             syncs,
             records,
+            idle_ms = idle.as_millis() as u64,
+            commit_ms = committing.as_millis() as u64,
             "spool committer stopped"
         );
     }
