@@ -25,6 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::engine::{Function, Runtime, TICK};
+use crate::policy::SessionInfo;
 use crate::rules::Rules;
 
 /// Lines a single call may log; the rest are dropped.
@@ -138,10 +139,11 @@ pub struct State {
     function: Arc<str>,
     version: u64,
     logs: u32,
-    /// What `host.current-session` answers: the session of the transaction the
-    /// current call decides for. Set before every call (a warm instance
-    /// serves many transactions); none for authenticate.
-    pub(crate) session: Option<Arc<im::types::Session>>,
+    /// What `host.current-session` answers: the session of the
+    /// transaction the current call decides for, converted only if asked.
+    /// Set by [`run`] before every call (a warm instance serves many
+    /// transactions); none for authenticate.
+    session: Option<Arc<SessionInfo>>,
     /// The instance's exports, type-checked on first use: a warm instance
     /// serves many calls, and looking an export up and checking its type
     /// costs about as much as a small call. A store holds one instance, so
@@ -226,7 +228,7 @@ impl im::host::Host for State {
     }
 
     fn current_session(&mut self) -> Option<im::types::Session> {
-        self.session.as_deref().cloned()
+        self.session.as_deref().map(crate::policy::session)
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -271,18 +273,26 @@ pub fn with_warm<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs `call` under `limits` on an instance of `function`: a warm one
-/// inside [`with_warm`], else a fresh one.
+/// What one call runs under: the function's tenant and rules, the limits,
+/// and the session `host.current-session` answers with.
+pub(crate) struct Context<'a> {
+    pub tenant: &'a Arc<str>,
+    pub rules: &'a Arc<Rules>,
+    pub limits: Limits,
+    pub session: Option<&'a Arc<SessionInfo>>,
+}
+
+/// Runs `call` under `cx` on an instance of `function`: a warm one inside
+/// [`with_warm`], else a fresh one.
 pub(crate) fn run<R>(
     rt: &Runtime,
     function: &Arc<Function>,
-    tenant: &Arc<str>,
-    rules: &Arc<Rules>,
-    limits: Limits,
+    cx: &Context<'_>,
     call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
+    let (tenant, rules, limits) = (cx.tenant, cx.rules, cx.limits);
     if !WARM_ON.with(Cell::get) || rt.config().warm_calls <= 1 {
-        return fresh(rt, function, tenant, rules, limits, call);
+        return fresh(rt, function, cx, call);
     }
     let memory_bytes = memory_limit(rt, limits);
     // Taken out of the cache for the call: if the call fails or unwinds,
@@ -311,7 +321,9 @@ pub(crate) fn run<R>(
         }
     };
     arm_deadline(&mut warm.store, limits);
-    warm.store.data_mut().logs = 0;
+    let state = warm.store.data_mut();
+    state.logs = 0;
+    state.session = cx.session.cloned();
     let r = call(&mut warm.store, &warm.instance)
         .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
     warm.calls += 1;
@@ -386,16 +398,15 @@ fn failure(
     }
 }
 
-/// Runs `call` on a fresh instance of `function` under `limits`.
+/// Runs `call` on a fresh instance of `function` under `cx`.
 pub(crate) fn fresh<R>(
     rt: &Runtime,
     function: &Function,
-    tenant: &Arc<str>,
-    rules: &Arc<Rules>,
-    limits: Limits,
+    cx: &Context<'_>,
     call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
-    let (mut store, instance) = instantiate(rt, function, tenant, rules, limits)?;
+    let (mut store, instance) = instantiate(rt, function, cx.tenant, cx.rules, cx.limits)?;
+    store.data_mut().session = cx.session.cloned();
     call(&mut store, &instance).map_err(|e| failure(function, &store, e, FailureKind::Trap))
 }
 

@@ -276,52 +276,51 @@ impl Runtime {
             interface: format!("mailwit:policy/{iface}@0.2.0"),
             why: format!("{e:#}"),
         };
-        let r = crate::call::fresh(
-            self,
-            f,
-            &tenant,
-            &rules,
-            crate::call::Limits::default(),
-            |store, inst| {
-                let e = &f.exports;
-                let checks = [
-                    (
-                        "authenticate",
-                        e.authenticate
-                            .as_ref()
-                            .map(|i| i.load(&mut *store, inst).map(drop)),
-                    ),
-                    (
-                        "check-sender",
-                        e.check_sender
-                            .as_ref()
-                            .map(|i| i.load(&mut *store, inst).map(drop)),
-                    ),
-                    (
-                        "check-recipient",
-                        e.check_recipient
-                            .as_ref()
-                            .map(|i| i.load(&mut *store, inst).map(drop)),
-                    ),
-                    (
-                        "inspect-message",
-                        e.inspect_message
-                            .as_ref()
-                            .map(|i| i.load(&mut *store, inst).map(drop)),
-                    ),
-                    (
-                        "route",
-                        e.route
-                            .as_ref()
-                            .map(|i| i.load(&mut *store, inst).map(drop)),
-                    ),
-                ];
-                Ok(checks
-                    .into_iter()
-                    .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
-                    .collect::<Vec<_>>())
-            },
-        );
+        let cx = crate::call::Context {
+            tenant: &tenant,
+            rules: &rules,
+            limits: crate::call::Limits::default(),
+            session: None,
+        };
+        let r = crate::call::fresh(self, f, &cx, |store, inst| {
+            let e = &f.exports;
+            let checks = [
+                (
+                    "authenticate",
+                    e.authenticate
+                        .as_ref()
+                        .map(|i| i.load(&mut *store, inst).map(drop)),
+                ),
+                (
+                    "check-sender",
+                    e.check_sender
+                        .as_ref()
+                        .map(|i| i.load(&mut *store, inst).map(drop)),
+                ),
+                (
+                    "check-recipient",
+                    e.check_recipient
+                        .as_ref()
+                        .map(|i| i.load(&mut *store, inst).map(drop)),
+                ),
+                (
+                    "inspect-message",
+                    e.inspect_message
+                        .as_ref()
+                        .map(|i| i.load(&mut *store, inst).map(drop)),
+                ),
+                (
+                    "route",
+                    e.route
+                        .as_ref()
+                        .map(|i| i.load(&mut *store, inst).map(drop)),
+                ),
+            ];
+            Ok(checks
+                .into_iter()
+                .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
+                .collect::<Vec<_>>())
+        });
         match r {
             Ok(mut problems) if !problems.is_empty() => Err(problems.remove(0)),
             Ok(_) => Ok(()),

@@ -154,7 +154,8 @@ fn message(m: MessageInfo) -> t::Message {
     }
 }
 
-fn session(s: &SessionInfo) -> t::Session {
+/// The session as components see it (`host.current-session`).
+pub(crate) fn session(s: &SessionInfo) -> t::Session {
     t::Session {
         client: client(&s.client),
         tenant: s.tenant.clone(),
@@ -163,14 +164,14 @@ fn session(s: &SessionInfo) -> t::Session {
     }
 }
 
-/// A transaction's session as components see it, converted once for all of
-/// the transaction's calls (and cheap to clone into each).
+/// A transaction's session, shared by its calls. It is converted to what
+/// components see only when one asks for it (`host.current-session`).
 #[derive(Clone)]
-pub struct Session(Arc<t::Session>);
+pub struct Session(Arc<SessionInfo>);
 
 impl Session {
-    pub fn new(s: &SessionInfo) -> Session {
-        Session(Arc::new(session(s)))
+    pub fn new(s: SessionInfo) -> Session {
+        Session(Arc::new(s))
     }
 }
 
@@ -195,6 +196,17 @@ impl MessageArgs {
 }
 
 impl PolicySet {
+    /// What this set's calls run under: `limits`, and `session` for
+    /// `host.current-session`.
+    fn cx<'a>(&'a self, limits: Limits, session: Option<&'a Session>) -> call::Context<'a> {
+        call::Context {
+            tenant: &self.tenant,
+            rules: &self.rules,
+            limits,
+            session: session.map(|s| &s.0),
+        }
+    }
+
     fn fail(&self, f: &Function, kind: FailureKind) -> Failure {
         Failure {
             function: f.name.clone(),
@@ -234,11 +246,9 @@ impl PolicySet {
         ) -> wasmtime::Result<Result<R, t::Reply>>,
         mut take: impl FnMut(&Function, R) -> Result<(), Failure>,
     ) -> Result<Option<Reply>, Failure> {
+        let cx = self.cx(limits, session);
         for f in self.functions.iter().filter(|f| has(f)) {
-            match call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
-                store.data_mut().session = session.map(|s| s.0.clone());
-                call(f, store, inst)
-            })? {
+            match call::run(rt, f, &cx, |store, inst| call(f, store, inst))? {
                 Ok(v) => take(f, v)?,
                 Err(reply) => return Ok(Some(self.refusal(f, reply)?)),
             }
@@ -406,8 +416,7 @@ impl PolicySet {
                 value: v.clone(),
             })
             .collect();
-        let r = call::run(rt, f, &self.tenant, &self.rules, limits, |store, inst| {
-            store.data_mut().session = Some(s.0.clone());
+        let r = call::run(rt, f, &self.cx(limits, Some(s)), |store, inst| {
             call::export(store, |l| &mut l.route, |s| idx.load(s, inst))?.call_route(
                 &mut *store,
                 envelope,
@@ -454,7 +463,7 @@ impl PolicySet {
     /// per-call setup costs (for the benchmark).
     pub fn instantiate_each(&self, rt: &Runtime) -> Result<(), Failure> {
         for f in &self.functions {
-            call::run(rt, f, &self.tenant, &self.rules, self.limits, |_, _| Ok(()))?;
+            call::run(rt, f, &self.cx(self.limits, None), |_, _| Ok(()))?;
         }
         Ok(())
     }

@@ -82,11 +82,12 @@ fn main() {
         t.as_secs_f64() * 1e6
     );
 
-    // As the server does: the session converted once per transaction, the
-    // envelope and summary once per message (the summary is consumed).
+    // As the server does: the session taken once per transaction (and
+    // converted only for a component that asks), the envelope and summary
+    // converted once per message (the summary is consumed).
     let transaction = || {
         let sender = "demo@mailwit.test";
-        let session = Session::new(&session);
+        let session = Session::new(session.clone());
         assert_eq!(
             set.check_sender(&rt, set.limits, &session, sender, Some(4096), false)
                 .unwrap(),

@@ -306,7 +306,7 @@ impl Driver {
                 let Some(p) = &self.principal else {
                     return internal();
                 };
-                let txn = match policy.transaction(p, &self.session_info(p)) {
+                let txn = match policy.transaction(p, self.session_info(p)) {
                     Ok(t) => t,
                     Err(r) => return Verdict::Reject(r),
                 };

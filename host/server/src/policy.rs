@@ -63,7 +63,7 @@ pub trait Policy: Send + Sync + 'static {
     fn transaction(
         &self,
         principal: &Principal,
-        session: &SessionInfo,
+        session: SessionInfo,
     ) -> Result<Arc<dyn TxnPolicy>, Reply>;
 }
 
@@ -301,7 +301,7 @@ impl Policy for WasmPolicy {
     fn transaction(
         &self,
         principal: &Principal,
-        session: &SessionInfo,
+        session: SessionInfo,
     ) -> Result<Arc<dyn TxnPolicy>, Reply> {
         let set = self
             .tenants
@@ -321,7 +321,7 @@ struct WasmTxn {
     rt: Arc<Runtime>,
     set: Arc<PolicySet>,
     metrics: Arc<Metrics>,
-    /// The session as components see it, converted once.
+    /// The session, for components that ask for it.
     session: Session,
 }
 
@@ -402,7 +402,7 @@ impl Policy for NoopPolicy {
         })
     }
 
-    fn transaction(&self, _p: &Principal, _s: &SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
+    fn transaction(&self, _p: &Principal, _s: SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
         Ok(Arc::new(NoopPolicy))
     }
 }
