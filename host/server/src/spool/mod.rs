@@ -298,21 +298,18 @@ impl Committer {
                     .then(|| rx.try_recv().ok())
                     .flatten();
             }
+            let seq = self.segment.seq;
+            let started = Instant::now();
+            let result = self.commit(&done, &batch, bytes);
             if batch.is_empty() {
-                // Only Done records: written now, synced by a later batch.
-                if let Err(e) = self.write(&done, &[], false) {
-                    tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
-                    self.rotate();
-                }
+                // Only Done records: written, synced by a later batch (a
+                // failed write costs nothing that recovery does not redo).
                 self.collect();
                 if stopping {
                     break;
                 }
                 continue;
             }
-            let seq = self.segment.seq;
-            let started = Instant::now();
-            let result = self.commit(&done, &batch, bytes);
             committing += started.elapsed();
             if result.is_ok() {
                 *self.live.entry(seq).or_default() += batch.len();
@@ -365,22 +362,28 @@ impl Committer {
         );
     }
 
+    /// Writes the `done` records and `batch`; with a batch, after checking
+    /// the free-space floor, and fsynced. Returns the offset at which
+    /// `batch` starts. A failed write moves on to a new segment.
     fn commit(
         &mut self,
         done: &[Vec<u8>],
         batch: &[Append],
         bytes: usize,
     ) -> Result<u64, CommitError> {
-        let free = free_bytes(&self.dir).map_err(CommitError::io)?;
-        if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
-            tracing::warn!(
-                free,
-                min_free = self.config.min_free_bytes,
-                "spool low on disk space; refusing mail"
-            );
-            return Err(CommitError::DiskFull);
+        let sync = !batch.is_empty();
+        if sync {
+            let free = free_bytes(&self.dir).map_err(CommitError::io)?;
+            if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
+                tracing::warn!(
+                    free,
+                    min_free = self.config.min_free_bytes,
+                    "spool low on disk space; refusing mail"
+                );
+                return Err(CommitError::DiskFull);
+            }
         }
-        let start = match self.write(done, batch, true) {
+        let start = match self.write(done, batch, sync) {
             Ok(start) => start,
             Err(e) => {
                 tracing::error!(cause = %e, segment = self.segment.seq, "spool write failed; starting a new segment");
@@ -388,7 +391,9 @@ impl Committer {
                 return Err(CommitError::io(e));
             }
         };
-        if self.segment.len >= self.config.segment_bytes {
+        // A full segment is left after an fsync only, so that the Done
+        // records written before it are synced with the next batch.
+        if sync && self.segment.len >= self.config.segment_bytes {
             self.rotate();
         }
         Ok(start)
