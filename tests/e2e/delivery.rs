@@ -312,18 +312,14 @@ fn queued_content_is_read_back_from_the_spool() {
         acme_rules: route_rules("sandbox"),
         ..Options::default()
     });
-    let ids: Vec<String> = (0..3)
-        .map(|i| submit(&s, &format!("q{i}@example.net"), &[]))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let rcpt = format!("q{i}@example.net");
+    for (rcpt, id) in &submit_numbered(&s, "q", 3) {
         wait_for("captured", || {
-            s.statuses(id, &rcpt).last().map(String::as_str) == Some("delivered_to_sandbox")
+            s.statuses(id, rcpt).last().map(String::as_str) == Some("delivered_to_sandbox")
         });
         let captured =
             std::fs::read(s.data_dir().join("sandbox/acme").join(format!("{id}.eml"))).unwrap();
         assert_eq!(captured, s.spooled(id).content, "{id}");
-        assert!(String::from_utf8_lossy(&captured).contains(&rcpt));
+        assert!(String::from_utf8_lossy(&captured).contains(rcpt.as_str()));
     }
 }
 
@@ -337,26 +333,22 @@ fn sigkill_during_delivery_loses_nothing() {
         acme_rules: relay_rules(port, &dkim_key(tmp.path()).0),
         ..Options::default()
     });
-    let ids: Vec<String> = (0..5)
-        .map(|i| submit(&s, &format!("r{i}@example.net"), &[]))
-        .collect();
-    for (i, id) in ids.iter().enumerate() {
-        let rcpt = format!("r{i}@example.net");
+    let sent = submit_numbered(&s, "r", 5);
+    for (rcpt, id) in &sent {
         wait_for("a deferral", || {
-            s.statuses(id, &rcpt).contains(&"deferred".to_string())
+            s.statuses(id, rcpt).contains(&"deferred".to_string())
         });
     }
     s.kill9();
     let upstream = Upstream::start(tmp.path(), Some(port));
     s.restart();
     wait_for("all five delivered", || upstream.received().len() >= 5);
-    for (i, id) in ids.iter().enumerate() {
-        let rcpt = format!("r{i}@example.net");
+    for (rcpt, id) in &sent {
         wait_for("sent", || {
-            s.statuses(id, &rcpt).last().map(String::as_str) == Some("sent")
+            s.statuses(id, rcpt).last().map(String::as_str) == Some("sent")
         });
         assert_eq!(
-            s.statuses(id, &rcpt)
+            s.statuses(id, rcpt)
                 .iter()
                 .filter(|st| *st == "received")
                 .count(),

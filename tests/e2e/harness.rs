@@ -370,6 +370,17 @@ pub fn submit(s: &Server, to: &str, extra: &[&str]) -> String {
     queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"))
 }
 
+/// Submits `n` messages, one to each of `<prefix>0@example.net`,
+/// `<prefix>1@example.net`, ...; each recipient with its queue id.
+pub fn submit_numbered(s: &Server, prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let rcpt = format!("{prefix}{i}@example.net");
+            (rcpt.clone(), submit(s, &rcpt, &[]))
+        })
+        .collect()
+}
+
 /// Polls `check` for up to 30 s; panics with `what` if it never holds.
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
