@@ -172,29 +172,19 @@ fn openssl_s_client_replays_the_infobip_dialogue() {
         b64(LOGIN),
         b64(PASSWORD),
     );
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-crlf",
-            "-quiet",
-            "-starttls",
-            "smtp",
-            "-connect",
-        ])
-        .arg(format!("127.0.0.1:{}", s.port("submission")))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dialogue.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-crlf",
+                "-quiet",
+                "-starttls",
+                "smtp",
+                "-connect",
+            ])
+            .arg(format!("127.0.0.1:{}", s.port("submission"))),
+        dialogue.as_bytes(),
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for expected in [
         "250-SIZE 20971520",

@@ -21,7 +21,9 @@ pub struct Server {
     env: Vec<(String, String)>,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
-    config_path: PathBuf,
+    pub config_path: PathBuf,
+    /// Runs the embedded configuration (no `--config`) in `dir`.
+    embedded: bool,
     ports: HashMap<String, u16>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -150,6 +152,7 @@ domains = ["acme.example"]
             child: None,
             dir,
             config_path,
+            embedded: false,
             ports: HashMap::new(),
             log: Arc::new(Mutex::new(Vec::new())),
         };
@@ -157,10 +160,37 @@ domains = ["acme.example"]
         s
     }
 
+    /// `mailwit serve` exactly as the README runs it: no `--config`, so the
+    /// embedded development configuration (its fixed loopback ports, the
+    /// demo tenant, `./mailwit-data`), in a directory of its own.
+    pub fn start_embedded() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            env: Vec::new(),
+            child: None,
+            config_path: dir.path().join("unused.toml"),
+            dir,
+            embedded: true,
+            ports: HashMap::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        s.spawn();
+        s
+    }
+
+    /// The `mailwit` command, in the server's directory, with its `--config`.
+    fn command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailwit"));
+        cmd.current_dir(self.dir.path()).arg(subcommand);
+        if !self.embedded {
+            cmd.arg("--config").arg(&self.config_path);
+        }
+        cmd
+    }
+
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailwit"))
-            .args(["serve", "--config"])
-            .arg(&self.config_path)
+        let mut child = self
+            .command("serve")
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -189,8 +219,9 @@ domains = ["acme.example"]
             }
         });
         self.ports.clear();
-        // Three SMTP listeners, admin, status API.
-        while self.ports.len() < 5 {
+        // The SMTP listeners (three, or the embedded four), admin, status API.
+        let listeners = if self.embedded { 6 } else { 5 };
+        while self.ports.len() < listeners {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Some((name, addr))) => {
                     let port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -200,6 +231,22 @@ domains = ["acme.example"]
             }
         }
         self.child = Some(child);
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in octets.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib * 1024
     }
 
     pub fn port(&self, listener: &str) -> u16 {
@@ -212,6 +259,9 @@ domains = ["acme.example"]
     }
 
     pub fn data_dir(&self) -> PathBuf {
+        if self.embedded {
+            return self.dir.path().join("mailwit-data");
+        }
         self.dir.path().join("data")
     }
 
@@ -236,6 +286,13 @@ domains = ["acme.example"]
             .into_iter()
             .find(|m| m.meta.id == id)
             .unwrap_or_else(|| panic!("{id} not in the spool"))
+    }
+
+    /// Waits (up to 30 s) until the log holds `needle` at least `n` times.
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        wait_for(&format!("{n} log line(s) with {needle}"), || {
+            self.log_text().matches(needle).count() >= n
+        });
     }
 
     pub fn log_text(&self) -> String {
@@ -280,7 +337,7 @@ domains = ["acme.example"]
 
     /// `mailwit status <id>` against this server: the events, as JSON.
     pub fn status(&self, id: &str) -> Option<serde_json::Value> {
-        let (ok, out) = self.cli("status", &[id]);
+        let (ok, out) = self.cli("status", &["--json", id]);
         if !ok {
             return None;
         }
@@ -302,16 +359,11 @@ domains = ["acme.example"]
     }
 
     /// `mailwit <command> <args>` against this server's admin listener
-    /// (`tenant`, `status-api`).
+    /// (`tenant`, `status-api`, `reload`, ...).
     pub fn cli(&self, command: &str, args: &[&str]) -> (bool, String) {
-        run(Command::new(env!("CARGO_BIN_EXE_mailwit"))
-            .args([
-                command,
-                "--admin",
-                &format!("127.0.0.1:{}", self.port("admin")),
-            ])
-            .arg("--config")
-            .arg(&self.config_path)
+        run(self
+            .command(command)
+            .args(["--admin", &format!("127.0.0.1:{}", self.port("admin"))])
             .args(args))
     }
 
@@ -319,9 +371,8 @@ domains = ["acme.example"]
     /// foreground, for a start that is expected to fail: its exit status
     /// and stderr.
     pub fn serve_failing(&self) -> (std::process::ExitStatus, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_mailwit"))
-            .args(["serve", "--config"])
-            .arg(&self.config_path)
+        let out = self
+            .command("serve")
             .env("RUST_BACKTRACE", "0")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -447,6 +498,17 @@ impl Raw {
         r
     }
 
+    /// Connects from a loopback address of its own (127.0.0.2, ...).
+    pub fn connect_from(ip: std::net::Ipv4Addr, port: u16) -> Raw {
+        use std::net::{Ipv4Addr, SocketAddrV4};
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddrV4::new(ip, 0).into()).unwrap();
+        sock.connect(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
+            .unwrap();
+        Raw::from_stream(sock.into())
+    }
+
     pub fn stream_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }
@@ -484,6 +546,53 @@ impl Raw {
     }
 }
 
+/// A TLS session (rustls) as the tests' own client sees it.
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Starts TLS on `tcp` (after the server's `220` to STARTTLS, or at once on
+/// the implicit-TLS listener), trusting only the PEM certificates in
+/// `roots`, for the name 127.0.0.1.
+pub fn tls_client(roots: &Path, tcp: TcpStream) -> BufReader<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(roots).unwrap() {
+        store.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    BufReader::new(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Sends a line (CRLF added) inside TLS and reads the whole reply.
+pub fn tls_cmd(tls: &mut BufReader<Tls>, line: &str) -> String {
+    tls.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .unwrap();
+    tls_reply(tls)
+}
+
+/// One whole (possibly multi-line) reply inside TLS.
+pub fn tls_reply(tls: &mut BufReader<Tls>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if tls.read_line(&mut line).unwrap_or(0) == 0 {
+            return all + "<closed>";
+        }
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
 pub fn base64_plain(login: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"))
@@ -502,6 +611,18 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// Runs a command with `input` on its stdin; its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// A plain HTTP GET on loopback with curl; the body.

@@ -1,7 +1,7 @@
 //! Every limit and framing rule, against the running binary, asserting the
 //! reply code and that nothing extra was queued.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -206,7 +206,7 @@ fn per_ip_connection_cap_at_the_banner() {
     assert!(c.reply().starts_with("421 4.7.0"));
     assert!(c.closed());
     // Another address on loopback still gets in.
-    let mut d = connect_from(Ipv4Addr::new(127, 0, 0, 2), s.port("plain"));
+    let mut d = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 2), s.port("plain"));
     assert!(d.reply().starts_with("220 "));
 }
 
@@ -216,17 +216,17 @@ fn global_connection_cap_at_the_banner() {
         limits: "max_connections = 2",
         ..Options::default()
     });
-    let mut a = connect_from(Ipv4Addr::new(127, 0, 0, 2), s.port("plain"));
-    let mut b = connect_from(Ipv4Addr::new(127, 0, 0, 3), s.port("plain"));
+    let mut a = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 2), s.port("plain"));
+    let mut b = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 3), s.port("plain"));
     assert!(a.reply().starts_with("220") && b.reply().starts_with("220"));
-    let mut c = connect_from(Ipv4Addr::new(127, 0, 0, 4), s.port("plain"));
+    let mut c = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 4), s.port("plain"));
     assert!(c.reply().starts_with("421 4.7.0"));
     // A slot frees when a session ends.
     a.cmd("QUIT");
     assert!(a.closed());
     let mut ok = false;
     for _ in 0..50 {
-        let mut d = connect_from(Ipv4Addr::new(127, 0, 0, 5), s.port("plain"));
+        let mut d = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 5), s.port("plain"));
         if d.reply().starts_with("220") {
             ok = true;
             break;
@@ -234,14 +234,6 @@ fn global_connection_cap_at_the_banner() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ok, "slot was not released");
-}
-
-fn connect_from(ip: Ipv4Addr, port: u16) -> Raw {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddrV4::new(ip, 0).into()).unwrap();
-    sock.connect(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
-        .unwrap();
-    Raw::from_stream(sock.into())
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! End-to-end tests: the real `mailwit` binary, real clients, loopback only.
 //! All compile into this one test binary to keep link times down.
 
+mod auth_flood;
 mod clients;
 mod delivery;
 mod durability;
+mod first_day;
 mod harness;
 mod limits;
 mod policy;
+mod reload;
 mod status_api;
 mod tls_rules;

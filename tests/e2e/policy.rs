@@ -517,7 +517,21 @@ fn a_deploy_that_does_not_match_the_world_is_refused() {
         !ok && out.contains("not a valid WebAssembly component"),
         "{out}"
     );
+    // For people, a table: a header, then one row per tenant.
     let (ok, out) = admin(&s, &["list"]);
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["TENANT", "RULES", "GENERATION", "FUNCTIONS"],
+        "{out}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "acme", "{out}");
+    assert!(row.contains(&"router@1"), "{out}");
+    // For scripts, JSON.
+    let (ok, out) = admin(&s, &["list", "--json"]);
     assert!(ok);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     let router = list[0]["functions"]
@@ -580,7 +594,7 @@ fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
     assert!(ok, "{out}");
     wait_for_more();
     let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
-    assert!(ok && out.contains("\"active_version\":1"), "{out}");
+    assert!(ok && out.contains("\"active_version\": 1"), "{out}");
     wait_for_more();
     let (ok, out) = admin(&s, &["rollback", "acme", "rules"]);
     assert!(ok, "{out}");
@@ -645,7 +659,7 @@ fn deployed_versions_survive_a_restart_without_recompiling() {
     assert_eq!(s.spooled(&queue_id(&out).unwrap()).meta.route, "sandbox");
     // And the history survived too: rollback goes to version 1.
     let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
-    assert!(ok && out.contains("\"active_version\":1"), "{out}");
+    assert!(ok && out.contains("\"active_version\": 1"), "{out}");
 }
 
 /// A stored version that no longer links (a component built against an
@@ -655,7 +669,7 @@ fn deployed_versions_survive_a_restart_without_recompiling() {
 fn a_stored_version_that_does_not_link_stops_start_up_naming_it() {
     let mut s = Server::start();
     let (ok, out) = deploy_sandbox_router(&s);
-    assert!(ok && out.contains("\"version\":2"), "{out}");
+    assert!(ok && out.contains("\"version\": 2"), "{out}");
     s.kill9();
     let stored = s.data_dir().join("tenants/acme/functions/router/2.wasm");
     assert!(stored.exists(), "{}", stored.display());

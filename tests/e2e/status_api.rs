@@ -194,13 +194,13 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
     // A policy component is not an HTTP component: refused, v1 stays.
     let (ok, out) = status_api_cli(&s, &["deploy", component("router").to_str().unwrap()]);
     assert!(!ok && out.contains("wasi:http/incoming-handler"), "{out}");
-    let (ok, out) = status_api_cli(&s, &["show"]);
-    assert!(ok && out.contains("\"version\":1"), "{out}");
+    let (ok, out) = status_api_cli(&s, &["show", "--json"]);
+    assert!(ok && out.contains("\"version\": 1"), "{out}");
 
     // The hostile one: deployed, it answers the next request.
     let hostile = component("status_hostile");
     let (ok, out) = status_api_cli(&s, &["deploy", hostile.to_str().unwrap()]);
-    assert!(ok && out.contains("\"version\":2"), "{out}");
+    assert!(ok && out.contains("\"version\": 2"), "{out}");
     assert_eq!(curl(&s, None, "/v1/acme/hello"), (200, "hostile".into()));
     for (path, code, kind) in [
         ("/v1/acme/loop", 503, "deadline"),
@@ -227,7 +227,7 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
 
     // Rollback: the stock component answers again.
     let (ok, out) = status_api_cli(&s, &["rollback"]);
-    assert!(ok && out.contains("\"version\":1"), "{out}");
+    assert!(ok && out.contains("\"version\": 1"), "{out}");
     let (code, text) = curl(&s, Some(&me), "/v1/acme/sandbox");
     assert_eq!(code, 200, "{text}");
     assert!(json(&text)["messages"].is_array());
@@ -235,8 +235,9 @@ fn a_status_component_swaps_without_restart_and_its_failures_are_bounded() {
 
 #[test]
 fn status_requests_beyond_the_concurrency_cap_get_503() {
+    // No queue: a request that finds every place taken is refused at once.
     let s = Server::start_with(Options {
-        status_api: "deadline_ms = 3000\nmax_concurrent = 1",
+        status_api: "deadline_ms = 3000\nmax_concurrent = 1\nqueue = 0",
         ..Options::default()
     });
     let hostile = component("status_hostile");
@@ -490,5 +491,50 @@ fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
     assert_eq!(
         curl_at(port, Some(&me), "/v1/other/notifications/id/N1").0,
         401
+    );
+}
+
+/// The status API checks a password per request, so failed ones from one
+/// address slow that address down, to `429` once it is far behind, while
+/// other addresses are answered as usual.
+#[test]
+fn failed_status_logins_back_off_their_address_only() {
+    let s = Server::start();
+    let port = s.port("status-api");
+    let wrong = |n: usize| -> Vec<u16> {
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let (ok, out) = run(Command::new("curl").args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--interface",
+                        "127.0.0.2",
+                        "-u",
+                        &format!("{LOGIN}:wrong"),
+                        &format!("http://127.0.0.1:{port}/v1/acme/sandbox"),
+                    ]));
+                    assert!(ok, "{out}");
+                    out.trim().parse::<u16>().unwrap()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    // Ten wrong passwords at once: each checked, each refused.
+    assert_eq!(wrong(10), [401; 10]);
+    // Their address is now a minute behind: turned away without a check.
+    let again = wrong(5);
+    assert!(again.iter().all(|&c| c == 429), "{again:?}");
+    // Another address is not: the right password is answered.
+    let (code, text) = curl(&s, Some(&format!("{LOGIN}:{PASSWORD}")), "/v1/acme/sandbox");
+    assert_eq!(code, 200, "{text}");
+    let metrics = s.metrics();
+    assert!(
+        metrics.contains("mailwit_status_api_auth_refused_total{reason=\"backoff\"} 5"),
+        "{metrics}"
     );
 }

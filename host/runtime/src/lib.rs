@@ -32,4 +32,4 @@ pub use policy::{
     AttachmentInfo, Client, Decision, Inspection, MessageArgs, MessageInfo, PolicySet, Route,
     Session, SessionInfo,
 };
-pub use rules::{Rules, RulesError};
+pub use rules::{MAX_ARGON2_KIB, Rules, RulesError};

@@ -20,6 +20,13 @@ use sha2::{Digest, Sha256};
 /// SMTP configurations allow 5).
 pub const DEFAULT_MAX_USERS: usize = 5;
 
+/// The most memory (KiB) a stored argon2 hash may ask each check for:
+/// a check's memory is what bounds the host's pool of password checks
+/// (argon2's default, used by `mailwit hash-password`, is 19456).
+pub const MAX_ARGON2_KIB: u32 = 65_536;
+/// The most passes a stored argon2 hash may ask for (the default is 2).
+pub const MAX_ARGON2_PASSES: u32 = 8;
+
 /// How long a verified secret is remembered.
 pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Most secrets remembered per version of the rules.
@@ -131,9 +138,13 @@ fn is_hash(key: &str) -> bool {
     key.starts_with("users.") || key.starts_with("api-keys.")
 }
 
-/// Keys a component never sees: hashes, upstream passwords, DKIM keys.
+/// Keys a component never sees: hashes, upstream passwords, DKIM and TLS
+/// private keys.
 fn is_secret(key: &str) -> bool {
-    is_hash(key) || key.ends_with(".password") || key == "dkim.private-key"
+    is_hash(key)
+        || key.ends_with(".password")
+        || key == "dkim.private-key"
+        || key == "tls.private-key"
 }
 
 impl Rules {
@@ -149,10 +160,18 @@ impl Rules {
         flatten("", &toml::Value::Table(table), &mut rules)?;
         for (key, value) in &rules.scalars {
             if is_hash(key) {
-                PasswordHash::new(value).map_err(|e| RulesError::Invalid {
+                let invalid = |why: String| RulesError::Invalid {
                     key: key.clone(),
-                    why: format!("not an argon2 PHC string: {e}"),
-                })?;
+                    why,
+                };
+                let hash = PasswordHash::new(value)
+                    .map_err(|e| invalid(format!("not an argon2 PHC string: {e}")))?;
+                let param = |name: &str| hash.params.get_decimal(name).unwrap_or(0);
+                if param("m") > MAX_ARGON2_KIB || param("t") > MAX_ARGON2_PASSES {
+                    return Err(invalid(format!(
+                        "argon2 parameters over the host's limits (m at most {MAX_ARGON2_KIB} KiB, t at most {MAX_ARGON2_PASSES})"
+                    )));
+                }
             }
         }
         let max = match rules.scalars.get("max-users") {
@@ -183,7 +202,7 @@ impl Rules {
     }
 
     /// Any scalar, secrets included: for the host only (upstream passwords,
-    /// the DKIM private key).
+    /// the DKIM and TLS private keys).
     pub fn secret(&self, key: &str) -> Option<&str> {
         self.scalars.get(key).map(String::as_str)
     }
@@ -200,6 +219,13 @@ impl Rules {
         self.scalars
             .keys()
             .filter_map(move |k| k.strip_prefix(prefix.as_str()))
+    }
+
+    /// Whether `secret` was verified against `key` within
+    /// [`AUTH_CACHE_TTL`]: a check that would cost no argon2 run. The host
+    /// asks before it queues a login behind other password checks.
+    pub fn verified_recently(&self, key: &str, secret: &str) -> bool {
+        is_hash(key) && self.verified.hit(&self.verified.fingerprint(key, secret))
     }
 
     /// Checks `secret` against the PHC hash stored at `key` (a `users.` or
@@ -302,6 +328,8 @@ mod tests {
         assert!(r.verify_secret("users.demo", "demo-password"));
         assert_eq!(r.verified.seen.lock().unwrap().len(), 1);
         // Cached: the same answer without argon2; a wrong secret still fails.
+        assert!(r.verified_recently("users.demo", "demo-password"));
+        assert!(!r.verified_recently("users.demo", "demo-password2"));
         assert!(r.verify_secret("users.demo", "demo-password"));
         assert!(!r.verify_secret("users.demo", "demo-password2"));
         // The entry is bound to the key, and other rules start empty.
@@ -311,6 +339,17 @@ mod tests {
         // What is kept is a salted digest, not the secret.
         let fp = r.verified.fingerprint("users.demo", "demo-password");
         assert_ne!(fp, next.verified.fingerprint("users.demo", "demo-password"));
+    }
+
+    #[test]
+    fn hashes_over_the_argon2_limits_are_refused() {
+        // m = 1 GiB per check: one login could take a gigabyte.
+        let big = "$argon2id$v=19$m=1048576,t=2,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
+        let e = Rules::parse(&format!("[users]\ndemo = \"{big}\"\n")).unwrap_err();
+        assert!(e.to_string().contains("users.demo"), "{e}");
+        let slow = "$argon2id$v=19$m=19456,t=100,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
+        assert!(Rules::parse(&format!("[api-keys]\nk = \"{slow}\"\n")).is_err());
+        assert!(Rules::parse(&format!("[users]\ndemo = \"{HASH}\"\n")).is_ok());
     }
 
     #[test]

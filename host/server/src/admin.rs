@@ -14,6 +14,7 @@
 //! | `GET /v1/status-api` | the status API component's active version |
 //! | `PUT /v1/status-api` | deploy a status API component (body: the `.wasm`) |
 //! | `POST /v1/status-api/rollback` | its previous version |
+//! | `POST /v1/reload` | read the configuration's `[limits]` and the certificate files again (as `SIGHUP`) |
 //!
 //! Everything under `/v1/` needs `Authorization: Bearer <token>`.
 
@@ -39,6 +40,8 @@ pub struct Admin {
     pub status: Arc<dyn StatusStore>,
     pub status_api: Arc<crate::statusapi::StatusApi>,
     pub delivery: Arc<crate::delivery::Delivery>,
+    pub reload: Arc<crate::reload::Reloader>,
+    pub auth_gate: Arc<crate::authgate::AuthGate>,
     pub token: String,
 }
 
@@ -92,13 +95,15 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         .collect();
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     if req.method() == Method::GET && path == ["metrics"] {
-        return reply(
-            StatusCode::OK,
-            admin
-                .metrics
-                .render(&admin.tenants.list(), admin.delivery.gauges()),
-            "text/plain; version=0.0.4",
-        );
+        let mut text = admin
+            .metrics
+            .render(&admin.tenants.list(), admin.delivery.gauges());
+        admin.auth_gate.render("mailwit_auth", &mut text);
+        admin
+            .status_api
+            .gate()
+            .render("mailwit_status_api_auth", &mut text);
+        return reply(StatusCode::OK, text, "text/plain; version=0.0.4");
     }
     let bearer = req
         .headers()
@@ -135,11 +140,20 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let status = admin.status.clone();
     let status_api = admin.status_api.clone();
     let data_dir = admin.data_dir.clone();
+    let reload = admin.reload.clone();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
     // Deploys compile: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
         let p: Vec<&str> = owned.iter().map(String::as_str).collect();
         match (method, p.as_slice()) {
+            (Method::POST, ["v1", "reload"]) => {
+                let outcome = reload.reload();
+                if outcome.errors.is_empty() {
+                    Ok(serde_json::to_value(outcome).expect("serializable"))
+                } else {
+                    Err(AdminError::Invalid(outcome.errors.join("; ")))
+                }
+            }
             (Method::GET, ["v1", "status-api"]) => Ok(status_api.summary()),
             (Method::PUT, ["v1", "status-api"]) => status_api.deploy(&body),
             (Method::POST, ["v1", "status-api", "rollback"]) => status_api.rollback(),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Deserialize;
 
 /// The embedded development configuration (`mailwit serve` without
@@ -37,7 +37,47 @@ pub struct Config {
     #[serde(default)]
     pub status_api: StatusApiConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub tenants: Vec<Tenant>,
+}
+
+/// Password checks before authentication: a bounded pool with a bounded
+/// queue (see `authgate`). Their memory is at most `workers` × (argon2's
+/// 19 MiB, or a hash's own at most 64 MiB, plus the tenant's instance).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Password checks at once. Default 0: one per core.
+    pub workers: usize,
+    /// Checks waiting for the pool; more get `454 4.7.0` at once. Default 64.
+    pub queue: usize,
+    /// Longest wait for the pool, in seconds; then `454 4.7.0`. Default 10.
+    pub queue_timeout_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            workers: 0,
+            queue: 64,
+            queue_timeout_secs: 10,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The gate's settings, `workers = 0` resolved to the number of cores.
+    pub fn gate(&self) -> crate::authgate::GateConfig {
+        crate::authgate::GateConfig {
+            workers: match self.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
+            queue: self.queue,
+            queue_timeout: Duration::from_secs(self.queue_timeout_secs),
+        }
+    }
 }
 
 /// The status API listener (the notification-status HTTP API, answered by
@@ -56,8 +96,14 @@ pub struct StatusApiConfig {
     pub memory_bytes: usize,
     /// Largest request body. Default 65536.
     pub max_body_bytes: usize,
-    /// Requests answered at once; more get `503`. Default 32.
+    /// Requests answered at once. Each checks a password (argon2, 19 MiB)
+    /// inside an instance of up to `memory_bytes`. Default 4.
     pub max_concurrent: usize,
+    /// Requests waiting for one of those places; more get `503` at once.
+    /// Default 64.
+    pub queue: usize,
+    /// Longest wait for a place, in ms; then `503`. Default 5000.
+    pub queue_timeout_ms: u64,
 }
 
 impl Default for StatusApiConfig {
@@ -67,7 +113,9 @@ impl Default for StatusApiConfig {
             deadline_ms: 2000,
             memory_bytes: 48 << 20,
             max_body_bytes: 64 << 10,
-            max_concurrent: 32,
+            max_concurrent: 4,
+            queue: 64,
+            queue_timeout_ms: 5000,
         }
     }
 }
@@ -304,6 +352,77 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("mailwit-data")
 }
 
+/// One thing wrong with a configuration: where (a dotted key, such as
+/// `limits.max_connections` or `listeners[1].addr`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn problem(key: impl Into<String>, message: impl std::fmt::Display) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Deserialises one value of the configuration on its own, so that one
+/// mistake does not hide the next. A table is deserialised from TOML text
+/// of its own, whose error span names the field at fault.
+fn section<T: serde::de::DeserializeOwned>(key: &str, value: &toml::Value, out: &mut Vec<Problem>) {
+    let result = match value {
+        toml::Value::Table(t) => {
+            let text = toml::to_string(t).unwrap_or_default();
+            toml::from_str::<T>(&text).map(drop).map_err(|e| {
+                let field = e.span().and_then(|span| field_at(&text, span.start));
+                (field, e.message().to_string())
+            })
+        }
+        v => v
+            .clone()
+            .try_into::<T>()
+            .map(drop)
+            .map_err(|e| (None, e.message().to_string())),
+    };
+    if let Err((field, message)) = result {
+        let key = match field {
+            Some(f) => format!("{key}.{f}"),
+            None => key.to_string(),
+        };
+        out.push(problem(key, message));
+    }
+}
+
+/// The key of the `key = value` line that `offset` falls on.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"').to_string())
+}
+
+fn sections<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &toml::Value,
+    out: &mut Vec<Problem>,
+) {
+    match value.as_array() {
+        Some(items) => {
+            for (i, item) in items.iter().enumerate() {
+                section::<T>(&format!("{key}[{i}]"), item, out);
+            }
+        }
+        None => out.push(problem(key, "expected an array of tables")),
+    }
+}
+
 impl Config {
     /// Reads a file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -313,35 +432,125 @@ impl Config {
             }
             None => DEFAULT_CONFIG.to_string(),
         };
-        let config: Config = toml::from_str(&text).context("parsing configuration")?;
-        config.validate()?;
-        Ok(config)
+        Config::parse(&text).map_err(|problems| {
+            let list: Vec<String> = problems.iter().map(Problem::to_string).collect();
+            let name = path.map_or("the embedded configuration".into(), |p| {
+                p.display().to_string()
+            });
+            anyhow::anyhow!(
+                "{name} is not a valid configuration:\n  {}",
+                list.join("\n  ")
+            )
+        })
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.listeners.is_empty() {
-            bail!("no [[listeners]] configured");
-        }
-        let mut ids = std::collections::HashSet::new();
-        for t in &self.tenants {
-            if !ids.insert(t.id.as_str()) {
-                bail!("tenant {:?} is configured twice", t.id);
+    /// Parses and validates configuration text; every problem found, each
+    /// with its key. Files it names (certificates) are not read here: see
+    /// [`Config::check_files`].
+    pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| vec![problem("(syntax)", e.to_string().trim_end())])?;
+        let mut problems = Vec::new();
+        for (key, value) in &table {
+            let p = &mut problems;
+            match key.as_str() {
+                "hostname" => section::<String>(key, value, p),
+                "data_dir" => section::<PathBuf>(key, value, p),
+                "limits" => section::<Limits>(key, value, p),
+                "tls" => section::<TlsConfig>(key, value, p),
+                "spool" => section::<SpoolConfig>(key, value, p),
+                "admin" => section::<AdminConfig>(key, value, p),
+                "runtime" => section::<RuntimeSection>(key, value, p),
+                "delivery" => section::<DeliveryConfig>(key, value, p),
+                "status_api" => section::<StatusApiConfig>(key, value, p),
+                "auth" => section::<AuthConfig>(key, value, p),
+                "listeners" => sections::<Listener>(key, value, p),
+                "tenants" => sections::<Tenant>(key, value, p),
+                _ => p.push(problem(key, "unknown key")),
             }
         }
-        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
-            bail!("connection limits must be at least 1");
+        if !table.contains_key("listeners") {
+            problems.push(problem("listeners", "no [[listeners]] configured"));
         }
-        Ok(())
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![problem("(configuration)", e.message())])?;
+        config.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
     }
 
-    /// The SMTP core's settings for one listener.
-    pub fn session_config(&self, listener: &Listener) -> mailwit_smtp::Config {
+    fn validate(&self, out: &mut Vec<Problem>) {
+        if self.listeners.is_empty() {
+            out.push(problem("listeners", "no [[listeners]] configured"));
+        }
+        let mut addrs = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(l.name.as_str()) {
+                out.push(problem(
+                    format!("listeners[{i}].name"),
+                    format!("{:?} is used twice", l.name),
+                ));
+            }
+            if l.addr.port() != 0 && !addrs.insert(l.addr) {
+                out.push(problem(
+                    format!("listeners[{i}].addr"),
+                    format!("{} is used twice", l.addr),
+                ));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if !ids.insert(t.id.as_str()) {
+                out.push(problem(
+                    format!("tenants[{i}].id"),
+                    format!("tenant {:?} is configured twice", t.id),
+                ));
+            }
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+        ] {
+            if value == 0 {
+                out.push(problem(key, "must be at least 1"));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            out.push(problem("tls", "needs both cert and key, or neither"));
+        }
+    }
+
+    /// Checks what the configuration names on disk: the certificate and
+    /// key must be readable, parse, and belong together.
+    pub fn check_files(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.tls.cert, &self.tls.key)
+            && let Err(e) = crate::tls::load_pem_files(cert, key)
+        {
+            out.push(problem("tls.cert", format!("{e:#}")));
+        }
+        out
+    }
+
+    /// The SMTP core's settings for one listener, under `limits` (the
+    /// configuration's, or a reload's).
+    pub fn session_config(&self, listener: &Listener, limits: &Limits) -> mailwit_smtp::Config {
         mailwit_smtp::Config {
             hostname: self.hostname.clone(),
-            max_message_size: self.limits.max_message_size,
-            max_recipients: self.limits.max_recipients,
-            max_errors: self.limits.max_errors,
-            max_auth_failures: self.limits.max_auth_failures,
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients,
+            max_errors: limits.max_errors,
+            max_auth_failures: limits.max_auth_failures,
             starttls: listener.tls == TlsMode::Starttls,
             plaintext_auth: listener.plaintext_auth,
         }
@@ -351,6 +560,60 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+hostname = 7
+colour = "blue"
+[limits]
+max_connections = 0
+max_recipients = "many"
+[tls]
+cert = "/etc/mailwit/cert.pem"
+[[listeners]]
+name = "a"
+addr = "127.0.0.1:25"
+tls = "starttls"
+[[listeners]]
+name = "b"
+addr = "not an address"
+tls = "starttls"
+"#;
+        let problems = Config::parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"hostname"), "{problems:?}");
+        assert!(keys.contains(&"colour"), "{problems:?}");
+        assert!(keys.contains(&"limits.max_recipients"), "{problems:?}");
+        assert!(keys.contains(&"listeners[1].addr"), "{problems:?}");
+        // Type errors stop before the checks of meaning; these come next.
+        let text = r#"
+[limits]
+max_connections = 0
+[tls]
+cert = "/etc/mailwit/cert.pem"
+[[listeners]]
+name = "a"
+addr = "127.0.0.1:25"
+tls = "starttls"
+[[listeners]]
+name = "a"
+addr = "127.0.0.1:25"
+tls = "implicit"
+"#;
+        let problems = Config::parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listeners[1].name",
+                "listeners[1].addr",
+                "limits.max_connections",
+                "tls"
+            ],
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn embedded_default_parses() {

@@ -84,7 +84,7 @@ pub async fn run(
         tenant = tracing::field::Empty
     );
     async move {
-        let limits = &shared.config.limits;
+        let limits = shared.limits();
         let mut conn = Conn::Plain(tcp);
         let mut server_name = None;
         if listener.implicit_tls {
@@ -115,7 +115,7 @@ pub async fn run(
         }
         info!(event = "smtp.connect");
         let session = Session::new(
-            shared.config.session_config(&listener.config),
+            shared.config.session_config(&listener.config, &limits),
             listener.implicit_tls,
         );
         let mut d = Driver {
@@ -134,6 +134,7 @@ pub async fn run(
             conn,
             out: Vec::new(),
             session_id,
+            limits,
         };
         d.drive(shutdown).await;
         info!(event = "smtp.disconnect");
@@ -161,11 +162,13 @@ struct Driver {
     conn: Conn,
     out: Vec<u8>,
     session_id: String,
+    /// The `[limits]` in force when the session started.
+    limits: Arc<crate::config::Limits>,
 }
 
 impl Driver {
     async fn drive(&mut self, mut shutdown: watch::Receiver<bool>) {
-        let limits = self.shared.config.limits.clone();
+        let limits = self.limits.clone();
         let mut buf = vec![0u8; READ_CHUNK];
         let mut deadline = Instant::now() + limits.command_timeout();
         let mut data_started: Option<Instant> = None;

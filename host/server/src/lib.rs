@@ -13,6 +13,8 @@
 //!   carrying the core's outputs to the policy and the spool.
 //! - [`policy`]: the policy seam ([`policy::Policy`]), answered by each
 //!   tenant's WebAssembly functions (`mailwit-runtime`).
+//! - [`authgate`]: bounded work before authentication: the password
+//!   checks' pool and queue, and back-off per client address.
 //! - [`tenants`]: tenants' function sets and rules: durable versions,
 //!   atomic swap, rollback, tenant resolution.
 //! - [`message`]: the parsed summary of a message that the policy sees.
@@ -25,12 +27,16 @@
 //! - [`statusapi`]: the status API listener, answered in-process by the
 //!   status HTTP component (`components/status`) over a per-account,
 //!   read-only view of the status store, rules and sandbox.
-//! - [`tls`]: certificate loading and self-signed generation.
+//! - [`tls`]: the certificates handshakes present (the server's, tenants'
+//!   by SNI), loading and self-signed generation.
+//! - [`reload`]: `SIGHUP` and `mailwit reload`: `[limits]` and the
+//!   certificate files again, without a restart.
 //! - [`httpd`]: the HTTP/1 accept loop of the admin and status listeners.
 //! - [`fsutil`]: the one durable whole-file write (temp, fsync, rename,
 //!   fsync of the directory) that tenants, sandbox and reports share.
 
 pub mod admin;
+pub mod authgate;
 pub mod config;
 pub mod delivery;
 pub mod driver;
@@ -39,6 +45,7 @@ pub mod httpd;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod spool;
 pub mod statusapi;

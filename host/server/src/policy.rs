@@ -23,6 +23,7 @@ use mailwit_runtime::{
 };
 use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
 
+use crate::authgate::{AuthGate, Refusal};
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
 
@@ -86,6 +87,37 @@ pub fn auth_failed() -> Reply {
     Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid")
 }
 
+/// The reply when the password checks are all busy (RFC 4954's temporary
+/// authentication failure).
+pub fn auth_busy() -> Reply {
+    Reply::new(
+        454,
+        Status(4, 7, 0),
+        "Temporary authentication failure, try again later",
+    )
+}
+
+/// The reply to an address that failed to log in too often lately; the
+/// session closes with it.
+pub fn auth_backoff() -> Reply {
+    Reply::new(
+        421,
+        Status(4, 7, 0),
+        "Too many failed logins from your address, try again later",
+    )
+}
+
+/// The rules key the stock `auth` function checks a login's secret against
+/// (`users.<login>`, or `api-keys.<id>` for the login `App` with the key
+/// `<id>.<secret>`), the convention tenant resolution shares.
+fn stock_key(login: &str, secret: &str) -> String {
+    if login == "App" {
+        format!("api-keys.{}", secret.split('.').next().unwrap_or(""))
+    } else {
+        format!("users.{login}")
+    }
+}
+
 /// The reply when a policy function traps, hits its deadline or a limit.
 pub fn policy_failed() -> Reply {
     Reply::new(
@@ -100,14 +132,22 @@ pub struct WasmPolicy {
     rt: Arc<Runtime>,
     tenants: Arc<Tenants>,
     metrics: Arc<Metrics>,
+    /// Bounds the password checks that logins cost (see [`crate::authgate`]).
+    gate: Arc<AuthGate>,
 }
 
 impl WasmPolicy {
-    pub fn new(rt: Arc<Runtime>, tenants: Arc<Tenants>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        rt: Arc<Runtime>,
+        tenants: Arc<Tenants>,
+        metrics: Arc<Metrics>,
+        gate: Arc<AuthGate>,
+    ) -> Self {
         WasmPolicy {
             rt,
             tenants,
             metrics,
+            gate,
         }
     }
 }
@@ -270,7 +310,30 @@ impl Policy for WasmPolicy {
         let tenant = self
             .tenants
             .resolve(login, secret, client.server_name.as_deref());
-        let Some(set) = tenant.as_deref().and_then(|t| self.tenants.get(t)) else {
+        let set = tenant.as_deref().and_then(|t| self.tenants.get(t));
+        // Credentials the tenant's auth cache verified lately cost no
+        // argon2 run: they skip the gate, and so never wait behind a flood.
+        let cached = set
+            .as_ref()
+            .is_some_and(|s| s.rules.verified_recently(&stock_key(login, secret), secret));
+        let _permit = match cached {
+            true => None,
+            false => match self.gate.enter(client.ip).await {
+                Ok(permit) => Some(permit),
+                Err(Refusal::Busy) => {
+                    tracing::info!(event = "smtp.auth_busy", "password checks all busy");
+                    return Err(auth_busy());
+                }
+                Err(Refusal::BackOff) => {
+                    tracing::info!(
+                        event = "smtp.auth_backoff",
+                        "too many failed logins from this address"
+                    );
+                    return Err(auth_backoff());
+                }
+            },
+        };
+        let Some(set) = set else {
             let secret = secret.to_string();
             let _ = tokio::task::spawn_blocking(move || {
                 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -280,6 +343,7 @@ impl Policy for WasmPolicy {
                     .is_ok()
             })
             .await;
+            self.gate.record(client.ip, false);
             return Err(auth_failed());
         };
         let (rt, c, login2, secret) = (
@@ -288,10 +352,18 @@ impl Policy for WasmPolicy {
             login.to_string(),
             secret.to_string(),
         );
-        let login = decide(&self.metrics, &set, "authenticate", move |s, l| {
+        let result = decide(&self.metrics, &set, "authenticate", move |s, l| {
             s.authenticate(&rt, l, &c, mechanism, &login2, &secret)
         })
-        .await?;
+        .await;
+        // A refusal counts against the address; a temporary failure (a
+        // trapping component) is not the client's doing.
+        match &result {
+            Ok(_) if !cached => self.gate.record(client.ip, true),
+            Err(r) if r.code >= 500 => self.gate.record(client.ip, false),
+            _ => {}
+        }
+        let login = result?;
         Ok(Principal {
             tenant: set.tenant.to_string(),
             login,

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
-use crate::config::{Config, Listener, TlsMode};
+use crate::config::{Config, Limits, Listener, TlsMode};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::spool::Spool;
@@ -24,6 +24,9 @@ pub struct Shared {
     /// Takes each queued message on from here.
     pub delivery: Arc<crate::delivery::Delivery>,
     pub tls: TlsAcceptor,
+    /// `[limits]`, replaced by a reload: a session takes the current ones
+    /// when it starts and keeps them to its end.
+    limits: RwLock<Arc<Limits>>,
     conns: Mutex<ConnCount>,
     next_session: AtomicU64,
 }
@@ -65,6 +68,7 @@ impl Shared {
         tls: TlsAcceptor,
     ) -> Self {
         Shared {
+            limits: RwLock::new(Arc::new(config.limits.clone())),
             config,
             policy,
             metrics,
@@ -76,10 +80,20 @@ impl Shared {
         }
     }
 
+    /// The `[limits]` in force (the configuration's, or a reload's).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.read().expect("limits lock").clone()
+    }
+
+    /// Puts new `[limits]` in force for sessions that start from now on.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().expect("limits lock") = Arc::new(limits);
+    }
+
     /// Takes a connection slot; false when a cap is reached (the slot is
     /// still taken until the 421 has been sent, so a flood cannot grow).
     fn admit(self: &Arc<Self>, ip: IpAddr) -> (ConnGuard, bool) {
-        let limits = &self.config.limits;
+        let limits = self.limits();
         let mut c = self.conns.lock().expect("conn count lock");
         let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
         let ok = c.total < limits.max_connections && per_ip < limits.max_connections_per_ip;
@@ -143,6 +157,10 @@ pub async fn run(
         )));
     }
     drop(alive);
+    // Every listener is accepting and the stores are open: tell systemd
+    // (Type=notify; nothing happens without NOTIFY_SOCKET).
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    info!(event = "ready");
     for l in accept_loops {
         let _ = l.await;
     }

@@ -35,9 +35,11 @@ use mailwit_runtime::{Limits, Rules, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::authgate::{AuthGate, GateConfig, Refusal};
 use crate::config::StatusApiConfig;
 use crate::delivery::status::StatusStore;
 use crate::fsutil::write_durable;
+use crate::httpd::Peer;
 use crate::metrics::Metrics;
 use crate::tenants::{AdminError, STATUS_COMPONENT, Tenants, Track};
 
@@ -54,9 +56,11 @@ pub struct StatusApi {
     active: RwLock<Arc<HttpFunction>>,
     /// Version history; held for the whole of a deploy or rollback.
     track: Mutex<Track>,
-    /// Requests under way; beyond `max_concurrent` the answer is `503`, so
-    /// a flood of status requests cannot take the instance pool from mail.
-    running: Arc<tokio::sync::Semaphore>,
+    /// Requests under way: at most `max_concurrent`, at most `queue` more
+    /// waiting (then `503`), so a flood of status requests cannot take the
+    /// instance pool from mail; every request checks a password, so failed
+    /// ones slow their address down (`429`).
+    gate: AuthGate,
 }
 
 impl StatusApi {
@@ -97,7 +101,11 @@ impl StatusApi {
             status,
             metrics,
             retention_secs,
-            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            gate: AuthGate::new(GateConfig {
+                workers: config.max_concurrent,
+                queue: config.queue,
+                queue_timeout: std::time::Duration::from_millis(config.queue_timeout_ms),
+            }),
             config,
             active: RwLock::new(Arc::new(f)),
             track: Mutex::new(track),
@@ -161,16 +169,49 @@ impl StatusApi {
 
     /// Answers one request with the active component, and counts the answer.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
-        let response = self.clone().answer(req).await;
-        self.metrics.status_api_response(response.status().as_u16());
+        let ip = req
+            .extensions()
+            .get::<Peer>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+        // Held by the instance's thread until the instance is gone.
+        let slot = match self.gate.enter(ip).await {
+            Ok(slot) => slot,
+            Err(Refusal::Busy) => {
+                self.metrics.status_api_response(503);
+                return plain_response(503, r#"{"error":"too many status requests at once"}"#);
+            }
+            Err(Refusal::BackOff) => {
+                self.metrics.status_api_response(429);
+                let mut r = plain_response(
+                    429,
+                    r#"{"error":"too many failed logins from your address, try again later"}"#,
+                );
+                r.headers_mut()
+                    .insert("retry-after", hyper::header::HeaderValue::from_static("60"));
+                return r;
+            }
+        };
+        let response = self.clone().answer(req, slot).await;
+        let code = response.status().as_u16();
+        match code {
+            401 => self.gate.record(ip, false),
+            200..=299 => self.gate.record(ip, true),
+            _ => {}
+        }
+        self.metrics.status_api_response(code);
         response
     }
 
-    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
-        // Held by the instance's thread until the instance is gone.
-        let Ok(slot) = self.running.clone().try_acquire_owned() else {
-            return plain_response(503, r#"{"error":"too many status requests at once"}"#);
-        };
+    /// The status API's gate, for `/metrics`.
+    pub fn gate(&self) -> &AuthGate {
+        &self.gate
+    }
+
+    async fn answer(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> HttpResponse {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.config.max_body_bytes)
             .collect()

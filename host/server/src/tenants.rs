@@ -24,6 +24,8 @@ use anyhow::Context;
 use mailwit_runtime::{Function, Limits, PolicySet, Rules, Runtime};
 use serde::{Deserialize, Serialize};
 
+use rustls::sign::CertifiedKey;
+
 use crate::config::{Config, Tenant};
 use crate::fsutil::write_durable;
 
@@ -141,6 +143,28 @@ struct Index {
     logins: HashMap<String, Vec<String>>,
     api_keys: HashMap<String, String>,
     server_names: HashMap<String, String>,
+    /// Tenants' own certificates, by the server names they list.
+    certs: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// The certificate a tenant's rules give for its `tls.server-names`
+/// (`tls.certificate` and `tls.private-key`, PEM), if any.
+fn tenant_certificate(rules: &Rules) -> Result<Option<Arc<CertifiedKey>>, String> {
+    match (
+        rules.secret("tls.certificate"),
+        rules.secret("tls.private-key"),
+    ) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            if rules.list("tls.server-names").is_empty() {
+                return Err("tls.certificate is given but tls.server-names lists no name".into());
+            }
+            crate::tls::certified_key(cert.as_bytes(), key.as_bytes())
+                .map(Some)
+                .map_err(|e| format!("tls.certificate: {e:#}"))
+        }
+        _ => Err("tls.certificate and tls.private-key go together".into()),
+    }
 }
 
 /// All tenants.
@@ -271,10 +295,18 @@ impl Tenants {
             for key in set.rules.keys_under("api-keys") {
                 index.api_keys.insert(key.to_string(), id.clone());
             }
+            // Validated when the rules were set; a stored version from
+            // before that check is skipped with a log line.
+            let cert = tenant_certificate(&set.rules).unwrap_or_else(|why| {
+                tracing::warn!(event = "tenant.certificate_refused", tenant = %id, why);
+                None
+            });
             for name in set.rules.list("tls.server-names") {
-                index
-                    .server_names
-                    .insert(name.to_ascii_lowercase(), id.clone());
+                let name = name.to_ascii_lowercase();
+                if let Some(cert) = &cert {
+                    index.certs.insert(name.clone(), cert.clone());
+                }
+                index.server_names.insert(name, id.clone());
             }
         }
         *self.index.write().expect("index lock") = index;
@@ -433,7 +465,20 @@ impl Tenants {
                 "tenant names are 1-64 of [a-z0-9_-]".into(),
             ));
         }
-        Rules::parse(text).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let rules = Rules::parse(text).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        tenant_certificate(&rules).map_err(AdminError::Invalid)?;
+        {
+            let index = self.index.read().expect("index lock");
+            for name in rules.list("tls.server-names") {
+                if let Some(other) = index.server_names.get(&name.to_ascii_lowercase())
+                    && other != tenant
+                {
+                    return Err(AdminError::Invalid(format!(
+                        "tls.server-names: {name} belongs to another tenant"
+                    )));
+                }
+            }
+        }
         let mut state = self.state_of(tenant);
         let version = state.rules.latest + 1;
         write_durable(
@@ -496,6 +541,17 @@ impl Tenants {
             .collect();
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         out
+    }
+}
+
+impl crate::tls::TenantCerts for Tenants {
+    fn tenant_cert(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        self.index
+            .read()
+            .expect("index lock")
+            .certs
+            .get(server_name)
+            .cloned()
     }
 }
 

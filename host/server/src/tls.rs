@@ -1,14 +1,34 @@
-//! TLS server configuration: PEM files from the configuration, or a
-//! self-signed certificate generated once under `<data_dir>/tls/`.
+//! TLS: the certificates the listeners present, and replacing them while
+//! the server runs.
+//!
+//! The listeners' `rustls::ServerConfig` is built once; its certificate
+//! comes from a [`CertStore`] that asks, per handshake, for
+//! 1. the certificate of the tenant whose `tls.server-names` lists the
+//!    client's SNI name (the PEM in the tenant's rules, `tls.certificate`
+//!    and `tls.private-key`), then
+//! 2. the server's own (`[tls] cert`/`key`, or a self-signed one generated
+//!    once under `<data_dir>/tls/`).
+//!
+//! A reload swaps the server's certificate in the store: handshakes that
+//! start afterwards present the new one, sessions already open keep theirs.
+//! The server chooses the cipher suite (its order, not the client's).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
+
+/// The crypto provider of every TLS endpoint (ring, rustls' safe defaults).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// Where the generated certificate lives.
 pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
@@ -16,26 +36,98 @@ pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
-/// Builds the acceptor's configuration.
-pub fn server_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// Looks up a tenant's certificate by SNI name (lowercase).
+pub trait TenantCerts: Send + Sync {
+    fn tenant_cert(&self, server_name: &str) -> Option<Arc<CertifiedKey>>;
+}
+
+/// The certificates handshakes are answered with; see the module docs.
+pub struct CertStore {
+    server: RwLock<Arc<CertifiedKey>>,
+    tenants: Option<Arc<dyn TenantCerts>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// A store presenting `server`, and tenants' own certificates for the
+    /// names they list.
+    pub fn new(server: Arc<CertifiedKey>, tenants: Option<Arc<dyn TenantCerts>>) -> CertStore {
+        CertStore {
+            server: RwLock::new(server),
+            tenants,
+        }
+    }
+
+    /// Replaces the server's certificate for every handshake from now on.
+    pub fn replace(&self, server: Arc<CertifiedKey>) {
+        *self.server.write().expect("cert store lock") = server;
+    }
+
+    /// The listeners' TLS configuration, answered by this store.
+    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        // The provider lists its suites strongest first; pick by that order.
+        tls.ignore_client_order = true;
+        Ok(Arc::new(tls))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let (Some(name), Some(tenants)) = (hello.server_name(), &self.tenants)
+            && let Some(cert) = tenants.tenant_cert(&name.to_ascii_lowercase())
+        {
+            return Some(cert);
+        }
+        Some(self.server.read().expect("cert store lock").clone())
+    }
+}
+
+/// The server's certificate as the configuration names it: its files, or
+/// the generated self-signed one (made now if it does not exist yet).
+pub fn load_server_cert(config: &Config) -> anyhow::Result<Arc<CertifiedKey>> {
     let (cert_path, key_path) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         (None, None) => ensure_self_signed(config)?,
         _ => anyhow::bail!("[tls] needs both cert and key, or neither"),
     };
-    let certs = CertificateDer::pem_file_iter(&cert_path)
-        .with_context(|| format!("reading certificate {}", cert_path.display()))?
+    load_pem_files(&cert_path, &key_path)
+}
+
+/// A certificate chain and its key from PEM files; fails when either does
+/// not parse or they do not belong together.
+pub fn load_pem_files(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+    let cert = std::fs::read(cert_path)
+        .with_context(|| format!("reading certificate {}", cert_path.display()))?;
+    let key =
+        std::fs::read(key_path).with_context(|| format!("reading key {}", key_path.display()))?;
+    certified_key(&cert, &key).with_context(|| {
+        format!(
+            "certificate {} with key {}",
+            cert_path.display(),
+            key_path.display()
+        )
+    })
+}
+
+/// A certificate chain and its key from PEM text.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificate {}", cert_path.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .with_context(|| format!("reading key {}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
-    Ok(Arc::new(tls))
+        .context("the certificate is not PEM")?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in the PEM text");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("the private key is not PEM")?;
+    let key = CertifiedKey::from_der(certs, key, &provider())
+        .context("the certificate and the key do not belong together")?;
+    Ok(Arc::new(key))
 }
 
 fn ensure_self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -44,8 +136,19 @@ fn ensure_self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
         tracing::info!(cert = %cert_path.display(), "using the previously generated self-signed certificate");
         return Ok((cert_path, key_path));
     }
+    write_self_signed(&config.hostname, &cert_path, &key_path)?;
+    tracing::warn!(
+        cert = %cert_path.display(),
+        "no [tls] certificate configured: generated a self-signed one; clients must be told to trust this file"
+    );
+    Ok((cert_path, key_path))
+}
+
+/// Writes a self-signed certificate for `hostname` (and loopback) and its
+/// key (mode 0600), creating their directories.
+pub fn write_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
     let mut names = vec![
-        config.hostname.clone(),
+        hostname.to_string(),
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
@@ -53,15 +156,16 @@ fn ensure_self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     names.dedup();
     let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed certificate")?;
-    let dir = cert_path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(&cert_path, cert.pem())?;
-    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
-    tracing::warn!(
-        cert = %cert_path.display(),
-        "no [tls] certificate configured: generated a self-signed one; clients must be told to trust this file"
-    );
-    Ok((cert_path, key_path))
+    for p in [cert_path, key_path] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    std::fs::write(cert_path, cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    write_private(key_path, key_pair.serialize_pem().as_bytes())
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

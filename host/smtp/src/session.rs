@@ -135,7 +135,9 @@ pub enum Verdict {
     Accept,
     /// Accept with this reply (for a message: `250 2.0.0 Ok: queued as ID`).
     AcceptWith(Reply),
-    /// Refuse with this reply (4xx or 5xx).
+    /// Refuse with this reply (4xx or 5xx). A `421` also closes the
+    /// session: RFC 5321 (4.2.2) gives that code to a server that is
+    /// closing the channel.
     Reject(Reply),
 }
 
@@ -776,6 +778,9 @@ impl Session {
             Verdict::Accept => standard,
             Verdict::AcceptWith(r) | Verdict::Reject(r) => r,
         };
+        if !accepted && reply.code == 421 {
+            return self.close_with(reply);
+        }
         self.out.push_back(Output::Reply(reply));
         if !accepted && !self.authenticated && self.auth_failures >= self.config.max_auth_failures {
             self.close_with(Reply::new(

@@ -49,6 +49,12 @@ impl Harness {
                         Question::Auth { login, secret, .. } => {
                             if login == "u" && secret == "p" {
                                 Verdict::Accept
+                            } else if login == "banned" {
+                                Verdict::Reject(Reply::new(
+                                    421,
+                                    Status(4, 7, 0),
+                                    "Too many failed logins",
+                                ))
                             } else {
                                 Verdict::Reject(Reply::new(
                                     535,
@@ -228,6 +234,17 @@ fn repeated_auth_failures_close() {
             "421 4.7.0"
         ]
     );
+    assert!(h.closed);
+}
+
+/// A policy that answers 421 (the host's back-off, say) closes the
+/// session: nothing after it is read.
+#[test]
+fn a_421_answer_closes_the_session() {
+    let mut h = Harness::new(plain_auth(), false);
+    // "\0banned\0x"
+    h.send(b"EHLO c\r\nAUTH PLAIN AGJhbm5lZAB4\r\nNOOP\r\n");
+    assert_eq!(codes(&h.take()), vec!["220 local", "250 HELP", "421 4.7.0"]);
     assert!(h.closed);
 }
 
