@@ -8,6 +8,7 @@ mod durability;
 mod first_day;
 mod harness;
 mod limits;
+mod memory;
 mod policy;
 mod reload;
 mod status_api;

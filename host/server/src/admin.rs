@@ -42,6 +42,7 @@ pub struct Admin {
     pub delivery: Arc<crate::delivery::Delivery>,
     pub reload: Arc<crate::reload::Reloader>,
     pub auth_gate: Arc<crate::authgate::AuthGate>,
+    pub budget: Arc<crate::budget::ContentBudget>,
     pub token: String,
 }
 
@@ -99,6 +100,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .metrics
             .render(&admin.tenants.list(), admin.delivery.gauges());
         admin.auth_gate.render("mailwit_auth", &mut text);
+        admin.budget.render(&mut text);
         admin
             .status_api
             .gate()

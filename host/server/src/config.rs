@@ -39,7 +39,43 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
     pub tenants: Vec<Tenant>,
+}
+
+/// The ceiling on message content held in memory (see `budget`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Octets of message content in memory, the whole server. Default
+    /// 536870912 (512 MiB).
+    pub content_bytes: usize,
+    /// The same, per tenant. Default 268435456 (256 MiB).
+    pub content_bytes_per_tenant: usize,
+    /// Longest wait for room, in seconds; then a message being received
+    /// gets `452 4.3.1` at its end. Default 30.
+    pub content_wait_secs: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            content_bytes: 512 << 20,
+            content_bytes_per_tenant: 256 << 20,
+            content_wait_secs: 30,
+        }
+    }
+}
+
+impl MemoryConfig {
+    pub fn budget(&self) -> crate::budget::BudgetConfig {
+        crate::budget::BudgetConfig {
+            total_bytes: self.content_bytes,
+            per_tenant_bytes: self.content_bytes_per_tenant,
+            wait: Duration::from_secs(self.content_wait_secs),
+        }
+    }
 }
 
 /// Password checks before authentication: a bounded pool with a bounded
@@ -465,6 +501,7 @@ impl Config {
                 "delivery" => section::<DeliveryConfig>(key, value, p),
                 "status_api" => section::<StatusApiConfig>(key, value, p),
                 "auth" => section::<AuthConfig>(key, value, p),
+                "memory" => section::<MemoryConfig>(key, value, p),
                 "listeners" => sections::<Listener>(key, value, p),
                 "tenants" => sections::<Tenant>(key, value, p),
                 _ => p.push(problem(key, "unknown key")),
@@ -523,6 +560,23 @@ impl Config {
         ] {
             if value == 0 {
                 out.push(problem(key, "must be at least 1"));
+            }
+        }
+        // A message of the largest size, and the spool's copy of it while it
+        // is written, must fit in the budget.
+        let need = 2 * self.limits.max_message_size;
+        for (key, value) in [
+            ("memory.content_bytes", self.memory.content_bytes),
+            (
+                "memory.content_bytes_per_tenant",
+                self.memory.content_bytes_per_tenant,
+            ),
+        ] {
+            if value < need {
+                out.push(problem(
+                    key,
+                    format!("{value} is less than twice limits.max_message_size ({need})"),
+                ));
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

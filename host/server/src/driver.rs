@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::budget;
 use crate::policy::{ClientInfo, Principal, TxnPolicy};
 use crate::server::{ListenerCtx, Shared};
 use crate::spool::{Meta, SpoolError};
@@ -135,6 +136,7 @@ pub async fn run(
             out: Vec::new(),
             session_id,
             limits,
+            room: None,
         };
         d.drive(shutdown).await;
         info!(event = "smtp.disconnect");
@@ -164,6 +166,9 @@ struct Driver {
     session_id: String,
     /// The `[limits]` in force when the session started.
     limits: Arc<crate::config::Limits>,
+    /// Room for the message being received, once it is larger than
+    /// [`budget::SMALL`]; given back when the message's bytes are.
+    room: Option<budget::Reservation>,
 }
 
 impl Driver {
@@ -181,10 +186,17 @@ impl Driver {
                         log_reply(&r);
                         r.write_to(&mut self.out);
                         deadline = Instant::now() + limits.command_timeout();
+                        if !self.session.in_data() {
+                            self.room = None;
+                        }
                     }
                     Output::Ask(q) => {
                         let verdict = self.ask(q).await;
                         self.session.answer(verdict);
+                        // A message's bytes are gone once it is answered.
+                        if !self.session.in_data() {
+                            self.room = None;
+                        }
                     }
                     Output::StartTls => {
                         if !self.flush().await {
@@ -234,6 +246,8 @@ impl Driver {
                 let allowance =
                     Duration::from_secs(self.session.data_received() / limits.min_data_rate.max(1));
                 deadline = start + limits.data_timeout() + allowance;
+                // A large message reads on only with room for all of it.
+                self.make_room(deadline).await;
             } else {
                 data_started = None;
             }
@@ -259,6 +273,51 @@ impl Driver {
                 _ = shutdown.changed(), if grace.is_none() => {
                     grace = Some(Instant::now() + limits.shutdown_grace());
                 }
+            }
+        }
+    }
+
+    /// Once the message being received outgrows [`budget::SMALL`], reserves
+    /// room for the whole of it (its declared SIZE, else the largest
+    /// allowed, twice: the spool's copy while it is written) before another
+    /// octet is read; waits for it within the DATA deadline. Without room,
+    /// or past the SIZE it declared, the message is refused at its end.
+    async fn make_room(&mut self, deadline: Instant) {
+        let received = self.session.data_received();
+        if received <= budget::SMALL as u64 || self.session.data_refused() {
+            return;
+        }
+        if let Some(room) = &self.room {
+            if received > (room.bytes() / 2) as u64 {
+                info!(event = "smtp.over_declared_size", declared = ?self.session.declared_size());
+                self.session.refuse_data(Reply::new(
+                    552,
+                    Status(5, 3, 4),
+                    "Message exceeds the SIZE it declared",
+                ));
+            }
+            return;
+        }
+        let max = self.limits.max_message_size;
+        let size = self
+            .session
+            .declared_size()
+            .map_or(max, |d| (d as usize).clamp(budget::SMALL, max));
+        let tenant = self.principal.as_ref().map_or("", |p| p.tenant.as_str());
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let reserved = timeout(wait, self.shared.budget.reserve(tenant, 2 * size)).await;
+        match reserved {
+            Ok(Ok(room)) => self.room = Some(room),
+            _ => {
+                warn!(
+                    event = "smtp.memory_full",
+                    size, "no room for the message's content"
+                );
+                self.session.refuse_data(Reply::new(
+                    452,
+                    Status(4, 3, 1),
+                    "Insufficient system storage, try again later",
+                ));
             }
         }
     }

@@ -15,6 +15,8 @@
 //!   tenant's WebAssembly functions (`mailwit-runtime`).
 //! - [`authgate`]: bounded work before authentication: the password
 //!   checks' pool and queue, and back-off per client address.
+//! - [`budget`]: the ceiling on message content held in memory, server-wide
+//!   and per tenant.
 //! - [`tenants`]: tenants' function sets and rules: durable versions,
 //!   atomic swap, rollback, tenant resolution.
 //! - [`message`]: the parsed summary of a message that the policy sees.
@@ -37,6 +39,7 @@
 
 pub mod admin;
 pub mod authgate;
+pub mod budget;
 pub mod config;
 pub mod delivery;
 pub mod driver;

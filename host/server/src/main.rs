@@ -588,6 +588,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
         let status: Arc<dyn StatusStore> = Arc::new(
             FileStatusStore::open(&config.data_dir.join("status")).context("opening the status store")?,
         );
+        let budget = Arc::new(mailwit::budget::ContentBudget::new(config.memory.budget()));
         let delivery = {
             let d = Delivery::start(
                 spool.clone(),
@@ -596,6 +597,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
                 config.delivery.clone(),
                 config.hostname.clone(),
                 &config.data_dir,
+                budget.clone(),
             )
             .context("starting delivery")?;
             d.recover(pending);
@@ -616,7 +618,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
             .await
             .with_context(|| format!("binding the status API listener on {}", config.status_api.addr))?;
         tracing::info!(event = "listening", listener = %"status-api", addr = %status_listener.local_addr()?, tls = %"none");
-        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, delivery, tls));
+        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, delivery, tls, budget.clone()));
         let reloader = Arc::new(mailwit::reload::Reloader::new(config_path, certs, shared.clone()));
 
         let (stop, stopped) = watch::channel(false);
@@ -649,6 +651,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
             delivery: shared.delivery.clone(),
             reload: reloader,
             auth_gate,
+            budget,
             token,
         });
         let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));

@@ -24,6 +24,8 @@ pub struct Shared {
     /// Takes each queued message on from here.
     pub delivery: Arc<crate::delivery::Delivery>,
     pub tls: TlsAcceptor,
+    /// The ceiling on message content in memory.
+    pub budget: Arc<crate::budget::ContentBudget>,
     /// `[limits]`, replaced by a reload: a session takes the current ones
     /// when it starts and keeps them to its end.
     limits: RwLock<Arc<Limits>>,
@@ -66,8 +68,10 @@ impl Shared {
         spool: Spool,
         delivery: Arc<crate::delivery::Delivery>,
         tls: TlsAcceptor,
+        budget: Arc<crate::budget::ContentBudget>,
     ) -> Self {
         Shared {
+            budget,
             limits: RwLock::new(Arc::new(config.limits.clone())),
             config,
             policy,

@@ -21,6 +21,9 @@ pub struct Defects {
     pub nul: bool,
     /// The message grew beyond the size limit; the content was truncated.
     pub oversized: bool,
+    /// The host gave up on keeping the content ([`DataReceiver::discard`]);
+    /// nothing of it was kept.
+    pub discarded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +88,15 @@ impl DataReceiver {
         (self.content, self.defects)
     }
 
+    /// Keeps nothing more of this message (and drops what was kept): it
+    /// is read to its end and then refused.
+    pub fn discard(&mut self) {
+        self.defects.discarded = true;
+        self.content = Vec::new();
+    }
+
     fn push(&mut self, bytes: &[u8]) {
-        if self.defects.oversized {
+        if self.defects.oversized || self.defects.discarded {
             return;
         }
         if self.content.len() + bytes.len() > self.max {

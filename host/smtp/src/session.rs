@@ -204,6 +204,9 @@ pub struct Session {
     awaiting: Option<Pending>,
     errors: u32,
     auth_failures: u32,
+    /// The reply for the message being received, when the host refused it
+    /// mid-DATA ([`Session::refuse_data`]).
+    data_refusal: Option<Reply>,
     discarded_after_starttls: usize,
 }
 
@@ -228,6 +231,7 @@ impl Session {
             awaiting: None,
             errors: 0,
             auth_failures: 0,
+            data_refusal: None,
             discarded_after_starttls: 0,
         }
     }
@@ -258,6 +262,27 @@ impl Session {
     /// True while the client is sending message content.
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
+    }
+
+    /// The SIZE the client declared for the current transaction's message.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.txn.declared_size
+    }
+
+    /// Refuses the message being received with `reply`, once its end
+    /// arrives: nothing more of it is kept, and what was is dropped. The
+    /// host's way to say, mid-DATA, that it cannot hold the message (a
+    /// memory budget spent) without breaking the framing.
+    pub fn refuse_data(&mut self, reply: Reply) {
+        if let Phase::Data(receiver) = &mut self.phase {
+            receiver.discard();
+            self.data_refusal = Some(reply);
+        }
+    }
+
+    /// Whether the message being received was refused by the host.
+    pub fn data_refused(&self) -> bool {
+        self.data_refusal.is_some()
     }
 
     /// Octets of message content received in the current DATA phase.
@@ -715,6 +740,10 @@ impl Session {
     fn end_of_data(&mut self, receiver: DataReceiver) {
         let (content, defects) = receiver.finish();
         let txn = std::mem::take(&mut self.txn);
+        if let Some(reply) = self.data_refusal.take() {
+            self.out.push_back(Output::Reply(reply));
+            return;
+        }
         if defects.oversized {
             return self.reply(
                 552,

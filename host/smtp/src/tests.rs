@@ -462,3 +462,34 @@ fn byte_by_byte_feeding_matches() {
     assert_eq!(whole.wire, bytes.wire);
     assert_eq!(whole.queued, bytes.queued);
 }
+
+/// The host refuses a message mid-DATA (its memory budget spent): the rest
+/// is read and dropped, the refusal answers the final dot, nothing is
+/// queued, and the session goes on.
+#[test]
+fn a_message_refused_mid_data_is_read_to_its_end_then_answered() {
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nSubject: big\r\n\r\nfirst part\r\n");
+    assert!(h.s.in_data());
+    h.s.refuse_data(Reply::new(
+        452,
+        Status(4, 3, 1),
+        "Insufficient system storage",
+    ));
+    h.send(b"more of it\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "452 4.3.1",
+            "250 2.0.0"
+        ]
+    );
+    assert!(h.queued.is_empty());
+    // The next message is kept as usual.
+    h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nok\r\n.\r\n");
+    assert_eq!(h.queued.len(), 1);
+    assert_eq!(h.queued[0].1, b"ok\r\n");
+}

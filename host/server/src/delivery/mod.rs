@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::budget::{ContentBudget, Refused, Reservation, SMALL};
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
@@ -88,6 +89,8 @@ pub struct Delivery {
     hostname: String,
     sandbox_dir: PathBuf,
     tx: mpsc::UnboundedSender<Job>,
+    /// A large message's content is loaded only with room reserved here.
+    budget: Arc<ContentBudget>,
     /// Jobs queued and not yet started.
     waiting: AtomicUsize,
     /// Messages waiting for their next retry.
@@ -103,6 +106,7 @@ impl Delivery {
         config: DeliveryConfig,
         hostname: String,
         data_dir: &std::path::Path,
+        budget: Arc<ContentBudget>,
     ) -> std::io::Result<Arc<Delivery>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let d = Arc::new(Delivery {
@@ -114,6 +118,7 @@ impl Delivery {
             hostname,
             sandbox_dir: data_dir.join("sandbox"),
             tx,
+            budget,
             waiting: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
         });
@@ -170,8 +175,10 @@ impl Delivery {
     /// A message just acknowledged with 250, spooled at `at`.
     pub fn submit(&self, meta: Meta, content: Vec<u8>, at: Location) {
         let pending = meta.recipients.clone();
-        // Behind a long queue, the content waits in the spool, not here.
-        let loaded = self.waiting.load(Ordering::Relaxed) < self.config.in_memory_queue;
+        // Behind a long queue, and when it is large, the content waits in
+        // the spool, not here: the worker reads it back with room reserved.
+        let loaded = self.waiting.load(Ordering::Relaxed) < self.config.in_memory_queue
+            && content.len() <= SMALL;
         let content = if loaded { content } else { Vec::new() };
         self.queue(Job {
             msg: Arc::new(Spooled { meta, content }),
@@ -281,8 +288,32 @@ impl Delivery {
         Ok(())
     }
 
+    /// Room for a large message's content (and a copy of it, for signing
+    /// or a header removal) before it is read back; waits as long as it
+    /// takes, since delivery is not in a hurry and the sessions' share
+    /// comes first.
+    async fn room_for(&self, job: &Job) -> Option<Reservation> {
+        let len = job.at.len() as usize;
+        if job.loaded || len <= SMALL {
+            return None;
+        }
+        loop {
+            match self.budget.reserve(&job.msg.meta.tenant, 2 * len).await {
+                Ok(r) => return Some(r),
+                Err(Refused::Busy) => continue,
+                // Larger than the budget now allows (it was lowered since
+                // the message was accepted): deliver it anyway.
+                Err(Refused::TooLarge) => return None,
+            }
+        }
+    }
+
     async fn process(self: Arc<Self>, mut job: Job) {
         // Read back from the spool only when there is something to deliver.
+        let _room = match job.pending.is_empty() {
+            true => None,
+            false => self.room_for(&job).await,
+        };
         let loaded = match job.pending.is_empty() {
             true => Ok(()),
             false => self.load(&mut job).await,

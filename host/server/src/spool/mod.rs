@@ -80,6 +80,17 @@ pub struct Location {
     len: u64,
 }
 
+impl Location {
+    /// The record's length on disk: its content, envelope and header.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// A pending message found at start-up: its envelope and where to read it.
 #[derive(Debug, Clone)]
 pub struct Pending {
