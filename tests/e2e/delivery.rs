@@ -7,13 +7,31 @@ use std::process::{Child, Command, Stdio};
 
 use crate::harness::*;
 
-/// A free loopback port (bound, then released for the service to take).
+/// A loopback port held for a service that starts later: bound, so that
+/// no other test's listener can take it meanwhile, and not listening, so
+/// that connections to it are refused as by a host that is down. Released
+/// (dropped) just before the service binds it.
+struct Reserved {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+fn reserve_port() -> Reserved {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    Reserved {
+        port,
+        _socket: socket,
+    }
+}
+
+/// A free loopback port for a service that starts at once.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    reserve_port().port
 }
 
 /// A self-signed certificate for 127.0.0.1 made by openssl, as
@@ -283,9 +301,10 @@ fn discard_route_and_retention_purge() {
 fn metrics_show_the_delivery_queue() {
     let tmp = tempfile::tempdir().unwrap();
     // Nothing listens on the next hop's port: the message is deferred.
+    let down = reserve_port();
     let s = Server::start_with(Options {
         delivery: "retry_initial_secs = 600".into(),
-        acme_rules: relay_rules(free_port(), &dkim_key(tmp.path()).0),
+        acme_rules: relay_rules(down.port, &dkim_key(tmp.path()).0),
         ..Options::default()
     });
     assert!(s.metrics().contains("mailwit_delivery_retrying 0\n"));
@@ -327,7 +346,8 @@ fn queued_content_is_read_back_from_the_spool() {
 fn sigkill_during_delivery_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     // The next hop is down at first: every message is deferred.
-    let port = free_port();
+    let down = reserve_port();
+    let port = down.port;
     let mut s = Server::start_with(Options {
         delivery: "retry_initial_secs = 1\nretry_max_secs = 1".into(),
         acme_rules: relay_rules(port, &dkim_key(tmp.path()).0),
@@ -340,6 +360,7 @@ fn sigkill_during_delivery_loses_nothing() {
         });
     }
     s.kill9();
+    drop(down);
     let upstream = Upstream::start(tmp.path(), Some(port));
     s.restart();
     wait_for("all five delivered", || upstream.received().len() >= 5);
@@ -444,7 +465,9 @@ impl Drop for Receiver {
 #[test]
 fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // The callback server is down at first.
+    let down = reserve_port();
+    let port = down.port;
     let s = Server::start_with(Options {
         acme_rules: route_rules("sandbox"),
         ..Options::default()
@@ -486,6 +509,7 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     wait_for("a deferred report", || {
         s.log_text().contains("report.deferred")
     });
+    drop(down);
     let receiver = Receiver::start(tmp.path(), port);
     wait_for("three reports", || receiver.reports().len() >= 3);
     let reports = receiver.reports();

@@ -335,13 +335,19 @@ domains = ["acme.example"]
         }
     }
 
-    /// `mailwit status <id>` against this server: the events, as JSON.
+    /// `mailwit status <id>` against this server: the events, as JSON;
+    /// `None` when the server has none for `id` (its 404). Any other
+    /// failure of the command panics, so it is never taken for "no events".
     pub fn status(&self, id: &str) -> Option<serde_json::Value> {
         let (ok, out) = self.cli("status", &["--json", id]);
         if !ok {
+            assert!(
+                out.contains("404 Not Found") && out.contains("no events"),
+                "mailwit status {id} failed: {out}"
+            );
             return None;
         }
-        serde_json::from_str(&out).ok()
+        Some(serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}")))
     }
 
     /// The statuses of `id` for `recipient`, in order ("received", "sent", ...).
@@ -539,10 +545,20 @@ impl Raw {
         self.reply()
     }
 
-    /// True when the server has closed the connection.
+    /// True when the server has closed the connection: end of stream or a
+    /// reset. A read that times out (the server kept the connection open
+    /// past the read timeout) or that brings data is not a close.
     pub fn closed(&mut self) -> bool {
+        use std::io::ErrorKind;
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+        match self.reader.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+            ),
+        }
     }
 }
 

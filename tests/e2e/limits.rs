@@ -176,13 +176,16 @@ fn trickled_bytes_do_not_reset_the_deadline() {
     });
     let mut r = Raw::open(s.port("plain"));
     let writer = r.stream.try_clone().unwrap();
-    // One byte of a never-ending NOOP argument every 200 ms, for longer
-    // than the deadline.
+    // One byte of a never-ending NOOP argument every 200 ms, until the
+    // server answers: a server whose deadline each byte reset would never
+    // answer, and the read below would time out instead.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = stop.clone();
     let trickle = std::thread::spawn(move || {
         use std::io::Write;
         let mut w = writer;
         let _ = w.write_all(b"NOOP ");
-        for _ in 0..40 {
+        while !trickling.load(std::sync::atomic::Ordering::Relaxed) {
             if w.write_all(b"a").is_err() {
                 return;
             }
@@ -190,6 +193,7 @@ fn trickled_bytes_do_not_reset_the_deadline() {
         }
     });
     let reply = r.reply();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reply.starts_with("421 4.4.2"), "{reply}");
     trickle.join().unwrap();
 }
