@@ -291,7 +291,7 @@ fn discard_route_and_retention_purge() {
     });
     // Older than the retention: purged.
     wait_for("the purge", || s.status(&id).is_none());
-    assert!(s.log_text().contains("status.purged"));
+    s.wait_log("status.purged", 1);
 }
 
 /// The admin `/metrics` shows the delivery queue and the spool: a deferred
