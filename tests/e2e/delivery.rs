@@ -622,3 +622,68 @@ fn relay_over_tls_with_auth(tls: &str) {
     let (env, _) = upstream.received().remove(0);
     assert_eq!(env["tls"], true);
 }
+
+/// Without `insecure`, a next hop whose certificate is not trusted gets
+/// nothing: the message is deferred, and the next hop receives nothing.
+#[test]
+fn relay_to_an_untrusted_certificate_is_deferred() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path(), "up");
+    let args = [
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        "relay-user",
+        "relay-secret",
+    ];
+    let upstream = Upstream::start_with(tmp.path(), None, &args);
+    let s = Server::start_with(Options {
+        delivery: "retry_initial_secs = 600".into(),
+        acme_rules: format!(
+            "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"relay-user\"\npassword = \"relay-secret\"\n",
+            upstream.port
+        ),
+        ..Options::default()
+    });
+    let id = submit(&s, "ok@example.net", &[]);
+    wait_for("a deferral", || {
+        s.statuses(&id, "ok@example.net") == ["received", "deferred"]
+    });
+    assert!(
+        upstream.received().is_empty(),
+        "relayed to an untrusted certificate"
+    );
+    assert_eq!(s.pending().len(), 1, "the message left the spool");
+}
+
+/// An `https://` callback whose certificate the trust store does not hold
+/// gets no report: it stays queued (deferred), and the receiver sees none.
+#[test]
+fn https_delivery_reports_to_an_untrusted_certificate_stay_queued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path(), "rcv");
+    let port = free_port();
+    let receiver = Receiver::start_with(
+        tmp.path(),
+        port,
+        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    // An empty trust store (a file with no certificate in it).
+    let empty = write_file(tmp.path(), "empty.pem", b"");
+    let s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        env: vec![("SSL_CERT_FILE".into(), empty.to_str().unwrap().into())],
+        ..Options::default()
+    });
+    let url = format!("X-IB-notify-url: https://127.0.0.1:{port}/dlr");
+    submit(&s, "a@example.net", &["--header", &url]);
+    s.wait_log("report.deferred", 1);
+    assert!(
+        receiver.reports().is_empty(),
+        "a report crossed an untrusted TLS session"
+    );
+    let queued = std::fs::read_dir(s.data_dir().join("reports"))
+        .unwrap()
+        .flatten()
+        .count();
+    assert!(queued > 0, "the report is not queued");
+}
