@@ -12,7 +12,10 @@ use crate::harness::*;
 /// check, hundreds at once). Bounded, it needs the pool's few checks.
 const PEAK_CEILING: u64 = 400 << 20;
 
+/// Loads both cores on purpose, which would starve the other tests' 200 ms
+/// policy deadlines: `./test` runs it after them, alone.
 #[test]
+#[ignore = "loads the machine: ./test runs it alone, after the others"]
 fn an_auth_flood_from_many_addresses_stays_bounded() {
     let s = Server::start_with(Options {
         limits: "max_connections_per_ip = 20\nmax_connections = 1000",

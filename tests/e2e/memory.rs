@@ -49,7 +49,10 @@ fn whole(n: usize) -> Vec<u8> {
     all
 }
 
+/// Moves 3.8 GB through the server on purpose, which would starve the
+/// other tests' 200 ms policy deadlines: `./test` runs it after them, alone.
 #[test]
+#[ignore = "loads the machine: ./test runs it alone, after the others"]
 fn large_messages_in_flight_stay_under_the_memory_ceiling() {
     let s = Server::start_with(Options {
         limits: "max_connections_per_ip = 20",
