@@ -553,16 +553,20 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     });
 }
 
+/// A report receiver over HTTPS with a self-signed certificate of its own:
+/// (the certificate's path, its port, the receiver).
+fn https_receiver(dir: &Path) -> (PathBuf, u16, Receiver) {
+    let (cert, key) = self_signed(dir, "rcv");
+    let port = free_port();
+    let receiver =
+        Receiver::start_with(dir, port, &[cert.to_str().unwrap(), key.to_str().unwrap()]);
+    (cert, port, receiver)
+}
+
 #[test]
 fn https_delivery_reports_are_verified_against_the_trust_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(tmp.path(), "rcv");
-    let port = free_port();
-    let receiver = Receiver::start_with(
-        tmp.path(),
-        port,
-        &[cert.to_str().unwrap(), key.to_str().unwrap()],
-    );
+    let (cert, port, receiver) = https_receiver(tmp.path());
     // The receiver's certificate is the whole trust store of this server.
     let s = Server::start_with(Options {
         acme_rules: route_rules("sandbox"),
@@ -660,13 +664,7 @@ fn relay_to_an_untrusted_certificate_is_deferred() {
 #[test]
 fn https_delivery_reports_to_an_untrusted_certificate_stay_queued() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(tmp.path(), "rcv");
-    let port = free_port();
-    let receiver = Receiver::start_with(
-        tmp.path(),
-        port,
-        &[cert.to_str().unwrap(), key.to_str().unwrap()],
-    );
+    let (_, port, receiver) = https_receiver(tmp.path());
     // An empty trust store (a file with no certificate in it).
     let empty = write_file(tmp.path(), "empty.pem", b"");
     let s = Server::start_with(Options {

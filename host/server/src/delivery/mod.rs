@@ -309,14 +309,11 @@ impl Delivery {
     }
 
     async fn process(self: Arc<Self>, mut job: Job) {
-        // Read back from the spool only when there is something to deliver.
-        let _room = match job.pending.is_empty() {
-            true => None,
-            false => self.room_for(&job).await,
-        };
-        let loaded = match job.pending.is_empty() {
-            true => Ok(()),
-            false => self.load(&mut job).await,
+        // Read back from the spool (with room for it) only when there is
+        // something to deliver.
+        let (_room, loaded) = match job.pending.is_empty() {
+            true => (None, Ok(())),
+            false => (self.room_for(&job).await, self.load(&mut job).await),
         };
         if let Err(e) = &loaded {
             tracing::error!(event = "delivery.load_failed", queue_id = %job.msg.meta.id, cause = %e);
