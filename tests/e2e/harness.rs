@@ -18,7 +18,8 @@ pub const LOGIN: &str = "app@acme.example";
 pub const SENDER: &str = "news@acme.example";
 
 pub struct Server {
-    env: Vec<(String, String)>,
+    /// Environment variables for the server process (kept across restarts).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -273,6 +274,44 @@ domains = ["acme.example"]
     /// read from disk.
     pub fn spool(&self) -> Vec<Spooled> {
         read_accepted(&self.data_dir().join("spool")).unwrap()
+    }
+
+    /// After a kill, cuts the spool back to what a power cut would have
+    /// left: only the segments whose directory entries were fsynced, each
+    /// only as long as its last fsync (the records of a server started with
+    /// `MAILWIT_FAULTS=power-loss`; see `spool/faults.rs`). Returns how many
+    /// octets were dropped.
+    pub fn power_cut(&self) -> u64 {
+        let dir = self.data_dir().join("spool");
+        let listed = std::fs::read_to_string(dir.join("directory.synced"))
+            .expect("no directory.synced: was the server started with power-loss?");
+        let durable: std::collections::HashSet<&str> = listed.lines().collect();
+        let mut dropped = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if !name.ends_with(".seg") {
+                continue;
+            }
+            let len = std::fs::metadata(&path).unwrap().len();
+            if !durable.contains(name.as_str()) {
+                dropped += len;
+                std::fs::remove_file(&path).unwrap();
+                continue;
+            }
+            let synced = std::fs::read_to_string(dir.join(format!("{name}.synced")))
+                .map(|t| t.trim().parse::<u64>().unwrap())
+                .unwrap_or(0);
+            assert!(synced <= len, "{name}: synced {synced} of {len}");
+            dropped += len - synced;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(synced)
+                .unwrap();
+        }
+        dropped
     }
 
     /// The messages still waiting for delivery.

@@ -32,6 +32,7 @@
 //! Storage stays behind this small interface (`enqueue`, `load`,
 //! `read_pending`, `mark_done`) so a shared backend can replace it later.
 
+mod faults;
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::config::SpoolConfig;
+use faults::Faults;
 pub use record::Meta;
 use record::{Kind, decode, decode_message, encode, encode_message};
 
@@ -137,7 +139,8 @@ impl Spool {
         let found = read(dir, true, false)?;
         let on_disk = segments(dir)?;
         let next_seq = on_disk.last().map(|(seq, _)| seq + 1).unwrap_or(1);
-        let segment = Segment::create(dir, next_seq)?;
+        let faults = Faults::from_env();
+        let segment = Segment::create(dir, next_seq, &faults)?;
         let mut live: BTreeMap<u64, usize> = on_disk.iter().map(|(seq, _)| (*seq, 0)).collect();
         live.insert(next_seq, 0);
         let mut location = HashMap::new();
@@ -156,6 +159,8 @@ impl Spool {
             live,
             location,
             gauges: Arc::default(),
+            faults,
+            syncs: 0,
         };
         committer.collect();
         let gauges = committer.gauges.clone();
@@ -235,14 +240,14 @@ struct Segment {
 }
 
 impl Segment {
-    fn create(dir: &Path, seq: u64) -> io::Result<Segment> {
+    fn create(dir: &Path, seq: u64, faults: &Faults) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(segment_path(dir, seq))?;
         // Make the new directory entry durable before any record in it is
         // acknowledged.
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir, faults)?;
         Ok(Segment { file, len: 0, seq })
     }
 }
@@ -259,11 +264,16 @@ struct Committer {
     /// The segment of each pending message.
     location: HashMap<String, u64>,
     gauges: Arc<Gauges>,
+    /// Test-only failures and crash records (nothing in a release build).
+    faults: Faults,
+    /// Segment fsyncs that succeeded.
+    syncs: u64,
 }
 
 impl Committer {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        let (mut syncs, mut records) = (0u64, 0u64);
+        // Messages acknowledged as durable.
+        let mut records = 0u64;
         // Time waiting for work, and time committing batches: how busy the
         // committer was, for the statistics line.
         let (mut idle, mut committing) = (Duration::ZERO, Duration::ZERO);
@@ -327,8 +337,10 @@ impl Committer {
             }
             let mut offset = result.as_ref().map_or(0, |start| *start);
             self.collect();
-            syncs += 1;
-            records += batch.len() as u64;
+            if result.is_ok() {
+                records += batch.len() as u64;
+            }
+            let mut answers = Vec::with_capacity(batch.len());
             for Append { id, done, record } in batch {
                 let r = match &result {
                     Ok(_) => {
@@ -350,19 +362,31 @@ impl Committer {
                         }
                     }
                 };
+                answers.push((done, r));
+            }
+            // A failed batch's cancels are durable before it is answered, so
+            // a message answered 451 is never delivered after a restart.
+            self.flush_cancels();
+            for (done, r) in answers {
                 let _ = done.send(r);
             }
             if stopping {
                 break;
             }
         }
+        self.flush_cancels();
         // Done records written since the last batch.
-        if let Err(e) = self.segment.file.sync_data() {
-            tracing::error!(cause = %e, "spool sync at shutdown failed");
+        // (Not counted in `syncs`: that counts the batches' fsyncs.)
+        match self.segment.file.sync_data() {
+            Ok(()) => {
+                let path = segment_path(&self.dir, self.segment.seq);
+                self.faults.synced(&path, self.segment.len);
+            }
+            Err(e) => tracing::error!(cause = %e, "spool sync at shutdown failed"),
         }
         tracing::info!(
             event = "spool.stats",
-            syncs,
+            syncs = self.syncs,
             records,
             idle_ms = idle.as_millis() as u64,
             commit_ms = committing.as_millis() as u64,
@@ -407,11 +431,23 @@ impl Committer {
         Ok(start)
     }
 
+    /// Writes the cancels of a failed batch now, in the fresh segment; if
+    /// that fails too they stay for the next batch.
+    fn flush_cancels(&mut self) {
+        if self.cancels.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write(&[], &[], true) {
+            tracing::error!(cause = %e, "could not write the cancels of a failed batch");
+            self.rotate();
+        }
+    }
+
     /// Starts the next segment: when the open one is full, or after a
     /// failed write or fsync (the kernel may have dropped the dirty pages
     /// and cleared the error: never write to that file again).
     fn rotate(&mut self) {
-        match Segment::create(&self.dir, self.segment.seq + 1) {
+        match Segment::create(&self.dir, self.segment.seq + 1, &self.faults) {
             Ok(seg) => {
                 self.live.insert(seg.seq, 0);
                 self.segment = seg;
@@ -447,7 +483,7 @@ impl Committer {
         if removed > 0 {
             // Not needed for safety (a segment back after a crash holds only
             // finished messages) but keeps recovery from reading it again.
-            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            if let Err(e) = sync_dir(&self.dir, &self.faults) {
                 tracing::warn!(cause = %e, "spool directory sync failed");
             }
             tracing::debug!(event = "spool.segments_removed", count = removed);
@@ -465,6 +501,9 @@ impl Committer {
                 .collect(),
             false => Vec::new(),
         };
+        if sync {
+            self.faults.write()?;
+        }
         for rec in cancels.iter().chain(done) {
             self.segment.file.write_all(rec)?;
             self.segment.len += rec.len() as u64;
@@ -475,10 +514,20 @@ impl Committer {
             self.segment.len += rec.len() as u64;
         }
         if sync {
-            self.segment.file.sync_data()?;
+            self.sync()?;
             self.cancels.clear();
         }
         Ok(start)
+    }
+
+    /// fsyncs the open segment: everything written to it is durable.
+    fn sync(&mut self) -> io::Result<()> {
+        self.faults.sync()?;
+        self.segment.file.sync_data()?;
+        self.syncs += 1;
+        let path = segment_path(&self.dir, self.segment.seq);
+        self.faults.synced(&path, self.segment.len);
+        Ok(())
     }
 }
 
@@ -492,6 +541,14 @@ impl CommitError {
     fn io(e: io::Error) -> Self {
         CommitError::Io(e.kind(), e.to_string())
     }
+}
+
+/// fsyncs the spool directory: its entries (segments created or removed)
+/// are durable.
+fn sync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    faults.dir_synced(dir);
+    Ok(())
 }
 
 fn free_bytes(dir: &Path) -> io::Result<u64> {

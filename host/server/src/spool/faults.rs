@@ -1,0 +1,121 @@
+//! Test-only failures and crash records for the spool, so the tests can
+//! observe what a real disk hides: a failed fsync, a full disk, and what
+//! a power cut would keep (SIGKILL keeps the page cache, so it cannot show
+//! a missing fsync).
+//!
+//! Read from `MAILWIT_FAULTS` in debug builds only (what `cargo test`
+//! runs); a release build never reads it and every hook does nothing. A
+//! comma-separated list of:
+//!
+//! - `sync-fail=N`: the Nth segment fsync (counting from 1) fails with EIO;
+//! - `write-full=N`: the Nth batch write fails with ENOSPC;
+//! - `power-loss`: after each segment fsync, `<segment>.synced` holds the
+//!   length that is now durable; after each directory fsync,
+//!   `directory.synced` lists the segment files whose entries are. A test
+//!   that kills the server can then cut the spool back to exactly what a
+//!   power cut would leave (see `tests/e2e/durability.rs`).
+
+use std::io;
+use std::path::Path;
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    sync_fail: Option<u64>,
+    write_full: Option<u64>,
+    power_loss: bool,
+    syncs: u64,
+    writes: u64,
+}
+
+impl Faults {
+    /// The faults the environment asks for (none in a release build).
+    pub fn from_env() -> Faults {
+        #[cfg(debug_assertions)]
+        if let Ok(spec) = std::env::var("MAILWIT_FAULTS") {
+            return Faults::parse(&spec);
+        }
+        Faults::default()
+    }
+
+    fn parse(spec: &str) -> Faults {
+        let mut f = Faults::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, n) = item.split_once('=').unwrap_or((item, ""));
+            let n = n.parse().ok();
+            match name {
+                "sync-fail" => f.sync_fail = n,
+                "write-full" => f.write_full = n,
+                "power-loss" => f.power_loss = true,
+                _ => tracing::warn!(item, "unknown MAILWIT_FAULTS item"),
+            }
+        }
+        if f.sync_fail.is_some() || f.write_full.is_some() || f.power_loss {
+            tracing::warn!(?f, "spool faults injected (MAILWIT_FAULTS)");
+        }
+        f
+    }
+
+    /// Before a batch is written.
+    pub fn write(&mut self) -> io::Result<()> {
+        self.writes += 1;
+        match self.write_full == Some(self.writes) {
+            true => Err(io::Error::from(io::ErrorKind::StorageFull)),
+            false => Ok(()),
+        }
+    }
+
+    /// Before a segment's fsync.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.syncs += 1;
+        match self.sync_fail == Some(self.syncs) {
+            true => Err(io::Error::other("injected fsync failure")),
+            false => Ok(()),
+        }
+    }
+
+    /// After a segment's fsync: its first `len` octets are durable.
+    pub fn synced(&self, segment: &Path, len: u64) {
+        if self.power_loss {
+            let mut name = segment.as_os_str().to_owned();
+            name.push(".synced");
+            let _ = std::fs::write(name, len.to_string());
+        }
+    }
+
+    /// After the directory's fsync: the segments in it now are durable.
+    pub fn dir_synced(&self, dir: &Path) {
+        if !self.power_loss {
+            return;
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        let _ = std::fs::write(dir.join("directory.synced"), names.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_one_and_fails_once() {
+        let mut f = Faults::parse("sync-fail=2, write-full=1");
+        assert_eq!(
+            f.write().unwrap_err().kind(),
+            io::ErrorKind::StorageFull,
+            "first write"
+        );
+        assert!(f.write().is_ok());
+        assert!(f.sync().is_ok());
+        assert!(f.sync().is_err());
+        assert!(f.sync().is_ok());
+        assert!(!f.power_loss);
+        assert!(Faults::parse("power-loss").power_loss);
+    }
+}
