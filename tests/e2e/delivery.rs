@@ -124,6 +124,22 @@ impl Drop for Upstream {
     }
 }
 
+/// The first DSN (null sender) the next hop received, addressed to the
+/// test sender.
+fn wait_for_dsn(upstream: &Upstream) -> String {
+    // aiosmtpd shows the null sender as "<>".
+    let dsn = || {
+        upstream
+            .received()
+            .into_iter()
+            .find(|(e, _)| e["mail_from"] == "<>")
+    };
+    wait_for("the DSN", || dsn().is_some());
+    let (env, dsn) = dsn().unwrap();
+    assert_eq!(env["rcpt_tos"], serde_json::json!([SENDER]));
+    String::from_utf8_lossy(&dsn).into_owned()
+}
+
 fn relay_rules(upstream_port: u16, key_pem: &str) -> String {
     format!(
         "[tenants.rules.upstreams.default]\nhost = \"127.0.0.1\"\nport = {upstream_port}\ntls = \"none\"\n\n\
@@ -236,20 +252,7 @@ fn relay_signs_retries_bounces_and_tracks_every_step() {
     wait_for("failed and bounced", || {
         s.statuses(&id, "reject@example.net") == ["received", "failed", "bounced"]
     });
-    // aiosmtpd shows the null sender as "<>".
-    wait_for("the DSN", || {
-        upstream
-            .received()
-            .iter()
-            .any(|(e, _)| e["mail_from"] == "<>")
-    });
-    let (env, dsn) = upstream
-        .received()
-        .into_iter()
-        .find(|(e, _)| e["mail_from"] == "<>")
-        .unwrap();
-    assert_eq!(env["rcpt_tos"], serde_json::json!([SENDER]));
-    let dsn = String::from_utf8_lossy(&dsn);
+    let dsn = wait_for_dsn(&upstream);
     assert!(
         dsn.contains("multipart/report") && dsn.contains("delivery-status"),
         "{dsn}"
@@ -684,4 +687,92 @@ fn https_delivery_reports_to_an_untrusted_certificate_stay_queued() {
         .flatten()
         .count();
     assert!(queued > 0, "the report is not queued");
+}
+
+/// A recipient the next hop defers every time fails at `max_age_secs`, and
+/// its sender gets a DSN saying so.
+#[test]
+fn a_message_deferred_past_its_max_age_fails_and_bounces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start(tmp.path(), None);
+    let (key, _) = dkim_key(tmp.path());
+    let s = Server::start_with(Options {
+        delivery: "retry_initial_secs = 1\nretry_max_secs = 1\nmax_age_secs = 3".into(),
+        acme_rules: relay_rules(upstream.port, &key),
+        ..Options::default()
+    });
+    let rcpt = "always-defer@example.net";
+    let id = submit(&s, rcpt, &[]);
+    wait_for("expired and bounced", || {
+        s.statuses(&id, rcpt)
+            .ends_with(&["failed".into(), "bounced".into()])
+    });
+    let steps = s.statuses(&id, rcpt);
+    // Tried more than once, deferred each time, before it expired.
+    assert_eq!(steps[0], "received");
+    let deferred = steps.iter().filter(|e| *e == "deferred").count();
+    assert!(deferred >= 2, "{steps:?}");
+    assert_eq!(steps.len(), deferred + 3, "{steps:?}");
+    let events = s.status(&id).unwrap();
+    let failed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["status"] == "failed")
+        .unwrap_or_else(|| panic!("{events}"))
+        .clone();
+    let why = failed["detail"].as_str().unwrap();
+    assert!(
+        why.starts_with("retries exhausted") && why.ends_with("last: 451 4.3.0 Still greylisted"),
+        "{why}"
+    );
+    let dsn = wait_for_dsn(&upstream);
+    assert!(
+        dsn.contains(&format!("Final-Recipient: rfc822; {rcpt}")) && dsn.contains("Action: failed"),
+        "{dsn}"
+    );
+    assert!(dsn.contains(&id), "{dsn}");
+    // Nothing was delivered to the recipient, and the message left the spool.
+    assert!(
+        upstream
+            .received()
+            .iter()
+            .all(|(e, _)| e["mail_from"] == "<>")
+    );
+    wait_for("the spool emptied", || s.pending().is_empty());
+}
+
+/// A report the callback server could not take yet is kept across a
+/// restart, and sent once when it is up.
+#[test]
+fn a_queued_delivery_report_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let down = reserve_port();
+    let port = down.port;
+    let mut s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        ..Options::default()
+    });
+    let url = format!("X-IB-notify-url: http://127.0.0.1:{port}/dlr");
+    let id = submit(&s, "a@example.net", &["--header", &url]);
+    wait_for("delivered", || s.statuses(&id, "a@example.net").len() == 2);
+    wait_for("a deferred report", || {
+        s.log_text().contains("report.deferred")
+    });
+    let queued = s.data_dir().join("reports");
+    assert_eq!(std::fs::read_dir(&queued).unwrap().count(), 1);
+    s.kill9();
+    s.restart();
+    drop(down);
+    let receiver = Receiver::start(tmp.path(), port);
+    wait_for("the report", || !receiver.reports().is_empty());
+    // Its file goes once the receiver took it: nothing is left to resend.
+    wait_for("the report's file removed", || {
+        std::fs::read_dir(&queued).unwrap().next().is_none()
+    });
+    let reports = receiver.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let body: serde_json::Value = serde_json::from_str(&reports[0].1).unwrap();
+    assert_eq!(body["results"][0]["messageId"], id.as_str());
+    assert_eq!(body["results"][0]["status"], "DELIVERED_TO_SANDBOX");
 }

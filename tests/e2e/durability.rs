@@ -212,15 +212,6 @@ fn sigterm_grace_period_is_bounded() {
     assert!(s.spool().is_empty());
 }
 
-/// One message on a logged-in session; the reply to its end of data.
-fn send_one(r: &mut Raw, subject: &str) -> String {
-    assert!(r.cmd(&format!("MAIL FROM:<{SENDER}>")).starts_with("250"));
-    assert!(r.cmd("RCPT TO:<sink@example.net>").starts_with("250"));
-    assert!(r.cmd("DATA").starts_with("354"));
-    r.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
-    r.reply()
-}
-
 fn subjects(s: &Server) -> Vec<String> {
     s.spool()
         .iter()
@@ -254,9 +245,9 @@ fn a_failed_fsync_answers_451_and_that_message_never_comes_back() {
     let mut r = Raw::logged_in(&s);
     // Still pending (no next hop) when the next fsync fails, so the failed
     // segment stays on disk with both messages in it.
-    let reply = send_one(&mut r, "kept");
+    let reply = r.message("kept");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    let reply = send_one(&mut r, "refused");
+    let reply = r.message("refused");
     assert!(reply.starts_with("451 4.3.0"), "{reply}");
     s.wait_log("spool write failed; starting a new segment", 1);
     // Its octets reached the old segment before the fsync failed: the
@@ -267,7 +258,7 @@ fn a_failed_fsync_answers_451_and_that_message_never_comes_back() {
     s.restart();
     assert_eq!(subjects(&s), ["Subject: kept"]);
     let mut r = Raw::logged_in(&s);
-    let reply = send_one(&mut r, "accepted");
+    let reply = r.message("accepted");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(subjects(&s), ["Subject: kept", "Subject: accepted"]);
 }
@@ -279,11 +270,11 @@ fn a_full_disk_answers_452_then_mail_flows_again() {
         ..Options::default()
     });
     let mut r = Raw::logged_in(&s);
-    let reply = send_one(&mut r, "kept");
+    let reply = r.message("kept");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    let reply = send_one(&mut r, "refused");
+    let reply = r.message("refused");
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
-    let reply = send_one(&mut r, "accepted");
+    let reply = r.message("accepted");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     r.cmd("QUIT");
     s.kill9();
@@ -298,7 +289,7 @@ fn each_acknowledged_batch_costs_one_fsync() {
     let mut s = Server::start();
     let mut r = Raw::logged_in(&s);
     for k in 0..5 {
-        let reply = send_one(&mut r, &format!("m{k}"));
+        let reply = r.message(&format!("m{k}"));
         assert!(reply.starts_with("250 2.0.0"), "{reply}");
     }
     r.cmd("QUIT");

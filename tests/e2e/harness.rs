@@ -220,8 +220,15 @@ domains = ["acme.example"]
             }
         });
         self.ports.clear();
-        // The SMTP listeners (three, or the embedded four), admin, status API.
-        let listeners = if self.embedded { 6 } else { 5 };
+        // The SMTP listeners (the embedded four, or as many as the test's
+        // configuration has), admin, status API.
+        let listeners = match self.embedded {
+            true => 6,
+            false => {
+                let config = std::fs::read_to_string(&self.config_path).unwrap();
+                config.matches("[[listeners]]").count() + 2
+            }
+        };
         while self.ports.len() < listeners {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Some((name, addr))) => {
@@ -579,6 +586,20 @@ impl Raw {
     }
 
     /// Sends a line (CRLF added) and reads the reply.
+    /// One whole transaction (the test sender, one recipient, a short
+    /// message with this subject) on a logged-in session; the reply to its
+    /// end of data.
+    pub fn message(&mut self, subject: &str) -> String {
+        assert!(
+            self.cmd(&format!("MAIL FROM:<{SENDER}>"))
+                .starts_with("250")
+        );
+        assert!(self.cmd("RCPT TO:<sink@example.net>").starts_with("250"));
+        assert!(self.cmd("DATA").starts_with("354"));
+        self.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+        self.reply()
+    }
+
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
         self.reply()

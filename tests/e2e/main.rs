@@ -10,6 +10,7 @@ mod harness;
 mod limits;
 mod memory;
 mod policy;
+mod protocol;
 mod reload;
 mod status_api;
 mod tls_rules;

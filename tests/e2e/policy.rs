@@ -318,15 +318,20 @@ fn a_tenant_can_replace_only_its_router() {
 /// Tenant `evil`: the stock authentication (login `mallory@evil.example`)
 /// and the hostile component, in `mode`.
 fn evil_tenant(mode: &str) -> String {
+    hostile_tenant("evil", "mallory@evil.example", mode)
+}
+
+/// A tenant whose check-sender is the hostile component in `mode`.
+fn hostile_tenant(id: &str, login: &str, mode: &str) -> String {
     tenant(
-        "evil",
+        id,
         &functions(&[
             ("auth", "builtin:auth".into()),
             ("hostile", component("hostile").display().to_string()),
         ]),
         &format!(
             "[tenants.rules.hostile]\nmode = \"{mode}\"\n{}",
-            users("mallory@evil.example")
+            users(login)
         ),
     )
 }
@@ -507,6 +512,11 @@ fn a_deploy_that_does_not_match_the_world_is_refused() {
         out.contains("mailwit:policy/route@0.2.0") && out.contains("wrong type"),
         "{out}"
     );
+    // Built against the retired 0.1.0 contract: refused by the import
+    // this host no longer provides.
+    let old = component("contract_v0");
+    let (ok, out) = admin(&s, &["deploy", "acme", "router", old.to_str().unwrap()]);
+    assert!(!ok && out.contains("mailwit:policy/host@0.1.0"), "{out}");
     let not_wasm = write_file(s.dir.path(), "junk.wasm", b"\0asm junk");
     let (ok, out) = admin(
         &s,
@@ -722,4 +732,194 @@ fn tls_server_name_resolves_a_login_that_two_tenants_share() {
     let out = send(&["--tls-sni", "mail.sni.example"]);
     let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
     assert_eq!(s.spooled(&id).meta.tenant, "sni");
+}
+
+/// New rules for `evil`: `[hostile]` and `[runtime]` tables as given.
+fn set_evil_rules(s: &Server, name: &str, hostile: &str, runtime: &str) {
+    let p = write_file(
+        s.dir.path(),
+        &format!("evil-{name}.toml"),
+        format!(
+            "[hostile]\n{hostile}\n[runtime]\n{runtime}\n[users]\n\"mallory@evil.example\" = \"{}\"\n",
+            demo_hash()
+        )
+        .as_bytes(),
+    );
+    let (ok, out) = admin(s, &["rules", "evil", p.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+fn evil_mail_from(s: &Server) -> String {
+    let mut r = Raw::logged_in_as(s, "mallory@evil.example");
+    r.cmd("MAIL FROM:<m@evil.example>")
+}
+
+#[test]
+fn a_tenants_rules_set_its_own_deadline_and_memory() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("none"),
+        ..Options::default()
+    });
+    // Deadlines and traps (memory among them) are counted apart.
+    let hits = |kind: &str| {
+        let metric = match kind {
+            "deadline" => "mailwit_policy_deadline_hits_total",
+            _ => "mailwit_policy_traps_total",
+        };
+        let needle = format!("{metric}{{tenant=\"evil\",function=\"hostile\",kind=\"{kind}\"}} ");
+        s.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle).map(|n| n.parse::<u64>().unwrap()))
+            .unwrap_or(0)
+    };
+    // 400 ms of work: over the server's 250 ms default...
+    set_evil_rules(&s, "busy", "mode = \"busy\"\nbusy-ms = 400", "");
+    assert!(evil_mail_from(&s).starts_with("451 4.3.0"));
+    assert_eq!(hits("deadline"), 1);
+    // ...inside the tenant's own 3 s...
+    set_evil_rules(
+        &s,
+        "busy-3s",
+        "mode = \"busy\"\nbusy-ms = 400",
+        "deadline-ms = 3000",
+    );
+    let reply = evil_mail_from(&s);
+    assert!(reply.starts_with("250"), "{reply}");
+    // ...and 100 ms is over a tenant's 50 (a session logged in before: the
+    // login's own password check would not fit in 50 ms, and the next
+    // transaction takes the new rules).
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    set_evil_rules(
+        &s,
+        "busy-50",
+        "mode = \"busy\"\nbusy-ms = 100",
+        "deadline-ms = 50",
+    );
+    assert!(r.cmd("MAIL FROM:<m@evil.example>").starts_with("451 4.3.0"));
+    assert_eq!(hits("deadline"), 2);
+
+    // 24 MiB: over the 16 MiB default, inside a tenant's 48 MiB.
+    set_evil_rules(&s, "alloc", "mode = \"alloc\"\nalloc-mib = 24", "");
+    assert!(evil_mail_from(&s).starts_with("451 4.3.0"));
+    assert_eq!(hits("memory"), 1);
+    set_evil_rules(
+        &s,
+        "alloc-48",
+        "mode = \"alloc\"\nalloc-mib = 24",
+        "memory-bytes = 50331648",
+    );
+    let reply = evil_mail_from(&s);
+    assert!(reply.starts_with("250"), "{reply}");
+    // A tenant cannot raise itself past the engine's 64 MiB.
+    set_evil_rules(
+        &s,
+        "alloc-1g",
+        "mode = \"alloc\"\nalloc-mib = 80",
+        "memory-bytes = 1073741824",
+    );
+    assert!(evil_mail_from(&s).starts_with("451 4.3.0"));
+    assert_eq!(hits("memory"), 2);
+}
+
+/// Calls that overrun the 4 ms inline budget, or use blocking WASI I/O,
+/// move the tenant to blocking threads; the answers stay the component's.
+#[test]
+fn slow_or_blocking_components_move_to_blocking_threads_with_the_same_answers() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("none"),
+        ..Options::default()
+    });
+    set_evil_rules(&s, "busy", "mode = \"busy\"\nbusy-ms = 20", "");
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    for k in 0..5 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert!(reply.starts_with("250"), "call {k}: {reply}");
+        assert!(r.cmd("RSET").starts_with("250"));
+    }
+    s.wait_log("calls overran the inline budget", 1);
+
+    // A new rules version is a new set, scheduled inline again.
+    set_evil_rules(&s, "stderr", "mode = \"stderr\"", "");
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    for k in 0..3 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert_eq!(reply, "450 4.7.1 wrote to stderr\r\n", "call {k}");
+    }
+    s.wait_log("a component used blocking I/O", 1);
+    assert!(!s.metrics().contains("function=\"hostile\",kind="));
+}
+
+#[test]
+fn warm_instances_are_never_shared_across_tenants() {
+    // Two tenants deploy the same component file: one compiled module, but
+    // each tenant's calls count on instances of its own.
+    let eve = hostile_tenant("evil2", "eve@evil2.example", "count");
+    let s = Server::start_with(Options {
+        extra: format!("{}{eve}", evil_tenant("count")),
+        ..Options::default()
+    });
+    let mut sessions = [
+        Raw::logged_in_as(&s, "mallory@evil.example"),
+        Raw::logged_in_as(&s, "eve@evil2.example"),
+    ];
+    let mut seen = [Vec::new(), Vec::new()];
+    for _ in 0..4 {
+        for (r, seen) in sessions.iter_mut().zip(seen.iter_mut()) {
+            let reply = r.cmd("MAIL FROM:<m@evil.example>");
+            let n: u32 = reply
+                .trim_end()
+                .strip_prefix("450 4.7.1 call ")
+                .unwrap_or_else(|| panic!("{reply}"))
+                .parse()
+                .unwrap();
+            seen.push(n);
+        }
+    }
+    assert_eq!(seen, [vec![1, 2, 3, 4], vec![1, 2, 3, 4]]);
+}
+
+#[test]
+fn a_components_refusal_is_checked_before_it_reaches_the_client() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("none"),
+        ..Options::default()
+    });
+    let cases = [
+        // A valid refusal passes as given.
+        ("550", "5.7.1", "not from here", "550 5.7.1 not from here"),
+        ("421", "4.7.0", "go away", "421 4.7.0 go away"),
+        // Control characters are dropped: no line can be injected.
+        (
+            "550",
+            "5.7.1",
+            "no\\r\\n250 2.0.0 ok",
+            "550 5.7.1 no250 2.0.0 ok",
+        ),
+        // An empty text gets one.
+        ("554", "5.7.1", "", "554 5.7.1 Rejected by policy"),
+        // Not a refusal, a class that does not match, or a malformed
+        // enhanced code: the component failed, the transaction gets 451.
+        ("250", "2.0.0", "sure", "451 4.3.0"),
+        ("550", "4.7.1", "mixed", "451 4.3.0"),
+        ("550", "5.x.1", "bad", "451 4.3.0"),
+        ("999", "9.9.9", "odd", "451 4.3.0"),
+    ];
+    for (i, (code, status, text, want)) in cases.iter().enumerate() {
+        set_evil_rules(
+            &s,
+            &format!("reply-{i}"),
+            &format!("mode = \"reply\"\ncode = {code}\nstatus = \"{status}\"\ntext = \"{text}\""),
+            "",
+        );
+        let reply = evil_mail_from(&s);
+        assert!(reply.starts_with(want), "{code} {status} {text:?}: {reply}");
+        assert!(!reply.trim_end().contains(['\r', '\n']), "{reply:?}");
+    }
+    let metrics = s.metrics();
+    assert!(
+        metrics.contains(
+            "mailwit_policy_traps_total{tenant=\"evil\",function=\"hostile\",kind=\"invalid_reply\"} 4"
+        ),
+        "{metrics}"
+    );
 }

@@ -8,7 +8,8 @@ speaks TLS from the first byte (SMTPS) and then requires AUTH.
 
 Stores each message as OUTDIR/<n>.eml with OUTDIR/<n>.json (envelope).
 RCPT behaviour by local part: reject* -> 550 5.1.1; defer* -> 451 4.3.0 the
-first time that address is seen, then 250; anything else -> 250.
+first time that address is seen, then 250; always-defer* -> 451 4.3.0 every
+time; anything else -> 250.
 """
 import asyncio
 import json
@@ -30,6 +31,8 @@ class Handler:
         local = address.split("@")[0]
         if local.startswith("reject"):
             return "550 5.1.1 No such user here"
+        if local.startswith("always-defer"):
+            return "451 4.3.0 Still greylisted"
         if local.startswith("defer"):
             self.seen[address] = self.seen.get(address, 0) + 1
             if self.seen[address] == 1:

@@ -5,7 +5,12 @@
 //! default 4 MiB), `count` (refuses with `450 4.7.1 call <n>`, n counting
 //! the calls this instance has served, to show instance reuse), `session`
 //! (refuses with `450 4.7.1` and the session `host.current-session` gives:
-//! login, listener, TLS, HELO, client address). Any other mode accepts.
+//! login, listener, TLS, HELO, client address), `busy` (spins for
+//! `hostile.busy-ms` of wall time, then accepts), `alloc` (holds
+//! `hostile.alloc-mib` MiB, then accepts), `reply` (refuses with
+//! `hostile.code`, `hostile.status` and `hostile.text` as given, valid or
+//! not), `stderr` (writes a line to stderr, a blocking WASI call, then
+//! refuses with `450 4.7.1 wrote to stderr`). Any other mode accepts.
 
 wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
 
@@ -79,6 +84,39 @@ impl Guest for Hostile {
                     code: 450,
                     status: "4.7.1".into(),
                     text: format!("call {n}"),
+                })
+            }
+            Some("busy") => {
+                let ms = host::rule("hostile.busy-ms")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10);
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::black_box(&start);
+                }
+                Ok(())
+            }
+            Some("alloc") => {
+                let mib: usize = host::rule("hostile.alloc-mib")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1);
+                let held = vec![1u8; mib << 20];
+                std::hint::black_box(&held);
+                Ok(())
+            }
+            Some("reply") => Err(Reply {
+                code: host::rule("hostile.code")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(550),
+                status: host::rule("hostile.status").unwrap_or_default(),
+                text: host::rule("hostile.text").unwrap_or_default(),
+            }),
+            Some("stderr") => {
+                eprintln!("hostile component writes to stderr");
+                Err(Reply {
+                    code: 450,
+                    status: "4.7.1".into(),
+                    text: "wrote to stderr".into(),
                 })
             }
             _ => Ok(()),

@@ -5,12 +5,10 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
 
-/// One failed recipient and why.
+/// One recipient that failed for good (a 5xx, or retries ran out), and why.
 pub struct FailedRecipient<'a> {
     pub recipient: &'a str,
-    /// SMTP code of the failure (5xx, or 4xx when retries ran out).
-    pub code: u16,
-    /// Enhanced status ("5.1.1").
+    /// Enhanced status ("5.1.1"; "4.4.7" when the message expired).
     pub status: String,
     /// The reply or error, for humans.
     pub diagnostic: &'a str,
@@ -34,10 +32,12 @@ pub fn build(
     );
     let mut status =
         format!("Reporting-MTA: dns; {reporting_host}\r\nX-Mailwit-Queue-ID: {original_id}\r\n");
+    // A DSN is sent only once a recipient is given up on, so its action is
+    // always "failed" (RFC 3464 2.3.3; "delayed" would say it is still being
+    // tried), also for an expiry's 4.4.7, as Postfix and sendmail report it.
     for f in failed {
-        let action = if f.code >= 500 { "failed" } else { "delayed" };
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
             f.recipient,
             f.status,
             f.diagnostic.replace(['\r', '\n'], " ")

@@ -374,15 +374,15 @@ impl Delivery {
                         job.attempts + 1
                     );
                     events.push(self.event(meta, rcpt, Status::Failed, text.clone(), now));
-                    failed.push((rcpt.clone(), 451, "4.4.7".to_string(), text));
+                    failed.push((rcpt.clone(), "4.4.7".to_string(), text));
                 }
                 Outcome::Deferred(why) => {
                     events.push(self.event(meta, rcpt, Status::Deferred, why, now));
                     still.push(rcpt.clone());
                 }
-                Outcome::Failed(code, status, reply) => {
+                Outcome::Failed(_, status, reply) => {
                     events.push(self.event(meta, rcpt, Status::Failed, reply.clone(), now));
-                    failed.push((rcpt.clone(), code, status, reply));
+                    failed.push((rcpt.clone(), status, reply));
                 }
             }
         }
@@ -483,16 +483,15 @@ impl Delivery {
     }
 
     /// Queues a DSN for the sender, unless the message is itself a bounce.
-    async fn bounce(&self, original: &Spooled, failed: &[(String, u16, String, String)]) {
+    async fn bounce(&self, original: &Spooled, failed: &[(String, String, String)]) {
         let meta = &original.meta;
         if meta.sender.is_empty() {
             return; // never bounce a bounce
         }
         let list: Vec<dsn::FailedRecipient<'_>> = failed
             .iter()
-            .map(|(r, code, status, why)| dsn::FailedRecipient {
+            .map(|(r, status, why)| dsn::FailedRecipient {
                 recipient: r,
-                code: *code,
                 status: status.clone(),
                 diagnostic: why,
             })
