@@ -63,8 +63,8 @@ fn syntax(text: &str) -> ParseError {
 
 /// Parses one command line (without its line ending).
 pub fn parse(line: &str) -> Result<Command, ParseError> {
-    let (verb, rest) = match line.find(' ') {
-        Some(i) => (&line[..i], line[i + 1..].trim()),
+    let (verb, rest) = match line.split_once(' ') {
+        Some((verb, rest)) => (verb, rest.trim()),
         None => (line, ""),
     };
     let verb = verb.to_ascii_uppercase();
@@ -273,5 +273,81 @@ mod tests {
         assert!(!valid_address("@example.com"));
         assert!(!valid_address("user@-bad.example"));
         assert!(!valid_address(&format!("{}@x.example", "a".repeat(65))));
+    }
+
+    #[test]
+    fn helo_name_length_bound() {
+        let name = |n: usize| format!("EHLO {}", "a".repeat(n));
+        assert_eq!(parse(&name(255)).unwrap(), Command::Ehlo("a".repeat(255)));
+        assert!(matches!(parse(&name(256)), Err(ParseError::Syntax(_))));
+    }
+
+    #[test]
+    fn path_keyword_must_be_there_whole() {
+        // Shorter than the keyword, or another keyword.
+        assert!(matches!(parse("MAIL FRO"), Err(ParseError::Syntax(_))));
+        assert!(matches!(
+            parse("MAIL TO:<a@b.example>"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse("RCPT FROM:<a@b.example>"),
+            Err(ParseError::Syntax(_))
+        ));
+        // Exactly the keyword: an empty path, which RCPT refuses as an
+        // address (5.1.3), not as syntax (5.5.4).
+        assert!(
+            matches!(parse("RCPT TO:"), Err(ParseError::Syntax(r)) if r.status == Some(Status(5, 1, 3)))
+        );
+        // Parameters must be separated from the path.
+        assert!(matches!(
+            parse("MAIL FROM:<a@b.example>SIZE=1"),
+            Err(ParseError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_leading_at_sign_makes_a_source_route() {
+        let rcpt = |line: &str| match parse(line) {
+            Ok(Command::Rcpt { address, .. }) => address,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rcpt("RCPT TO:<a:b@c.example>"), "a:b@c.example");
+        assert_eq!(rcpt("RCPT TO:<@r1,@r2:u@c.example>"), "u@c.example");
+    }
+
+    #[test]
+    fn address_bounds_and_domains() {
+        // 254 octets is the most: 64 + 1 + 189 (three 63-octet labels).
+        let domain = |n: usize| {
+            let label = "d".repeat(63);
+            format!("{label}.{label}.{}", "d".repeat(n))
+        };
+        let at_limit = format!("{}@{}", "l".repeat(64), domain(61));
+        assert_eq!(at_limit.len(), MAX_ADDRESS);
+        assert!(valid_address(&at_limit));
+        assert!(!valid_address(&format!(
+            "{}@{}",
+            "l".repeat(64),
+            domain(62)
+        )));
+        assert!(!valid_address(&format!("{}@d.example", "l".repeat(65))));
+        // Address literals need both brackets and something inside.
+        assert!(valid_address("a@[192.0.2.1]"));
+        assert!(valid_address("a@[IPv6:2001:db8::1]"));
+        assert!(!valid_address("a@[192.0.2.1"));
+        assert!(!valid_address("a@192.0.2.1]"));
+        assert!(!valid_address("a@[]"));
+        assert!(!valid_address("a@[192_0]"));
+        // Labels: letters, digits and inner hyphens.
+        assert!(valid_address("a@ex-ample.example"));
+        assert!(!valid_address("a@ex_ample.example"));
+        assert!(!valid_address("a@-example.example"));
+        assert!(!valid_address("a@example-.example"));
+        assert!(!valid_address("a@example..example"));
+        assert!(!valid_address(&format!("a@{}.example", "d".repeat(64))));
+        assert!(!valid_address("@example.example"));
+        assert!(!valid_address("a(b)@example.example"));
+        assert!(!valid_address("no-at-sign"));
     }
 }

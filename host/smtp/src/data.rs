@@ -236,4 +236,47 @@ mod tests {
         assert!(d.oversized);
         assert!(c.is_empty());
     }
+
+    #[test]
+    fn received_counts_wire_octets_up_to_the_terminator() {
+        let mut r = DataReceiver::new(1000);
+        assert_eq!(r.feed(b"ab\r\n..c"), None);
+        assert_eq!(r.received(), 7);
+        assert_eq!(r.feed(b"\r\n.\r\nNEXT"), Some(5));
+        assert_eq!(r.received(), 12);
+    }
+
+    #[test]
+    fn the_size_limit_is_exact() {
+        let body = |n: usize| {
+            let mut m = vec![b'x'; n - 2];
+            m.extend_from_slice(b"\r\n.\r\n");
+            m
+        };
+        let mut r = DataReceiver::new(10);
+        r.feed(&body(10)).unwrap();
+        let (c, d) = r.finish();
+        assert_eq!((c.len(), d.oversized), (10, false));
+        let mut r = DataReceiver::new(10);
+        r.feed(&body(11)).unwrap();
+        let (c, d) = r.finish();
+        assert!(c.is_empty() && d.oversized);
+    }
+
+    #[test]
+    fn discard_drops_what_was_kept_and_keeps_nothing_more() {
+        let mut r = DataReceiver::new(1000);
+        r.feed(b"first half\r\n");
+        r.discard();
+        assert_eq!(r.feed(b"second half\r\n.\r\n"), Some(16));
+        let (c, d) = r.finish();
+        assert!(c.is_empty());
+        assert_eq!(
+            d,
+            Defects {
+                discarded: true,
+                ..Defects::default()
+            }
+        );
+    }
 }

@@ -137,4 +137,24 @@ mod tests {
         let r = Reply::rejection(550, Status(5, 7, 1), "bad\r\nsender\x07").unwrap();
         assert_eq!(r.to_wire(), "550 5.7.1 badsender\r\n");
     }
+
+    #[test]
+    fn enhanced_status_parts_stay_within_three_digits() {
+        assert!(Reply::rejection(550, Status(5, 999, 999), "x").is_ok());
+        assert!(Reply::rejection(550, Status(5, 1000, 1), "x").is_err());
+        assert!(Reply::rejection(550, Status(5, 1, 1000), "x").is_err());
+        assert!(Reply::rejection(400, Status(4, 0, 0), "x").is_ok());
+        assert!(Reply::rejection(599, Status(5, 0, 0), "x").is_ok());
+        assert!(Reply::rejection(399, Status(3, 0, 0), "x").is_err());
+        assert!(Reply::rejection(600, Status(6, 0, 0), "x").is_err());
+    }
+
+    #[test]
+    fn positive_means_below_400() {
+        assert!(Reply::plain(250, "ok").is_positive());
+        assert!(Reply::plain(354, "go").is_positive());
+        assert!(Reply::plain(399, "edge").is_positive());
+        assert!(!Reply::plain(400, "edge").is_positive());
+        assert!(!Reply::plain(550, "no").is_positive());
+    }
 }

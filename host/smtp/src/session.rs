@@ -244,11 +244,18 @@ impl Session {
             self.discarded_after_starttls += bytes.len();
             return;
         }
-        if self.pos > 0 && self.pos == self.input.len() {
-            self.input.clear();
-            self.pos = 0;
-        }
+        // What was consumed goes before more arrives, so the buffer holds
+        // only an unfinished line (bounded by the line limits) plus this
+        // read, however the client's writes split its lines.
+        self.input.drain(..self.pos);
+        self.pos = 0;
         self.input.extend_from_slice(bytes);
+    }
+
+    /// Octets held in the input buffer: right after [`Session::feed`], what
+    /// was left unconsumed before it plus what it brought.
+    pub fn buffered(&self) -> usize {
+        self.input.len()
     }
 
     /// True when a mail transaction is under way (MAIL given, or in DATA, or

@@ -493,3 +493,245 @@ fn a_message_refused_mid_data_is_read_to_its_end_then_answered() {
     assert_eq!(h.queued.len(), 1);
     assert_eq!(h.queued[0].1, b"ok\r\n");
 }
+
+#[test]
+fn mechanism_names() {
+    assert_eq!(Mechanism::Plain.as_str(), "PLAIN");
+    assert_eq!(Mechanism::Login.as_str(), "LOGIN");
+}
+
+/// What the driver asks the session between events, step by step.
+#[test]
+fn state_queries_follow_the_dialogue() {
+    let mut h = Harness::new(plain_auth(), false);
+    let s = &h.s;
+    assert_eq!(
+        (
+            s.helo(),
+            s.is_authenticated(),
+            s.in_transaction(),
+            s.in_data()
+        ),
+        (None, false, false, false)
+    );
+    assert_eq!(
+        (s.declared_size(), s.data_received(), s.data_refused()),
+        (None, 0, false)
+    );
+    assert!(!s.is_closed());
+    h.send(b"EHLO c.example\r\n");
+    assert_eq!(h.s.helo(), Some("c.example"));
+    assert!(!h.s.is_authenticated());
+    h.send(b"AUTH PLAIN AHUAcA==\r\n");
+    assert!(h.s.is_authenticated());
+    assert!(!h.s.in_transaction());
+    h.send(b"MAIL FROM:<a@x.example> SIZE=1234\r\n");
+    assert!(h.s.in_transaction() && !h.s.in_data());
+    assert_eq!(h.s.declared_size(), Some(1234));
+    h.send(b"RCPT TO:<b@y.example>\r\nDATA\r\n");
+    assert!(h.s.in_data() && h.s.in_transaction());
+    assert_eq!(h.s.data_received(), 0);
+    h.send(b"0123456789");
+    assert_eq!(h.s.data_received(), 10);
+    h.send(b"\r\n.\r\n");
+    assert!(!h.s.in_data() && !h.s.in_transaction());
+    assert_eq!((h.s.data_received(), h.s.declared_size()), (0, None));
+    assert_eq!(h.queued.len(), 1);
+    h.send(b"QUIT\r\n");
+    assert!(h.closed);
+    assert!(h.s.is_closed());
+}
+
+/// While the verdict on MAIL FROM is awaited, a transaction is under way
+/// (graceful shutdown waits for it), though no sender is set yet.
+#[test]
+fn a_transaction_is_under_way_while_its_sender_is_being_decided() {
+    let mut s = Session::new(plain_auth(), false);
+    s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
+    let mut ask = |s: &mut Session| loop {
+        match s.poll() {
+            Some(Output::Ask(q)) => return q,
+            Some(_) => {}
+            None => panic!("no question"),
+        }
+    };
+    assert!(matches!(ask(&mut s), Question::Auth { .. }));
+    s.answer(Verdict::Accept);
+    s.feed(b"MAIL FROM:<a@x.example>\r\n");
+    assert!(matches!(ask(&mut s), Question::Sender { .. }));
+    assert!(s.in_transaction());
+    s.answer(Verdict::Reject(Reply::new(550, Status(5, 7, 1), "no")));
+    while s.poll().is_some() {}
+    assert!(!s.in_transaction());
+}
+
+#[test]
+fn a_refused_data_phase_says_so_until_its_end() {
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nhalf");
+    assert!(!h.s.data_refused());
+    h.s.refuse_data(Reply::new(452, Status(4, 3, 1), "No room"));
+    assert!(h.s.data_refused());
+    h.take();
+    h.send(b" and the rest\r\n.\r\n");
+    assert_eq!(h.take(), "452 4.3.1 No room\r\n");
+    assert!(!h.s.data_refused());
+    assert!(h.queued.is_empty());
+    // Outside DATA there is nothing to refuse.
+    h.s.refuse_data(Reply::new(452, Status(4, 3, 1), "No room"));
+    assert!(!h.s.data_refused());
+}
+
+#[test]
+fn bytes_after_starttls_are_counted_exactly() {
+    let mut h = Harness::new(Config::default(), false);
+    h.send(b"EHLO c\r\nSTARTTLS\r\nNOOP\r\n");
+    assert_eq!(h.s.discarded_after_starttls(), 6);
+    h.send(b"RSET\r\n");
+    assert_eq!(h.s.discarded_after_starttls(), 12);
+}
+
+/// A command line may be 512 octets with its CRLF; an AUTH line (and a
+/// SASL response) 12288.
+#[test]
+fn line_limits_are_exact() {
+    let noop = |len: usize| {
+        let mut line = b"NOOP ".to_vec();
+        line.resize(len - 2, b'a');
+        line.extend_from_slice(b"\r\n");
+        line
+    };
+    let mut h = Harness::new(Config::default(), false);
+    h.take();
+    h.send(&noop(MAX_COMMAND_LINE));
+    assert_eq!(codes(&h.take()), vec!["250 2.0.0"]);
+    h.send(&noop(MAX_COMMAND_LINE + 1));
+    assert_eq!(codes(&h.take()), vec!["500 5.5.2"]);
+    // Too long before its end arrives: dropped at once (the no-LF path),
+    // answered when it ends.
+    let line = noop(2 * MAX_COMMAND_LINE);
+    h.send(&line[..MAX_COMMAND_LINE + 1]);
+    assert_eq!(
+        (h.take().as_str(), h.s.buffered()),
+        ("", MAX_COMMAND_LINE + 1)
+    );
+    h.send(&line[MAX_COMMAND_LINE + 1..]);
+    assert_eq!(codes(&h.take()), vec!["500 5.5.2"]);
+    h.send(b"NOOP\r\n");
+    assert_eq!(codes(&h.take()), vec!["250 2.0.0"]);
+    let line = noop(MAX_COMMAND_LINE);
+    h.send(&line[..MAX_COMMAND_LINE - 1]);
+    h.send(&line[MAX_COMMAND_LINE - 1..]);
+    assert_eq!(codes(&h.take()), vec!["250 2.0.0"]);
+
+    // An AUTH line longer than a command line is fine, outside SASL too.
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    let mut auth = b"AUTH PLAIN ".to_vec();
+    auth.resize(2000, b'A');
+    auth.extend_from_slice(b"\r\n");
+    assert_ne!(codes(h.send(&auth)), vec!["500 5.5.2"]);
+    assert!(h.take().starts_with("5"));
+    // And as the response after a bare AUTH.
+    h.send(b"AUTH PLAIN\r\n");
+    assert_eq!(h.take(), "334 \r\n");
+    let mut response = vec![b'A'; 2000];
+    response.extend_from_slice(b"\r\n");
+    assert_ne!(codes(h.send(&response)), vec!["500 5.5.2"]);
+    assert!(h.take().starts_with("5"));
+    // Lowercase `auth ` is the same command.
+    let mut auth = b"auth plain ".to_vec();
+    auth.resize(MAX_AUTH_LINE - 2, b'A');
+    auth.extend_from_slice(b"\r\n");
+    assert_ne!(codes(h.send(&auth)), vec!["500 5.5.2"]);
+    h.take();
+    auth.insert(20, b'A');
+    assert_eq!(codes(h.send(&auth)), vec!["500 5.5.2"]);
+}
+
+/// The input buffer holds an unfinished line and the latest read, never
+/// the whole session, however the reads split the lines.
+#[test]
+fn the_input_buffer_stays_bounded_across_split_reads() {
+    let mut h = Harness::new(Config::default(), false);
+    h.take();
+    h.send(b"NO");
+    let mut most = 0;
+    for _ in 0..2000 {
+        // Each read ends inside the next command.
+        h.send(b"OP\r\nNO");
+        most = most.max(h.s.buffered());
+    }
+    assert_eq!(codes(&h.take()).len(), 2000);
+    assert!(most <= 2 + 6, "buffer grew to {most}");
+}
+
+#[test]
+fn each_forbidden_octet_in_a_command_is_refused_alone() {
+    let mut h = Harness::new(Config::default(), false);
+    h.take();
+    for bad in [
+        &b"NOOP a\0b\r\n"[..],
+        b"NOOP a\rb\r\n",
+        b"NOOP caf\xc3\xa9\r\n",
+        b"NOOP \xff\r\n",
+        b"NOOP a\x01b\r\n",
+        b"NOOP a\x7fb\r\n",
+    ] {
+        assert_eq!(codes(h.send(bad)), vec!["500 5.5.2"], "{bad:?}");
+        h.take();
+    }
+    // A tab is allowed.
+    assert_eq!(codes(h.send(b"NOOP a\tb\r\n")), vec!["250 2.0.0"]);
+}
+
+#[test]
+fn starttls_is_offered_only_where_it_can_happen() {
+    let no_starttls = Config {
+        starttls: false,
+        ..Config::default()
+    };
+    // An implicit-TLS listener's session: already TLS, never offered.
+    let mut h = Harness::new(no_starttls.clone(), true);
+    let w = h.send(b"EHLO c\r\n").to_string();
+    assert!(
+        !w.contains("STARTTLS") && w.contains("AUTH PLAIN LOGIN"),
+        "{w}"
+    );
+    // Not configured, not TLS: not offered either.
+    let mut h = Harness::new(no_starttls, false);
+    assert!(!h.send(b"EHLO c\r\n").contains("STARTTLS"));
+    // Configured and already upgraded: not again.
+    let mut h = Harness::new(Config::default(), true);
+    assert!(!h.send(b"EHLO c\r\n").contains("STARTTLS"));
+}
+
+#[test]
+fn auth_login_with_an_initial_response_asks_only_for_the_password() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    assert_eq!(h.send(b"AUTH LOGIN dQ==\r\n"), "334 UGFzc3dvcmQ6\r\n");
+    h.take();
+    assert_eq!(codes(h.send(b"cA==\r\n")), vec!["235 2.7.0"]);
+}
+
+#[test]
+fn undecodable_sasl_responses_get_501() {
+    let mut h = Harness::new(plain_auth(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    for line in [
+        &b"AUTH PLAIN !!!\r\n"[..],
+        b"AUTH PLAIN dQ==\r\n",
+        b"AUTH LOGIN !!!\r\n",
+    ] {
+        assert_eq!(codes(h.send(line)), vec!["501 5.5.2"], "{line:?}");
+        h.take();
+    }
+    h.send(b"AUTH LOGIN\r\n");
+    h.send(b"dQ==\r\n");
+    h.take();
+    assert_eq!(codes(h.send(b"%%%\r\n")), vec!["501 5.5.2"]);
+}
