@@ -548,7 +548,7 @@ fn state_queries_follow_the_dialogue() {
 fn a_transaction_is_under_way_while_its_sender_is_being_decided() {
     let mut s = Session::new(plain_auth(), false);
     s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
-    let mut ask = |s: &mut Session| loop {
+    let ask = |s: &mut Session| loop {
         match s.poll() {
             Some(Output::Ask(q)) => return q,
             Some(_) => {}
