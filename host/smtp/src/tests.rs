@@ -735,3 +735,49 @@ fn undecodable_sasl_responses_get_501() {
     h.take();
     assert_eq!(codes(h.send(b"%%%\r\n")), vec!["501 5.5.2"]);
 }
+
+#[test]
+fn mail_parameters() {
+    // The question MAIL FROM with these parameters asks, or the reply.
+    let ask = |params: &str| -> Result<Question, String> {
+        let mut s = Session::new(plain_auth(), false);
+        s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
+        loop {
+            match s.poll() {
+                Some(Output::Ask(Question::Auth { .. })) => s.answer(Verdict::Accept),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        s.feed(format!("MAIL FROM:<a@x.example>{params}\r\n").as_bytes());
+        loop {
+            match s.poll() {
+                Some(Output::Ask(q)) => return Ok(q),
+                Some(Output::Reply(r)) => return Err(r.to_wire()),
+                Some(_) => {}
+                None => panic!("no answer to {params}"),
+            }
+        }
+    };
+    let body = |params: &str| match ask(params) {
+        Ok(Question::Sender { body, .. }) => body,
+        other => panic!("{params}: {other:?}"),
+    };
+    assert_eq!(body(""), BodyType::SevenBit);
+    assert_eq!(body(" BODY=7bit"), BodyType::SevenBit);
+    assert_eq!(body(" BODY=8BITMIME"), BodyType::EightBitMime);
+    assert_eq!(body(" BODY=8BITMIME BODY=7BIT"), BodyType::SevenBit);
+    // The submitter (RFC 4954 5) is passed over.
+    assert_eq!(body(" AUTH=<> SIZE=10"), BodyType::SevenBit);
+    let refused = |params: &str| ask(params).unwrap_err();
+    assert!(refused(" BODY=BINARYMIME").starts_with("501 5.5.4"));
+    assert!(refused(" BODY").starts_with("501 5.5.4"));
+    assert!(refused(" SIZE=many").starts_with("501 5.5.4"));
+    assert!(refused(" SIZE=20971521").starts_with("552 5.3.4"));
+    assert!(refused(" AUTH").starts_with("555 5.5.4"));
+    assert!(refused(" FOO=1").starts_with("555 5.5.4"));
+    match ask(" SIZE=20971520") {
+        Ok(Question::Sender { declared_size, .. }) => assert_eq!(declared_size, Some(20971520)),
+        other => panic!("{other:?}"),
+    }
+}
