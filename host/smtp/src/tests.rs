@@ -66,6 +66,9 @@ impl Harness {
                         Question::Sender { address, .. } if address.ends_with("@bad.example") => {
                             Verdict::Reject(Reply::new(550, Status(5, 7, 1), "Sender not allowed"))
                         }
+                        Question::Recipient { address } if address.starts_with("nobody@") => {
+                            Verdict::Reject(Reply::new(550, Status(5, 1, 1), "No such user"))
+                        }
                         Question::Message { envelope, content } => {
                             self.queued.push((envelope, content));
                             Verdict::AcceptWith(Reply::new(
@@ -780,4 +783,26 @@ fn mail_parameters() {
         Ok(Question::Sender { declared_size, .. }) => assert_eq!(declared_size, Some(20971520)),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_envelope_keeps_accepted_recipients_once_each() {
+    let mut h = Harness::authed();
+    h.send(
+        b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nRCPT TO:<nobody@y.example>\r\n\
+          RCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(
+        codes(&h.take()),
+        vec![
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.1.1",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 End d",
+            "250 2.0.0"
+        ]
+    );
+    assert_eq!(h.queued[0].0.recipients, ["b@y.example", "c@y.example"]);
 }
