@@ -607,6 +607,13 @@ impl Config {
             max_auth_failures: limits.max_auth_failures,
             starttls: listener.tls == TlsMode::Starttls,
             plaintext_auth: listener.plaintext_auth,
+            timeouts: mailwit_smtp::Timeouts {
+                command: limits.command_timeout(),
+                data: limits.data_timeout(),
+                min_data_rate: limits.min_data_rate,
+                tls_handshake: limits.tls_handshake_timeout(),
+                shutdown_grace: limits.shutdown_grace(),
+            },
         }
     }
 }

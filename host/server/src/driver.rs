@@ -1,23 +1,21 @@
 //! The session driver: the only code that touches a client's socket.
 //!
-//! It feeds bytes to the sans-IO [`Session`], writes its replies, runs the
-//! TLS upgrade, asks the [`Policy`](crate::policy::Policy) and the spool,
-//! and keeps the clock (deadlines, shutdown).
-//!
-//! Deadlines: each command must be complete within `command_timeout` of the
-//! previous reply; bytes that trickle in do not extend it. During DATA the
-//! client gets `data_timeout` plus one second per `min_data_rate` octets
-//! received, so a slow but honest upload finishes and a trickle does not.
+//! It feeds bytes and the time to the sans-IO [`Session`], writes its
+//! replies, runs the TLS upgrade, and asks the
+//! [`Policy`](crate::policy::Policy) and the spool. The deadlines are the
+//! session's (`mailwit_smtp::clock`): the driver sleeps until the time the
+//! session names and tells it when it has come. Only the implicit-TLS
+//! handshake, before a session exists, has its timeout here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use mailwit_smtp::{BodyType, Output, Question, Reply, Session, Status, Verdict};
+use mailwit_smtp::{BodyType, Expired, Output, Question, Reply, Session, Status, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::budget;
@@ -118,6 +116,7 @@ pub async fn run(
         let session = Session::new(
             shared.config.session_config(&listener.config, &limits),
             listener.implicit_tls,
+            now(),
         );
         let mut d = Driver {
             shared: shared.clone(),
@@ -143,6 +142,11 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// The time, as the session is told it.
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
 fn take_tcp(conn: &mut Conn) -> TcpStream {
@@ -173,11 +177,8 @@ struct Driver {
 
 impl Driver {
     async fn drive(&mut self, mut shutdown: watch::Receiver<bool>) {
-        let limits = self.limits.clone();
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut deadline = Instant::now() + limits.command_timeout();
-        let mut data_started: Option<Instant> = None;
-        let mut grace: Option<Instant> = None;
+        let mut stopping = false;
         loop {
             // Carry out everything the session has to say.
             while let Some(output) = self.session.poll() {
@@ -185,14 +186,13 @@ impl Driver {
                     Output::Reply(r) => {
                         log_reply(&r);
                         r.write_to(&mut self.out);
-                        deadline = Instant::now() + limits.command_timeout();
                         if !self.session.in_data() {
                             self.room = None;
                         }
                     }
                     Output::Ask(q) => {
                         let verdict = self.ask(q).await;
-                        self.session.answer(verdict);
+                        self.session.answer(verdict, now());
                         // A message's bytes are gone once it is answered.
                         if !self.session.in_data() {
                             self.room = None;
@@ -203,9 +203,8 @@ impl Driver {
                             return;
                         }
                         let tcp = take_tcp(&mut self.conn);
-                        match timeout(limits.tls_handshake_timeout(), self.shared.tls.accept(tcp))
-                            .await
-                        {
+                        let until = self.wake();
+                        match timeout_at(until, self.shared.tls.accept(tcp)).await {
                             Ok(Ok(tls)) => {
                                 self.client.server_name = sni(&tls);
                                 self.conn = Conn::Tls(Box::new(tls));
@@ -220,10 +219,9 @@ impl Driver {
                                 "discarded plaintext pipelined after STARTTLS"
                             );
                         }
-                        self.session.tls_established();
+                        self.session.tls_established(now());
                         self.client.tls = true;
                         self.principal = None;
-                        deadline = Instant::now() + limits.command_timeout();
                     }
                     Output::Close => {
                         self.flush().await;
@@ -235,45 +233,40 @@ impl Driver {
             if !self.flush().await {
                 return;
             }
-            // A shutdown waits for the running transaction, nothing else.
-            if grace.is_some() && !self.session.in_transaction() {
-                self.session.shutdown();
-                continue;
-            }
-            // The DATA deadline grows with what has arrived, at min_data_rate.
+            // A large message reads on only with room for all of it, within
+            // its DATA deadline.
             if self.session.in_data() {
-                let start = *data_started.get_or_insert_with(Instant::now);
-                let allowance =
-                    Duration::from_secs(self.session.data_received() / limits.min_data_rate.max(1));
-                deadline = start + limits.data_timeout() + allowance;
-                // A large message reads on only with room for all of it.
+                let deadline = self.wake();
                 self.make_room(deadline).await;
-            } else {
-                data_started = None;
             }
-            let wake = match grace {
-                Some(g) => deadline.min(g),
-                None => deadline,
-            };
+            let wake = self.wake();
             tokio::select! {
                 r = self.conn.read(&mut buf) => match r {
                     Ok(0) => return debug!(event = "smtp.client_closed"),
-                    Ok(n) => self.session.feed(&buf[..n]),
+                    Ok(n) => self.session.feed(&buf[..n], now()),
                     Err(e) => return debug!(event = "smtp.read_error", cause = %e),
                 },
-                _ = sleep_until(wake) => {
-                    if grace.is_some_and(|g| Instant::now() >= g) {
-                        info!(event = "smtp.shutdown", "grace period over");
-                        self.session.shutdown();
-                    } else {
-                        info!(event = "smtp.timeout");
-                        self.session.timeout();
-                    }
-                }
-                _ = shutdown.changed(), if grace.is_none() => {
-                    grace = Some(Instant::now() + limits.shutdown_grace());
+                _ = sleep_until(wake) => match self.session.handle_timeout(now()) {
+                    Some(Expired::Grace) => info!(event = "smtp.shutdown", "grace period over"),
+                    Some(Expired::Handshake) => debug!(event = "tls.timeout"),
+                    Some(which) => info!(event = "smtp.timeout", deadline = ?which),
+                    None => {}
+                },
+                _ = shutdown.changed(), if !stopping => {
+                    stopping = true;
+                    self.session.begin_shutdown(now());
                 }
             }
+        }
+    }
+
+    /// When the session next needs to be told the time (its deadline, or
+    /// the shutdown grace's end). A closed session needs nothing: it has
+    /// already said `Close`, so this is never waited for.
+    fn wake(&self) -> Instant {
+        match self.session.poll_timeout() {
+            Some(at) => Instant::from_std(at),
+            None => Instant::now(),
         }
     }
 

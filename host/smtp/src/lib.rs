@@ -1,25 +1,30 @@
 //! # mailwit-smtp: the SMTP submission protocol without I/O
 //!
-//! Bytes go in, replies and policy questions come out. This crate has no
-//! sockets, no async runtime and no clock, so every rule (framing, limits,
-//! command sequence, SMTP smuggling, STARTTLS injection) is reachable from a
-//! unit test byte by byte. The host's session driver feeds it and carries its
+//! Bytes and the time go in, replies and policy questions come out. This
+//! crate has no sockets, no async runtime and reads no clock, so every rule
+//! (framing, limits, deadlines, command sequence, SMTP smuggling, STARTTLS
+//! injection) is reachable from a unit test byte by byte, with simulated
+//! time. The host's session driver feeds it and carries its
 //! outputs to the socket, the TLS layer and the policy runtime.
 //!
 //! # Layout
 //!
 //! - [`session`]: the state machine ([`Session`]), the driver contract and
 //!   the policy questions it asks ([`Question`], answered with [`Verdict`]).
+//! - [`clock`]: the deadlines (command, DATA, TLS handshake, shutdown
+//!   grace), on the time the driver tells the session.
 //! - [`command`]: parsing one command line.
 //! - [`data`]: the DATA receiver (end-of-data detection, dot-unstuffing, the
 //!   bare CR/LF rule).
 //! - [`reply`]: replies with enhanced status codes.
 
+pub mod clock;
 pub mod command;
 pub mod data;
 pub mod reply;
 pub mod session;
 
+pub use clock::{Expired, Timeouts};
 pub use reply::{InvalidReply, Reply, Status};
 pub use session::{
     BodyType, Config, Envelope, MAX_AUTH_LINE, MAX_COMMAND_LINE, Mechanism, Output, Question,

@@ -1,24 +1,30 @@
 //! The SMTP session state machine.
 //!
-//! The driver owns the socket. It calls [`Session::feed`] with bytes it read
-//! and then [`Session::poll`] until it returns `None`, acting on each
-//! [`Output`]:
+//! The driver owns the socket and the clock. It calls [`Session::feed`]
+//! with bytes it read and the time, then [`Session::poll`] until it returns
+//! `None`, acting on each [`Output`]:
 //!
 //! - `Reply`: queue the bytes for the client (flush before the next read,
 //!   which is what PIPELINING needs);
 //! - `Ask`: answer the policy question with [`Session::answer`] before polling
 //!   again;
-//! - `StartTls`: flush, run the TLS handshake, then call
+//! - `StartTls`: flush, run the TLS handshake (until
+//!   [`Session::poll_timeout`] at most), then call
 //!   [`Session::tls_established`];
 //! - `Close`: flush and close the connection.
 //!
-//! `None` means the session needs more input.
+//! `None` means the session needs more input: the driver reads until
+//! [`Session::poll_timeout`], and calls [`Session::handle_timeout`] if that
+//! time comes first, or [`Session::begin_shutdown`] when the server stops.
+//! The deadlines themselves are in [`crate::clock`].
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::clock::{self, Clock, Expired, Timeouts};
 use crate::command::{self, Command};
 use crate::data::DataReceiver;
 use crate::reply::{Reply, Status};
@@ -46,6 +52,8 @@ pub struct Config {
     /// Allow AUTH without TLS. Default false; only for explicitly configured
     /// listeners (tests, trusted networks).
     pub plaintext_auth: bool,
+    /// The deadlines (see [`crate::clock`]).
+    pub timeouts: Timeouts,
 }
 
 impl Default for Config {
@@ -58,6 +66,7 @@ impl Default for Config {
             max_auth_failures: 3,
             starttls: true,
             plaintext_auth: false,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -187,10 +196,12 @@ struct Transaction {
     recipients: Vec<String>,
 }
 
-/// One SMTP session, from greeting to close. Contains no I/O and no clock.
+/// One SMTP session, from greeting to close. Contains no I/O and reads no
+/// clock: the driver tells it the time.
 #[derive(Debug)]
 pub struct Session {
     config: Config,
+    clock: Clock,
     tls: bool,
     helo: Option<String>,
     authenticated: bool,
@@ -211,13 +222,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session; `tls` is true on implicit-TLS listeners. The greeting
-    /// is the first output.
-    pub fn new(config: Config, tls: bool) -> Self {
+    /// A new session at `now`; `tls` is true on implicit-TLS listeners.
+    /// The greeting is the first output.
+    pub fn new(config: Config, tls: bool, now: Instant) -> Self {
         let greeting = Reply::plain(220, format!("{} ESMTP mailwit", config.hostname));
         let mut out = VecDeque::new();
         out.push_back(Output::Reply(greeting));
         Session {
+            clock: Clock::new(config.timeouts, now),
             config,
             tls,
             helo: None,
@@ -236,8 +248,9 @@ impl Session {
         }
     }
 
-    /// Hands bytes read from the client to the session.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// Hands bytes read from the client at `now` to the session.
+    pub fn feed(&mut self, bytes: &[u8], now: Instant) {
+        self.clock.tell(now);
         if matches!(self.phase, Phase::AwaitTls | Phase::Closed) {
             // Nothing read in clear text after STARTTLS may reach the TLS
             // session (CVE-2011-0411), and nothing is read after close.
@@ -322,10 +335,12 @@ impl Session {
         self.discarded_after_starttls
     }
 
-    /// The TLS handshake after STARTTLS succeeded. Per RFC 3207 the session
-    /// forgets everything it knew: a new EHLO is required.
-    pub fn tls_established(&mut self) {
+    /// The TLS handshake after STARTTLS succeeded at `now`. Per RFC 3207
+    /// the session forgets everything it knew: a new EHLO is required.
+    pub fn tls_established(&mut self, now: Instant) {
         debug_assert!(matches!(self.phase, Phase::AwaitTls));
+        self.clock.tell(now);
+        self.clock.replied();
         self.tls = true;
         self.helo = None;
         self.authenticated = false;
@@ -335,8 +350,52 @@ impl Session {
         self.phase = Phase::Command;
     }
 
+    /// When the session next needs [`Session::handle_timeout`]: the
+    /// deadline of what it waits for (command, DATA, TLS handshake), or the
+    /// end of the shutdown grace if sooner. `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline().map(|(at, _)| at)
+    }
+
+    fn deadline(&self) -> Option<(Instant, Expired)> {
+        let phase = match &self.phase {
+            Phase::Closed => return None,
+            Phase::AwaitTls => clock::Phase::Handshake,
+            Phase::Data(r) => clock::Phase::Data(r.received()),
+            Phase::Command | Phase::Sasl(_) => clock::Phase::Command,
+        };
+        Some(self.clock.next(phase))
+    }
+
+    /// The time is `now`: if a deadline has passed, the session ends (a
+    /// `421`, or just a close during a TLS handshake) and says which.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Expired> {
+        self.clock.tell(now);
+        let (at, which) = self.deadline()?;
+        if now < at {
+            return None;
+        }
+        match which {
+            Expired::Grace => self.shutdown(),
+            Expired::Handshake => {
+                self.out.push_back(Output::Close);
+                self.phase = Phase::Closed;
+            }
+            Expired::Command | Expired::Data => self.timeout(),
+        }
+        Some(which)
+    }
+
+    /// The server is stopping, at `now`: an idle session closes with `421`
+    /// at its next [`Session::poll`]; a transaction under way gets the
+    /// shutdown grace to finish, and the session closes after it.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        self.clock.tell(now);
+        self.clock.shutdown();
+    }
+
     /// The client missed its deadline.
-    pub fn timeout(&mut self) {
+    pub(crate) fn timeout(&mut self) {
         self.close_with(Reply::new(
             421,
             Status(4, 4, 2),
@@ -345,7 +404,7 @@ impl Session {
     }
 
     /// The server is shutting down.
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.close_with(Reply::new(
             421,
             Status(4, 3, 2),
@@ -380,6 +439,25 @@ impl Session {
     /// The next thing the driver must do, or `None` when more input is
     /// needed.
     pub fn poll(&mut self) -> Option<Output> {
+        if let Some(o) = self.step() {
+            if matches!(o, Output::Reply(_)) {
+                self.clock.replied();
+            }
+            return Some(o);
+        }
+        // A shutdown waits for the running transaction, nothing else (not
+        // for a TLS handshake under way: its own deadline ends it).
+        let idle = self.awaiting.is_none()
+            && !self.in_transaction()
+            && matches!(self.phase, Phase::Command | Phase::Sasl(_));
+        if self.clock.shutting_down() && idle {
+            self.shutdown();
+            return self.poll();
+        }
+        None
+    }
+
+    fn step(&mut self) -> Option<Output> {
         loop {
             if let Some(o) = self.out.pop_front() {
                 return Some(o);
@@ -576,6 +654,7 @@ impl Session {
         self.input.clear();
         self.pos = 0;
         self.phase = Phase::AwaitTls;
+        self.clock.handshake_started();
     }
 
     fn auth(&mut self, mechanism: &str, initial: Option<String>) {
@@ -742,6 +821,7 @@ impl Session {
             "End data with <CR><LF>.<CR><LF>",
         )));
         self.phase = Phase::Data(DataReceiver::new(self.config.max_message_size));
+        self.clock.data_started();
     }
 
     fn end_of_data(&mut self, receiver: DataReceiver) {
@@ -778,8 +858,9 @@ impl Session {
         self.ask(Question::Message { envelope, content });
     }
 
-    /// Answers the last [`Output::Ask`].
-    pub fn answer(&mut self, verdict: Verdict) {
+    /// Answers the last [`Output::Ask`], at `now`.
+    pub fn answer(&mut self, verdict: Verdict, now: Instant) {
+        self.clock.tell(now);
         let Some(pending) = self.awaiting.take() else {
             debug_assert!(false, "answer() without a question");
             return;

@@ -1,11 +1,15 @@
 //! Session tests: a scripted client against the state machine, no sockets.
 
+use std::time::{Duration, Instant};
+
 use crate::*;
 
 /// Answers questions like a permissive policy: login `u`/`p` only, message
 /// queued as `ID1`, `ID2`, ...
 struct Harness {
     s: Session,
+    /// Simulated time: what the harness tells the session.
+    now: Instant,
     wire: String,
     queued: Vec<(Envelope, Vec<u8>)>,
     tls_requests: usize,
@@ -14,8 +18,10 @@ struct Harness {
 
 impl Harness {
     fn new(config: Config, tls: bool) -> Self {
+        let now = Instant::now();
         let mut h = Harness {
-            s: Session::new(config, tls),
+            s: Session::new(config, tls, now),
+            now,
             wire: String::new(),
             queued: Vec::new(),
             tls_requests: 0,
@@ -79,14 +85,14 @@ impl Harness {
                         }
                         _ => Verdict::Accept,
                     };
-                    self.s.answer(v);
+                    self.s.answer(v, self.now);
                 }
             }
         }
     }
 
     fn send(&mut self, bytes: &[u8]) -> &str {
-        self.s.feed(bytes);
+        self.s.feed(bytes, self.now);
         self.run();
         &self.wire
     }
@@ -170,7 +176,7 @@ fn starttls_discards_pipelined_bytes_and_resets() {
     // Bytes arriving before the handshake completes are dropped too.
     h.send(b"RSET\r\n");
     assert_eq!(h.take(), "");
-    h.s.tls_established();
+    h.s.tls_established(h.now);
     // The old EHLO no longer counts.
     assert_eq!(codes(h.send(b"AUTH PLAIN AHUAcA==\r\n")), vec!["503 5.5.1"]);
     h.take();
@@ -549,8 +555,9 @@ fn state_queries_follow_the_dialogue() {
 /// (graceful shutdown waits for it), though no sender is set yet.
 #[test]
 fn a_transaction_is_under_way_while_its_sender_is_being_decided() {
-    let mut s = Session::new(plain_auth(), false);
-    s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
+    let now = Instant::now();
+    let mut s = Session::new(plain_auth(), false, now);
+    s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n", now);
     let ask = |s: &mut Session| loop {
         match s.poll() {
             Some(Output::Ask(q)) => return q,
@@ -559,11 +566,11 @@ fn a_transaction_is_under_way_while_its_sender_is_being_decided() {
         }
     };
     assert!(matches!(ask(&mut s), Question::Auth { .. }));
-    s.answer(Verdict::Accept);
-    s.feed(b"MAIL FROM:<a@x.example>\r\n");
+    s.answer(Verdict::Accept, now);
+    s.feed(b"MAIL FROM:<a@x.example>\r\n", now);
     assert!(matches!(ask(&mut s), Question::Sender { .. }));
     assert!(s.in_transaction());
-    s.answer(Verdict::Reject(Reply::new(550, Status(5, 7, 1), "no")));
+    s.answer(Verdict::Reject(Reply::new(550, Status(5, 7, 1), "no")), now);
     while s.poll().is_some() {}
     assert!(!s.in_transaction());
 }
@@ -743,16 +750,20 @@ fn undecodable_sasl_responses_get_501() {
 fn mail_parameters() {
     // The question MAIL FROM with these parameters asks, or the reply.
     let ask = |params: &str| -> Result<Question, String> {
-        let mut s = Session::new(plain_auth(), false);
-        s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
+        let now = Instant::now();
+        let mut s = Session::new(plain_auth(), false, now);
+        s.feed(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n", now);
         loop {
             match s.poll() {
-                Some(Output::Ask(Question::Auth { .. })) => s.answer(Verdict::Accept),
+                Some(Output::Ask(Question::Auth { .. })) => s.answer(Verdict::Accept, now),
                 Some(_) => {}
                 None => break,
             }
         }
-        s.feed(format!("MAIL FROM:<a@x.example>{params}\r\n").as_bytes());
+        s.feed(
+            format!("MAIL FROM:<a@x.example>{params}\r\n").as_bytes(),
+            now,
+        );
         loop {
             match s.poll() {
                 Some(Output::Ask(q)) => return Ok(q),
@@ -805,4 +816,199 @@ fn the_envelope_keeps_accepted_recipients_once_each() {
         ]
     );
     assert_eq!(h.queued[0].0.recipients, ["b@y.example", "c@y.example"]);
+}
+
+// ---- Deadlines, with simulated time (see clock.rs) ----
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Short, distinct timeouts, so each test can tell which one acted.
+fn timed() -> Config {
+    Config {
+        plaintext_auth: true,
+        timeouts: Timeouts {
+            command: secs(10),
+            data: secs(20),
+            min_data_rate: 100,
+            tls_handshake: secs(5),
+            shutdown_grace: secs(30),
+        },
+        ..Config::default()
+    }
+}
+
+impl Harness {
+    /// Moves simulated time on by `d` and tells the session.
+    fn wait(&mut self, d: Duration) -> Option<Expired> {
+        self.now += d;
+        let expired = self.s.handle_timeout(self.now);
+        self.run();
+        expired
+    }
+
+    fn at(&mut self, d: Duration, bytes: &[u8]) -> &str {
+        self.now += d;
+        self.send(bytes)
+    }
+
+    fn due_in(&self) -> Duration {
+        self.s.poll_timeout().expect("a deadline") - self.now
+    }
+}
+
+#[test]
+fn each_command_has_the_command_timeout_from_the_previous_reply() {
+    let mut h = Harness::new(timed(), false);
+    assert_eq!(h.due_in(), secs(10));
+    h.take();
+    // A reply starts the next command's time.
+    h.at(secs(7), b"EHLO c\r\n");
+    assert_eq!(h.due_in(), secs(10));
+    // Bytes that do not complete a command do not extend it.
+    for _ in 0..9 {
+        h.at(secs(1), b"N");
+    }
+    assert_eq!(h.due_in(), secs(1));
+    // Early wake-ups change nothing.
+    assert_eq!(h.wait(Duration::from_millis(999)), None);
+    assert!(!h.closed);
+    assert_eq!(h.wait(Duration::from_millis(1)), Some(Expired::Command));
+    assert!(
+        h.take()
+            .ends_with("421 4.4.2 localhost Error: timeout exceeded\r\n")
+    );
+    assert!(h.closed && h.s.poll_timeout().is_none());
+}
+
+#[test]
+fn data_gets_its_own_timeout_plus_a_second_per_min_data_rate_octets() {
+    let mut h = Harness::new(timed(), false);
+    h.send(
+        b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\n",
+    );
+    h.at(secs(3), b"DATA\r\n");
+    h.take();
+    assert_eq!(h.due_in(), secs(20));
+    // 250 octets earn 2 s (at 100 octets/s); the command timeout no longer
+    // applies: 15 s later the upload is still on.
+    h.at(secs(15), &[b'x'; 250]);
+    assert_eq!(h.due_in(), secs(7));
+    assert_eq!(h.wait(secs(6)), None);
+    // The end of data answers, and the command timeout is back.
+    h.at(secs(0), b"\r\n.\r\n");
+    assert_eq!(codes(&h.take()), vec!["250 2.0.0"]);
+    assert_eq!(h.due_in(), secs(10));
+}
+
+#[test]
+fn a_trickled_upload_meets_the_data_deadline() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
+    h.take();
+    // One octet a second earns nothing at 100 octets/s.
+    for _ in 0..19 {
+        h.at(secs(1), b"x");
+        assert!(!h.closed);
+    }
+    assert_eq!(h.due_in(), secs(1));
+    assert_eq!(h.wait(secs(1)), Some(Expired::Data));
+    assert!(h.take().starts_with("421 4.4.2"));
+    assert!(h.queued.is_empty());
+}
+
+#[test]
+fn the_starttls_handshake_has_its_own_deadline() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(h.tls_requests, 1);
+    h.take();
+    assert_eq!(h.due_in(), secs(5));
+    assert_eq!(h.wait(secs(5)), Some(Expired::Handshake));
+    // No reply: the TLS state is unknown; just close.
+    assert_eq!(h.take(), "");
+    assert!(h.closed);
+    // A handshake in time gives the client a whole command timeout.
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    h.now += secs(4);
+    h.s.tls_established(h.now);
+    assert_eq!(h.due_in(), secs(10));
+}
+
+#[test]
+fn shutdown_closes_an_idle_session_at_once() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\n");
+    h.take();
+    h.s.begin_shutdown(h.now);
+    h.run();
+    assert_eq!(h.take(), "421 4.3.2 localhost Service shutting down\r\n");
+    assert!(h.closed);
+}
+
+#[test]
+fn shutdown_lets_a_transaction_finish_within_the_grace() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\n");
+    h.take();
+    h.s.begin_shutdown(h.now);
+    h.run();
+    assert_eq!(h.take(), "");
+    // The command timeout (10 s) is sooner than the grace (30 s).
+    assert_eq!(h.due_in(), secs(10));
+    h.at(secs(8), b"RCPT TO:<b@y.example>\r\nDATA\r\n");
+    h.take();
+    // In DATA, 10 s later: the grace's end (12 s away) comes before the
+    // DATA deadline (20 s, plus 20 s earned by 2000 octets).
+    h.at(secs(10), &[b'x'; 2000]);
+    assert_eq!(h.due_in(), secs(12));
+    // A second shutdown request does not move the grace's end.
+    h.s.begin_shutdown(h.now + secs(5));
+    assert_eq!(h.due_in(), secs(12));
+    h.at(secs(1), b"\r\n.\r\n");
+    // Answered, then closed.
+    assert_eq!(codes(&h.take()), vec!["250 2.0.0", "421 4.3.2"]);
+    assert!(h.closed);
+}
+
+#[test]
+fn the_grace_ends_a_transaction_that_runs_too_long() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
+    h.take();
+    h.s.begin_shutdown(h.now);
+    // The client keeps the DATA deadline well ahead of the grace.
+    for _ in 0..29 {
+        h.at(secs(1), &[b'x'; 500]);
+    }
+    assert_eq!(h.due_in(), secs(1));
+    assert_eq!(h.wait(secs(1)), Some(Expired::Grace));
+    assert!(
+        h.take()
+            .ends_with("421 4.3.2 localhost Service shutting down\r\n")
+    );
+    assert!(h.closed && h.queued.is_empty());
+}
+
+#[test]
+fn a_policy_answer_starts_the_next_commands_time_when_it_comes() {
+    // The driver answers after the policy's work; the time it says is the
+    // reply's time.
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\n");
+    let start = h.now;
+    h.s.feed(b"MAIL FROM:<a@x.example>\r\n", start);
+    assert!(matches!(
+        h.s.poll(),
+        Some(Output::Ask(Question::Sender { .. }))
+    ));
+    h.now = start + secs(4);
+    h.s.answer(Verdict::Accept, h.now);
+    assert!(matches!(h.s.poll(), Some(Output::Reply(r)) if r.code == 250));
+    assert_eq!(h.due_in(), secs(10));
+    // Time told is never earlier than time told before.
+    h.s.feed(b"", start);
+    assert_eq!(h.due_in(), secs(10));
 }
