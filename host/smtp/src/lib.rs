@@ -14,6 +14,8 @@
 //! - [`clock`]: the deadlines (command, DATA, TLS handshake, shutdown
 //!   grace), on the time the driver tells the session.
 //! - [`command`]: parsing one command line.
+//! - [`framing`]: the line receivers, one per framing mode (command line,
+//!   SASL response, the rest of an overlong line).
 //! - [`data`]: the DATA receiver (end-of-data detection, dot-unstuffing, the
 //!   bare CR/LF rule).
 //! - [`reply`]: replies with enhanced status codes.
@@ -21,15 +23,14 @@
 pub mod clock;
 pub mod command;
 pub mod data;
+pub mod framing;
 pub mod reply;
 pub mod session;
 
 pub use clock::{Expired, Timeouts};
+pub use framing::{MAX_AUTH_LINE, MAX_COMMAND_LINE};
 pub use reply::{InvalidReply, Reply, Status};
-pub use session::{
-    BodyType, Config, Envelope, MAX_AUTH_LINE, MAX_COMMAND_LINE, Mechanism, Output, Question,
-    Session, Verdict,
-};
+pub use session::{BodyType, Config, Envelope, Mechanism, Output, Question, Session, Verdict};
 
 #[cfg(test)]
 mod tests;

@@ -27,12 +27,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crate::clock::{self, Clock, Expired, Timeouts};
 use crate::command::{self, Command};
 use crate::data::DataReceiver;
+use crate::framing::{LineReceiver, OverlongLine, Take};
 use crate::reply::{Reply, Status};
-
-/// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
-pub const MAX_COMMAND_LINE: usize = 512;
-/// Longest AUTH command or SASL response line (RFC 4954 section 4).
-pub const MAX_AUTH_LINE: usize = 12288;
 
 /// Per-listener settings of a session. Defaults are in [`Config::default`].
 #[derive(Debug, Clone)]
@@ -166,6 +162,9 @@ enum Phase {
     /// Waiting for a SASL response line.
     Sasl(Sasl),
     Data(DataReceiver),
+    /// The rest of a line that outgrew its limit, then back to `resume`
+    /// (the command or SASL phase it interrupted).
+    Overlong(Box<Phase>),
     /// STARTTLS was answered; no input is read until the handshake is done.
     AwaitTls,
     Closed,
@@ -209,8 +208,6 @@ pub struct Session {
     phase: Phase,
     input: Vec<u8>,
     pos: usize,
-    /// Skipping the rest of an overlong line.
-    skipping: bool,
     out: VecDeque<Output>,
     awaiting: Option<Pending>,
     errors: u32,
@@ -238,7 +235,6 @@ impl Session {
             phase: Phase::Command,
             input: Vec::new(),
             pos: 0,
-            skipping: false,
             out,
             awaiting: None,
             errors: 0,
@@ -362,7 +358,7 @@ impl Session {
             Phase::Closed => return None,
             Phase::AwaitTls => clock::Phase::Handshake,
             Phase::Data(r) => clock::Phase::Data(r.received()),
-            Phase::Command | Phase::Sasl(_) => clock::Phase::Command,
+            Phase::Command | Phase::Sasl(_) | Phase::Overlong(_) => clock::Phase::Command,
         };
         Some(self.clock.next(phase))
     }
@@ -449,7 +445,10 @@ impl Session {
         // for a TLS handshake under way: its own deadline ends it).
         let idle = self.awaiting.is_none()
             && !self.in_transaction()
-            && matches!(self.phase, Phase::Command | Phase::Sasl(_));
+            && matches!(
+                self.phase,
+                Phase::Command | Phase::Sasl(_) | Phase::Overlong(_)
+            );
         if self.clock.shutting_down() && idle {
             self.shutdown();
             return self.poll();
@@ -486,69 +485,44 @@ impl Session {
                         }
                     }
                 }
+                Phase::Overlong(_) => {
+                    let (n, reply) = OverlongLine.take(&self.input[self.pos..]);
+                    self.pos += n;
+                    // The rest of the line is yet to come.
+                    let reply = reply?;
+                    let Phase::Overlong(resume) =
+                        std::mem::replace(&mut self.phase, Phase::Command)
+                    else {
+                        unreachable!()
+                    };
+                    self.phase = *resume;
+                    self.protocol_error(reply);
+                }
                 Phase::Command | Phase::Sasl(_) => {
-                    let limit = self.line_limit();
-                    match self.take_line(limit) {
-                        Some(Ok(line)) => {
-                            if matches!(self.phase, Phase::Sasl(_)) {
-                                self.sasl_line(line);
-                            } else {
-                                self.command_line(line);
-                            }
+                    let pending = &self.input[self.pos..];
+                    let receiver = match self.phase {
+                        Phase::Sasl(_) => LineReceiver::sasl(),
+                        _ => LineReceiver::command(pending),
+                    };
+                    let (n, taken) = receiver.take(pending);
+                    self.pos += n;
+                    match taken {
+                        Take::Line(line) => match self.phase {
+                            Phase::Sasl(_) => self.sasl_line(line),
+                            _ => self.command_line(line),
+                        },
+                        Take::Refused(reply) => self.protocol_error(reply),
+                        Take::Overlong => {
+                            // What there is was dropped; skip the rest of
+                            // the line, answer when it ends.
+                            let resume = std::mem::replace(&mut self.phase, Phase::Command);
+                            self.phase = Phase::Overlong(Box::new(resume));
                         }
-                        Some(Err(reply)) => self.protocol_error(reply),
-                        None => return None,
+                        Take::More => return None,
                     }
                 }
             }
         }
-    }
-
-    fn line_limit(&self) -> usize {
-        let pending = &self.input[self.pos..];
-        let is_auth = pending.len() >= 5 && pending[..5].eq_ignore_ascii_case(b"AUTH ");
-        if matches!(self.phase, Phase::Sasl(_)) || is_auth {
-            MAX_AUTH_LINE
-        } else {
-            MAX_COMMAND_LINE
-        }
-    }
-
-    /// Frames one line. `Some(Err)` for a line that is too long or holds
-    /// bytes no command may contain.
-    fn take_line(&mut self, limit: usize) -> Option<Result<String, Reply>> {
-        let pending = &self.input[self.pos..];
-        let Some(lf) = pending.iter().position(|&b| b == b'\n') else {
-            if pending.len() > limit {
-                // Bounded buffer: drop what we have, remember to skip the
-                // rest of this line, answer when it ends.
-                self.skipping = true;
-                self.pos = self.input.len();
-            }
-            return None;
-        };
-        let raw = &pending[..lf];
-        self.pos += lf + 1;
-        if std::mem::take(&mut self.skipping) || lf + 1 > limit {
-            return Some(Err(Reply::new(500, Status(5, 5, 2), "Line too long")));
-        }
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80) {
-            return Some(Err(Reply::new(
-                500,
-                Status(5, 5, 2),
-                "Invalid character in command: NUL, bare CR and 8-bit octets are not allowed",
-            )));
-        }
-        // Only printable ASCII, space and tab remain; other controls too are refused.
-        if raw.iter().any(|&b| b.is_ascii_control() && b != b'\t') {
-            return Some(Err(Reply::new(
-                500,
-                Status(5, 5, 2),
-                "Invalid character in command",
-            )));
-        }
-        Some(Ok(String::from_utf8(raw.to_vec()).expect("ASCII")))
     }
 
     /// A syntax-level error: replies, counts, and closes after too many.
