@@ -138,7 +138,12 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
 /// Parses `FROM:<addr> PARAM=VALUE ...`. Accepts a space after the colon
 /// (as the Infobip seed's dialogue shows) and a path without brackets.
 fn path_argument(rest: &str, keyword: &str) -> Option<(String, Params)> {
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compared as bytes: `rest` may hold non-ASCII text (the session's
+    // framing refuses it, but this parser stands alone), where slicing the
+    // str at `keyword.len()` could split a character. A match is ASCII, so
+    // the slice after it is on a boundary.
+    let head = rest.as_bytes().get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword.as_bytes()) {
         return None;
     }
     let rest = rest[keyword.len()..].trim_start();
@@ -304,6 +309,15 @@ mod tests {
             parse("MAIL FROM:<a@b.example>SIZE=1"),
             Err(ParseError::Syntax(_))
         ));
+    }
+
+    /// Found by the `command` fuzz target: a multi-byte character where
+    /// the keyword's colon would be panicked on a str slice.
+    #[test]
+    fn a_non_ascii_keyword_is_a_syntax_error_not_a_panic() {
+        assert!(matches!(parse("MAIL FROM\u{43f}a<b.example>"), Err(ParseError::Syntax(_))));
+        assert!(matches!(parse("RCPT T\u{e9}:<a@b.example>"), Err(ParseError::Syntax(_))));
+        assert!(matches!(parse("MAIL \u{e9}"), Err(ParseError::Syntax(_))));
     }
 
     #[test]
