@@ -112,7 +112,7 @@ fn reference_functions_accept_and_refuse_with_their_codes() {
         "{:?}",
         m.remove_headers
     );
-    assert_eq!(m.route, "relay:default");
+    assert_eq!(m.route.to_string(), "relay:default");
     assert!(m.policy.contains("router@1"), "{}", m.policy);
 
     // Each refusal, with its documented reply.
@@ -294,7 +294,7 @@ fn a_tenant_can_replace_only_its_router() {
         &[],
     );
     let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(s.spooled(&id).meta.route, "sandbox");
+    assert_eq!(s.spooled(&id).meta.route.to_string(), "sandbox");
     // The stock sender check is still in force.
     assert_eq!(
         refusal(&swaks(
@@ -310,7 +310,7 @@ fn a_tenant_can_replace_only_its_router() {
     // And the other tenant still relays.
     let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
     assert_eq!(
-        s.spooled(&queue_id(&out).unwrap()).meta.route,
+        s.spooled(&queue_id(&out).unwrap()).meta.route.to_string(),
         "relay:default"
     );
 }
@@ -619,7 +619,7 @@ fn swap_and_rollback_under_load_keep_every_transaction_on_one_version() {
         let p = &m.meta.policy;
         let router2 = p.contains("router@2");
         assert_eq!(
-            m.meta.route == "sandbox",
+            m.meta.route.to_string() == "sandbox",
             router2,
             "route {} under {p}",
             m.meta.route
@@ -666,7 +666,10 @@ fn deployed_versions_survive_a_restart_without_recompiling() {
         after.join("\n")
     );
     let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
-    assert_eq!(s.spooled(&queue_id(&out).unwrap()).meta.route, "sandbox");
+    assert_eq!(
+        s.spooled(&queue_id(&out).unwrap()).meta.route.to_string(),
+        "sandbox"
+    );
     // And the history survived too: rollback goes to version 1.
     let (ok, out) = admin(&s, &["rollback", "acme", "router"]);
     assert!(ok && out.contains("\"active_version\": 1"), "{out}");

@@ -71,6 +71,29 @@ pub enum Route {
     Discard,
 }
 
+/// `relay:default`, as the reference router's default.
+impl Default for Route {
+    fn default() -> Route {
+        Route::Relay("default".into())
+    }
+}
+
+/// The text form (`relay:<upstream>`, `sandbox`, `discard`), as rules
+/// name routes and spool records store them.
+impl std::str::FromStr for Route {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Route, String> {
+        match s {
+            "sandbox" => Ok(Route::Sandbox),
+            "discard" => Ok(Route::Discard),
+            _ => match s.strip_prefix("relay:") {
+                Some(name) if !name.is_empty() => Ok(Route::Relay(name.to_string())),
+                _ => Err(format!("{s:?} is not relay:<name>, sandbox or discard")),
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

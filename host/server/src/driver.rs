@@ -402,14 +402,10 @@ impl Driver {
                     helo: envelope.helo.clone(),
                     sender: envelope.sender.clone(),
                     recipients: envelope.recipients.clone(),
-                    body: match envelope.body {
-                        BodyType::SevenBit => "7BIT",
-                        BodyType::EightBitMime => "8BITMIME",
-                    }
-                    .into(),
+                    body: envelope.body,
                     metadata: decided.metadata,
                     remove_headers: decided.remove_headers,
-                    route: decided.route.to_string(),
+                    route: decided.route,
                     policy: decided.policy,
                 };
                 match self.shared.spool.enqueue(&meta, &content).await {

@@ -315,8 +315,14 @@ mod tests {
     /// the keyword's colon would be panicked on a str slice.
     #[test]
     fn a_non_ascii_keyword_is_a_syntax_error_not_a_panic() {
-        assert!(matches!(parse("MAIL FROM\u{43f}a<b.example>"), Err(ParseError::Syntax(_))));
-        assert!(matches!(parse("RCPT T\u{e9}:<a@b.example>"), Err(ParseError::Syntax(_))));
+        assert!(matches!(
+            parse("MAIL FROM\u{43f}a<b.example>"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse("RCPT T\u{e9}:<a@b.example>"),
+            Err(ParseError::Syntax(_))
+        ));
         assert!(matches!(parse("MAIL \u{e9}"), Err(ParseError::Syntax(_))));
     }
 

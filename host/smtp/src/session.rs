@@ -91,6 +91,27 @@ pub enum BodyType {
     EightBitMime,
 }
 
+/// The `BODY=` value: `7BIT` or `8BITMIME`.
+impl std::fmt::Display for BodyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyType::SevenBit => "7BIT",
+            BodyType::EightBitMime => "8BITMIME",
+        })
+    }
+}
+
+impl std::str::FromStr for BodyType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BodyType, String> {
+        match s {
+            _ if s.eq_ignore_ascii_case("7BIT") => Ok(BodyType::SevenBit),
+            _ if s.eq_ignore_ascii_case("8BITMIME") => Ok(BodyType::EightBitMime),
+            _ => Err(format!("{s:?} is not 7BIT or 8BITMIME")),
+        }
+    }
+}
+
 /// The envelope of one transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope {

@@ -37,7 +37,8 @@ use crate::budget::{ContentBudget, Refused, Reservation, SMALL};
 use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
-use mailwit_runtime::Rules;
+use mailwit_runtime::{Route, Rules};
+use mailwit_smtp::BodyType;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Semaphore, mpsc};
@@ -322,7 +323,7 @@ impl Delivery {
         // A local route (sandbox, discard) finishes at once: its Received
         // events are recorded with the outcomes, in one status write. A
         // relay attempt may take minutes, so Received is recorded first.
-        let local = matches!(meta.route.as_str(), "sandbox" | "discard");
+        let local = matches!(meta.route, Route::Sandbox | Route::Discard);
         let mut received = Vec::new();
         if job.record_received {
             let detail = format!("accepted from {} on {}", meta.peer, meta.listener);
@@ -360,10 +361,10 @@ impl Delivery {
         let mut events = Vec::new();
         let mut still = Vec::new();
         let mut failed = Vec::new();
-        let done = match meta.route.as_str() {
-            "sandbox" => Status::DeliveredToSandbox,
-            "discard" => Status::Discarded,
-            _ => Status::Sent,
+        let done = match meta.route {
+            Route::Sandbox => Status::DeliveredToSandbox,
+            Route::Discard => Status::Discarded,
+            Route::Relay(_) => Status::Sent,
         };
         for (rcpt, outcome) in job.pending.iter().zip(outcomes) {
             match outcome {
@@ -433,14 +434,13 @@ impl Delivery {
     async fn deliver(&self, job: &Job) -> Vec<Outcome> {
         let meta = &job.msg.meta;
         let all = |o: Outcome| job.pending.iter().map(|_| o.clone()).collect();
-        match meta.route.as_str() {
-            "discard" => all(Outcome::Sent("discarded as the tenant's route says".into())),
-            "sandbox" => match self.capture(&job.msg).await {
+        match &meta.route {
+            Route::Discard => all(Outcome::Sent("discarded as the tenant's route says".into())),
+            Route::Sandbox => match self.capture(&job.msg).await {
                 Ok(()) => all(Outcome::Sent("captured in the sandbox".into())),
                 Err(e) => all(Outcome::Deferred(format!("writing to the sandbox: {e}"))),
             },
-            route => {
-                let name = route.strip_prefix("relay:").unwrap_or("default");
+            Route::Relay(name) => {
                 let Some(set) = self.tenants.get(&meta.tenant) else {
                     return all(Outcome::Deferred(format!(
                         "tenant {} not loaded",
@@ -513,13 +513,13 @@ impl Delivery {
             helo: self.hostname.clone(),
             sender: String::new(),
             recipients: vec![meta.sender.clone()],
-            body: "8BITMIME".into(),
+            body: BodyType::EightBitMime,
             metadata: vec![("dsnFor".into(), meta.id.clone())],
             remove_headers: Vec::new(),
-            route: if meta.route.starts_with("relay:") {
-                meta.route.clone()
-            } else {
-                "relay:default".into()
+            // A bounce of a sandboxed or discarded message still goes out.
+            route: match &meta.route {
+                Route::Relay(_) => meta.route.clone(),
+                _ => Route::default(),
             },
             policy: "dsn".into(),
         };

@@ -669,7 +669,7 @@ mod tests {
             helo: "h".into(),
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
-            body: "7BIT".into(),
+            body: mailwit_smtp::BodyType::SevenBit,
             ..Meta::default()
         }
     }

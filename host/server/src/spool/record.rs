@@ -11,6 +11,8 @@
 //! process died, and it was never acknowledged (acknowledgement waits for the
 //! fsync that covers the whole record).
 
+use mailwit_runtime::Route;
+use mailwit_smtp::BodyType;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 4] = b"MWS1";
@@ -56,20 +58,60 @@ pub struct Meta {
     pub helo: String,
     pub sender: String,
     pub recipients: Vec<String>,
-    /// "7BIT" or "8BITMIME".
-    pub body: String,
+    /// Stored as "7BIT" or "8BITMIME".
+    #[serde(with = "as_text")]
+    pub body: BodyType,
     /// Metadata the policy extracted (the X-IB-* headers, say).
     #[serde(default)]
     pub metadata: Vec<(String, String)>,
     /// Header fields to remove before relay.
     #[serde(default)]
     pub remove_headers: Vec<String>,
-    /// `relay:<upstream>`, `sandbox` or `discard`.
-    #[serde(default)]
-    pub route: String,
+    /// Stored as `relay:<upstream>`, `sandbox` or `discard`.
+    #[serde(default, with = "route_text")]
+    pub route: Route,
     /// The policy version that answered this transaction.
     #[serde(default)]
     pub policy: String,
+}
+
+/// A typed field stored as its text form (`Display` / `FromStr`), so the
+/// records on disk stay what they were when these fields were strings.
+mod as_text {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// The route as text; an empty one (a record from before routes were
+/// typed, when no route was chosen) relays to `default`, as it did then.
+mod route_text {
+    use super::Route;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Route, s: S) -> Result<S::Ok, S::Error> {
+        super::as_text::serialize(r, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Route, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(Route::default());
+        }
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Encodes one record.
@@ -140,10 +182,10 @@ mod tests {
             helo: "h".into(),
             sender: "a@b.example".into(),
             recipients: vec!["c@d.example".into()],
-            body: "7BIT".into(),
+            body: BodyType::SevenBit,
             metadata: vec![("bulkId".into(), "b1".into())],
             remove_headers: vec![],
-            route: "sandbox".into(),
+            route: Route::Sandbox,
             policy: "generation=1".into(),
         };
         let rec = encode_message(&meta, b"hello\r\n");
@@ -160,5 +202,44 @@ mod tests {
         let mut flipped = rec.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(decode(&flipped).is_none());
+    }
+
+    /// The typed route and body are stored as the strings they replaced,
+    /// and records from before routes were kept still read.
+    #[test]
+    fn route_and_body_keep_their_text_form_on_disk() {
+        let meta = Meta {
+            body: BodyType::EightBitMime,
+            route: Route::Relay("eu".into()),
+            ..Meta::default()
+        };
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(
+            (&json["body"], &json["route"]),
+            (&"8BITMIME".into(), &"relay:eu".into())
+        );
+        let back: Meta = serde_json::from_value(json).unwrap();
+        assert_eq!(back, meta);
+        for (route, want) in [
+            (Some("sandbox"), Route::Sandbox),
+            (Some("discard"), Route::Discard),
+            (Some(""), Route::Relay("default".into())),
+            (None, Route::Relay("default".into())),
+        ] {
+            let mut v = serde_json::json!({
+                "id": "X", "received_at_ms": 1, "tenant": "t", "login": "l", "peer": "p",
+                "listener": "s", "helo": "h", "sender": "a@b", "recipients": [], "body": "7BIT",
+            });
+            if let Some(r) = route {
+                v["route"] = r.into();
+            }
+            let m: Meta = serde_json::from_value(v).unwrap();
+            assert_eq!((m.route, m.body), (want, BodyType::SevenBit));
+        }
+        let bad = serde_json::json!({
+            "id": "X", "received_at_ms": 1, "tenant": "t", "login": "l", "peer": "p",
+            "listener": "s", "helo": "h", "sender": "a@b", "recipients": [], "body": "BINARY",
+        });
+        assert!(serde_json::from_value::<Meta>(bad).is_err());
     }
 }
