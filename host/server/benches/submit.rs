@@ -16,8 +16,8 @@
 //! for work (server start and stop included).
 //!
 //! Each run's clock starts at the first client's `220` greeting, after the
-//! server said every listener is up (the status API's component compiled
-//! last), and stops at the last `250`.
+//! server logged `ready` (every listener accepting, the status API's
+//! component compiled), and stops at the last `250`.
 //!
 //! One run varies by 10-15% from the next on a shared 2-core machine, more
 //! than the effect measured, and the machine drifts between runs, so the
@@ -175,8 +175,8 @@ fn run(clients: usize, noop: bool) -> Run {
     }
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut log = BufReader::new(child.stderr.take().unwrap());
-    // The SMTP listener's port; then wait for the status API's listener,
-    // the last to come up (its component compiles first).
+    // The SMTP listener's port; then wait until the server says it is
+    // ready (every listener accepting, the status component compiled).
     let mut port: Option<u16> = None;
     loop {
         let mut line = String::new();
@@ -184,7 +184,7 @@ fn run(clients: usize, noop: bool) -> Run {
         let addr = line.split(' ').find_map(|w| w.strip_prefix("addr="));
         if line.contains("listener=bench") {
             port = addr.and_then(|a| a.trim().rsplit(':').next()?.parse().ok());
-        } else if line.contains("listener=status-api") {
+        } else if line.contains("event=\"ready\"") {
             break;
         }
     }
