@@ -78,76 +78,7 @@ impl Server {
 
     pub fn start_with(opts: Options) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("mailwit.toml");
-        let config = format!(
-            r#"
-hostname = "mx.test"
-data_dir = "{data}"
-
-[limits]
-{limits}
-
-[spool]
-{spool}
-
-[runtime]
-{runtime}
-
-[delivery]
-{delivery}
-
-[admin]
-addr = "127.0.0.1:0"
-token = "{ADMIN_TOKEN}"
-
-[status_api]
-addr = "127.0.0.1:0"
-{status_api}
-
-[[listeners]]
-name = "submission"
-addr = "127.0.0.1:0"
-tls = "starttls"
-
-[[listeners]]
-name = "smtps"
-addr = "127.0.0.1:0"
-tls = "implicit"
-
-[[listeners]]
-name = "plain"
-addr = "127.0.0.1:0"
-tls = "starttls"
-plaintext_auth = true
-
-[[tenants]]
-id = "acme"
-{STOCK_FUNCTIONS}
-
-[tenants.rules]
-revision = "acme-1"
-
-[tenants.rules.users]
-"{LOGIN}" = "{hash}"
-
-[tenants.rules.senders]
-domains = ["acme.example"]
-
-{acme_rules}
-
-{extra}
-"#,
-            data = dir.path().join("data").display(),
-            limits = opts.limits,
-            spool = opts.spool,
-            runtime = opts.runtime,
-            delivery = opts.delivery,
-            acme_rules = opts.acme_rules,
-            extra = opts.extra,
-            status_api = opts.status_api,
-            hash = demo_hash(),
-        );
-        std::fs::write(&config_path, config).unwrap();
+        let config_path = write_config(dir.path(), &opts);
         let mut s = Server {
             env: opts.env.clone(),
             child: None,
@@ -441,6 +372,82 @@ domains = ["acme.example"]
         self.kill9();
         self.spawn();
     }
+}
+
+/// Writes the test configuration (`opts` applied) into `dir` as
+/// `mailwit.toml`, with `dir/data` as its data directory.
+pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
+    let config_path = dir.join("mailwit.toml");
+    let config = format!(
+        r#"
+hostname = "mx.test"
+data_dir = "{data}"
+
+[limits]
+{limits}
+
+[spool]
+{spool}
+
+[runtime]
+{runtime}
+
+[delivery]
+{delivery}
+
+[admin]
+addr = "127.0.0.1:0"
+token = "{ADMIN_TOKEN}"
+
+[status_api]
+addr = "127.0.0.1:0"
+{status_api}
+
+[[listeners]]
+name = "submission"
+addr = "127.0.0.1:0"
+tls = "starttls"
+
+[[listeners]]
+name = "smtps"
+addr = "127.0.0.1:0"
+tls = "implicit"
+
+[[listeners]]
+name = "plain"
+addr = "127.0.0.1:0"
+tls = "starttls"
+plaintext_auth = true
+
+[[tenants]]
+id = "acme"
+{STOCK_FUNCTIONS}
+
+[tenants.rules]
+revision = "acme-1"
+
+[tenants.rules.users]
+"{LOGIN}" = "{hash}"
+
+[tenants.rules.senders]
+domains = ["acme.example"]
+
+{acme_rules}
+
+{extra}
+"#,
+        data = dir.join("data").display(),
+        limits = opts.limits,
+        spool = opts.spool,
+        runtime = opts.runtime,
+        delivery = opts.delivery,
+        acme_rules = opts.acme_rules,
+        extra = opts.extra,
+        status_api = opts.status_api,
+        hash = demo_hash(),
+    );
+    std::fs::write(&config_path, config).unwrap();
+    config_path
 }
 
 impl Drop for Server {

@@ -7,6 +7,7 @@ mod delivery;
 mod durability;
 mod first_day;
 mod harness;
+mod in_process;
 mod limits;
 mod memory;
 mod policy;

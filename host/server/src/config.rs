@@ -460,6 +460,17 @@ fn sections<T: serde::de::DeserializeOwned>(
 }
 
 impl Config {
+    /// The server's certificate: `[tls]`'s files, or the generated
+    /// self-signed one.
+    pub fn server_cert(&self) -> anyhow::Result<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        crate::tls::load_server_cert(
+            self.tls.cert.as_deref(),
+            self.tls.key.as_deref(),
+            &self.hostname,
+            &self.data_dir,
+        )
+    }
+
     /// Reads a file, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let text = match path {

@@ -1,28 +1,40 @@
 //! The session driver: the only code that touches a client's socket.
 //!
 //! It feeds bytes and the time to the sans-IO [`Session`], writes its
-//! replies, runs the TLS upgrade, and asks the
-//! [`Policy`](crate::policy::Policy) and the spool. The deadlines are the
-//! session's (`mailwit_smtp::clock`): the driver sleeps until the time the
-//! session names and tells it when it has come. Only the implicit-TLS
-//! handshake, before a session exists, has its timeout here.
+//! replies, runs the TLS upgrade, keeps a large message's content within
+//! the memory budget, and takes the core's questions to the session's
+//! [`Submission`], which decides. The deadlines are the session's
+//! (`mailwit_smtp::clock`): the driver sleeps until the time the session
+//! names and tells it when it has come. Only the implicit-TLS handshake,
+//! before a session exists, has its timeout here.
 
+use mailwit_smtp::{Expired, Output, Reply, Session};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use mailwit_smtp::{BodyType, Expired, Output, Question, Reply, Session, Status, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::budget;
-use crate::policy::{ClientInfo, Principal, TxnPolicy};
-use crate::server::{ListenerCtx, Shared};
-use crate::spool::{Meta, SpoolError};
-use mailwit_runtime::SessionInfo;
+use crate::budget::{self, ContentBudget};
+use crate::config::Limits;
+use crate::policy::ClientInfo;
+use crate::replies;
+use crate::submission::{Services, Submission};
+
+/// What a session needs from the server besides its [`Submission`].
+pub struct Context {
+    /// The protocol core's settings for this listener and these limits.
+    pub core: mailwit_smtp::Config,
+    /// The `[limits]` in force when the session started.
+    pub limits: Arc<Limits>,
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// The ceiling on message content in memory.
+    pub budget: Arc<ContentBudget>,
+    pub listener: String,
+    pub implicit_tls: bool,
+}
 
 /// Octets read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -67,8 +79,8 @@ impl Conn {
 
 /// Runs one client session to its end.
 pub async fn run(
-    shared: Arc<Shared>,
-    listener: Arc<ListenerCtx>,
+    ctx: Context,
+    services: Arc<Services>,
     tcp: TcpStream,
     peer: SocketAddr,
     session_id: String,
@@ -79,17 +91,16 @@ pub async fn run(
         "session",
         id = %session_id,
         peer = %peer,
-        listener = %listener.name,
+        listener = %ctx.listener,
         tenant = tracing::field::Empty
     );
     async move {
-        let limits = shared.limits();
         let mut conn = Conn::Plain(tcp);
         let mut server_name = None;
-        if listener.implicit_tls {
+        if ctx.implicit_tls {
             match timeout(
-                limits.tls_handshake_timeout(),
-                shared.tls.accept(take_tcp(&mut conn)),
+                ctx.limits.tls_handshake_timeout(),
+                ctx.tls.accept(take_tcp(&mut conn)),
             )
             .await
             {
@@ -102,39 +113,26 @@ pub async fn run(
             }
         }
         if over_limit {
-            let reply = Reply::new(
-                421,
-                Status(4, 7, 0),
-                "Too many connections, try again later",
-            );
+            let reply = replies::too_many_connections();
             info!(event = "smtp.refused", reason = "connection limit");
             let _ = conn.write_all(reply.to_wire().as_bytes()).await;
             conn.shutdown().await;
             return;
         }
         info!(event = "smtp.connect");
-        let session = Session::new(
-            shared.config.session_config(&listener.config, &limits),
-            listener.implicit_tls,
-            now(),
-        );
+        let client = ClientInfo {
+            ip: peer.ip(),
+            port: peer.port(),
+            listener: ctx.listener.clone(),
+            tls: ctx.implicit_tls,
+            server_name,
+        };
         let mut d = Driver {
-            shared: shared.clone(),
-            peer,
-            client: ClientInfo {
-                ip: peer.ip(),
-                port: peer.port(),
-                listener: listener.name.clone(),
-                tls: listener.implicit_tls,
-                server_name,
-            },
-            session,
-            principal: None,
-            txn: None,
+            session: Session::new(ctx.core.clone(), ctx.implicit_tls, now()),
+            submission: Submission::new(services, client, peer, session_id),
+            ctx,
             conn,
             out: Vec::new(),
-            session_id,
-            limits,
             room: None,
         };
         d.drive(shutdown).await;
@@ -157,19 +155,11 @@ fn take_tcp(conn: &mut Conn) -> TcpStream {
 }
 
 struct Driver {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    client: ClientInfo,
+    ctx: Context,
     session: Session,
-    principal: Option<Principal>,
-    /// The current transaction's policy and sender: every question of one
-    /// transaction is answered by the policy version it started with.
-    txn: Option<(Arc<dyn TxnPolicy>, String)>,
+    submission: Submission,
     conn: Conn,
     out: Vec<u8>,
-    session_id: String,
-    /// The `[limits]` in force when the session started.
-    limits: Arc<crate::config::Limits>,
     /// Room for the message being received, once it is larger than
     /// [`budget::SMALL`]; given back when the message's bytes are.
     room: Option<budget::Reservation>,
@@ -191,7 +181,8 @@ impl Driver {
                         }
                     }
                     Output::Ask(q) => {
-                        let verdict = self.ask(q).await;
+                        let helo = self.session.helo().unwrap_or_default().to_string();
+                        let verdict = self.submission.answer(q, &helo).await;
                         self.session.answer(verdict, now());
                         // A message's bytes are gone once it is answered.
                         if !self.session.in_data() {
@@ -204,9 +195,9 @@ impl Driver {
                         }
                         let tcp = take_tcp(&mut self.conn);
                         let until = self.wake();
-                        match timeout_at(until, self.shared.tls.accept(tcp)).await {
+                        match timeout_at(until, self.ctx.tls.accept(tcp)).await {
                             Ok(Ok(tls)) => {
-                                self.client.server_name = sni(&tls);
+                                self.submission.tls_started(sni(&tls));
                                 self.conn = Conn::Tls(Box::new(tls));
                             }
                             Ok(Err(e)) => return debug!(event = "tls.failed", cause = %e),
@@ -220,8 +211,6 @@ impl Driver {
                             );
                         }
                         self.session.tls_established(now());
-                        self.client.tls = true;
-                        self.principal = None;
                     }
                     Output::Close => {
                         self.flush().await;
@@ -283,22 +272,18 @@ impl Driver {
         if let Some(room) = &self.room {
             if received > (room.bytes() / 2) as u64 {
                 info!(event = "smtp.over_declared_size", declared = ?self.session.declared_size());
-                self.session.refuse_data(Reply::new(
-                    552,
-                    Status(5, 3, 4),
-                    "Message exceeds the SIZE it declared",
-                ));
+                self.session.refuse_data(replies::over_declared_size());
             }
             return;
         }
-        let max = self.limits.max_message_size;
+        let max = self.ctx.limits.max_message_size;
         let size = self
             .session
             .declared_size()
             .map_or(max, |d| (d as usize).clamp(budget::SMALL, max));
-        let tenant = self.principal.as_ref().map_or("", |p| p.tenant.as_str());
+        let tenant = self.submission.tenant();
         let wait = deadline.saturating_duration_since(Instant::now());
-        let reserved = timeout(wait, self.shared.budget.reserve(tenant, 2 * size)).await;
+        let reserved = timeout(wait, self.ctx.budget.reserve(tenant, 2 * size)).await;
         match reserved {
             Ok(Ok(room)) => self.room = Some(room),
             _ => {
@@ -306,11 +291,7 @@ impl Driver {
                     event = "smtp.memory_full",
                     size, "no room for the message's content"
                 );
-                self.session.refuse_data(Reply::new(
-                    452,
-                    Status(4, 3, 1),
-                    "Insufficient system storage, try again later",
-                ));
+                self.session.refuse_data(replies::memory_full());
             }
         }
     }
@@ -329,134 +310,6 @@ impl Driver {
             }
         }
     }
-
-    async fn ask(&mut self, q: Question) -> Verdict {
-        let policy = self.shared.policy.clone();
-        match q {
-            Question::Auth {
-                mechanism,
-                login,
-                secret,
-                ..
-            } => match policy
-                .authenticate(&self.client, mechanism, &login, &secret)
-                .await
-            {
-                Ok(p) => {
-                    tracing::Span::current().record("tenant", p.tenant.as_str());
-                    info!(event = "smtp.auth", outcome = "accepted", mechanism = mechanism.as_str(), login = ?printable(&login));
-                    self.principal = Some(p);
-                    Verdict::Accept
-                }
-                Err(r) => {
-                    info!(event = "smtp.auth", outcome = "refused", mechanism = mechanism.as_str(), login = ?printable(&login));
-                    Verdict::Reject(r)
-                }
-            },
-            Question::Sender {
-                address,
-                body,
-                declared_size,
-            } => {
-                let Some(p) = &self.principal else {
-                    return internal();
-                };
-                let txn = match policy.transaction(p, self.session_info(p)) {
-                    Ok(t) => t,
-                    Err(r) => return Verdict::Reject(r),
-                };
-                let r = txn
-                    .check_sender(&address, declared_size, body == BodyType::EightBitMime)
-                    .await;
-                self.txn = Some((txn, address));
-                verdict(r)
-            }
-            Question::Recipient { address } => {
-                let Some((txn, sender)) = &self.txn else {
-                    return internal();
-                };
-                verdict(txn.check_recipient(sender, &address).await)
-            }
-            Question::Message { envelope, content } => {
-                let (Some(p), Some((txn, _))) = (self.principal.clone(), self.txn.take()) else {
-                    return internal();
-                };
-                let decided = match txn.message(&envelope, &content).await {
-                    Ok(v) => v,
-                    Err(r) => {
-                        info!(event = "smtp.message", outcome = "refused", code = r.code);
-                        return Verdict::Reject(r);
-                    }
-                };
-                let id = ulid::Ulid::new().to_string();
-                let meta = Meta {
-                    id: id.clone(),
-                    received_at_ms: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                    tenant: p.tenant.clone(),
-                    login: p.login.clone(),
-                    peer: self.peer.to_string(),
-                    listener: self.client.listener.clone(),
-                    helo: envelope.helo.clone(),
-                    sender: envelope.sender.clone(),
-                    recipients: envelope.recipients.clone(),
-                    body: envelope.body,
-                    metadata: decided.metadata,
-                    remove_headers: decided.remove_headers,
-                    route: decided.route,
-                    policy: decided.policy,
-                };
-                match self.shared.spool.enqueue(&meta, &content).await {
-                    Ok(at) => {
-                        self.shared.metrics.queued(&p.tenant);
-                        info!(
-                            event = "smtp.queued",
-                            route = %meta.route,
-                            queue_id = %id,
-                            session = %self.session_id,
-                            size = content.len(),
-                            recipients = envelope.recipients.len()
-                        );
-                        self.shared.delivery.submit(meta, content, at);
-                        Verdict::AcceptWith(Reply::new(
-                            250,
-                            Status(2, 0, 0),
-                            format!("Ok: queued as {id}"),
-                        ))
-                    }
-                    Err(SpoolError::DiskFull) => {
-                        warn!(event = "smtp.spool_full");
-                        Verdict::Reject(Reply::new(
-                            452,
-                            Status(4, 3, 1),
-                            "Insufficient system storage",
-                        ))
-                    }
-                    Err(e) => {
-                        warn!(event = "smtp.spool_error", cause = %e);
-                        Verdict::Reject(Reply::new(
-                            451,
-                            Status(4, 3, 0),
-                            "Temporary local problem, try again later",
-                        ))
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Driver {
-    fn session_info(&self, p: &Principal) -> SessionInfo {
-        SessionInfo {
-            client: self.client.clone(),
-            tenant: p.tenant.clone(),
-            login: p.login.clone(),
-            helo: self.session.helo().unwrap_or_default().to_string(),
-        }
-    }
 }
 
 /// The TLS server name the client asked for (SNI), lower-cased.
@@ -467,25 +320,6 @@ fn sni(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
         .map(|n| n.to_ascii_lowercase())
 }
 
-fn verdict(r: Result<(), Reply>) -> Verdict {
-    match r {
-        Ok(()) => Verdict::Accept,
-        Err(reply) => Verdict::Reject(reply),
-    }
-}
-
-/// The core asked a question that needs a principal before AUTH: it never
-/// does, but fail safe rather than panic.
-fn internal() -> Verdict {
-    Verdict::Reject(Reply::new(451, Status(4, 3, 0), "Internal error"))
-}
-
 fn log_reply(r: &Reply) {
     debug!(event = "smtp.reply", code = r.code, status = ?r.status.map(|s| s.to_string()));
-}
-
-/// Client-supplied text for logs: control and non-ASCII characters escaped,
-/// length bounded. Never log client input raw.
-pub fn printable(s: &str) -> String {
-    s.chars().take(128).flat_map(char::escape_default).collect()
 }

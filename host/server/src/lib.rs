@@ -8,9 +8,15 @@
 //!
 //! - [`config`]: the TOML configuration, its defaults, the embedded
 //!   development configuration.
+//! - [`app`]: the whole server started in one call ([`app::start`]), for
+//!   `mailwit serve` and for tests in process.
 //! - [`server`]: listeners, connection caps, graceful shutdown.
-//! - [`driver`]: one client session: socket, TLS upgrade, deadlines,
-//!   carrying the core's outputs to the policy and the spool.
+//! - [`driver`]: one client session's I/O: socket, TLS upgrade, sleeping
+//!   until the core's deadline, the memory budget of a large message;
+//!   questions go to the submission.
+//! - [`submission`]: answers the core's questions: principal, transaction,
+//!   the typed spool record, the spool and delivery hand-off.
+//! - [`replies`]: every SMTP reply the server adds to the core's.
 //! - [`policy`]: the policy seam ([`policy::Policy`]), answered by each
 //!   tenant's WebAssembly functions (`mailwit-runtime`).
 //! - [`authgate`]: bounded work before authentication: the password
@@ -36,8 +42,28 @@
 //! - [`httpd`]: the HTTP/1 accept loop of the admin and status listeners.
 //! - [`fsutil`]: the one durable whole-file write (temp, fsync, rename,
 //!   fsync of the directory) that tenants, sandbox and reports share.
+//!
+//! # Layers
+//!
+//! Imports point one way; no two modules import each other (a test
+//! module aside). From the top:
+//!
+//! ```text
+//! app ──> server ──> driver ──> submission ──> policy ──> tenants ──> config ──> tls
+//!  │         │          │            │            │          │
+//!  │         │          │            ├──> spool   ├──> authgate, message, metrics
+//!  │         │          │            └──> delivery ──> spool, tenants, budget, fsutil
+//!  │         │          └──> budget, replies (leaves)
+//!  │         └──> config
+//!  └──> admin, statusapi ──> httpd;  reload ──> server, config, tls
+//! ```
+//!
+//! Leaves (no imports from this crate): `authgate`, `budget`, `fsutil`,
+//! `httpd`, `message`, `replies`. The protocol core (`mailwit-smtp`) and
+//! the runtime (`mailwit-runtime`) are crates below all of these.
 
 pub mod admin;
+pub mod app;
 pub mod authgate;
 pub mod budget;
 pub mod config;
@@ -49,8 +75,10 @@ pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod replies;
 pub mod server;
 pub mod spool;
 pub mod statusapi;
+pub mod submission;
 pub mod tenants;
 pub mod tls;

@@ -2,26 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mailwit::config::Config;
-use std::time::Duration;
-
 use hyper::Method;
-use mailwit::admin;
-use mailwit::delivery::Delivery;
-use mailwit::delivery::status::{FileStatusStore, StatusStore};
-use mailwit::metrics::Metrics;
-use mailwit::policy::{NoopPolicy, Policy, WasmPolicy};
-use mailwit::server::{self, Shared};
-use mailwit::statusapi::{self, StatusApi};
-use mailwit::tenants::Tenants;
-use mailwit::{spool, tls};
-use mailwit_runtime::{Limits, Runtime, RuntimeConfig};
+use mailwit::config::Config;
+use mailwit::{admin, spool, tls};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -543,158 +530,33 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let config = Arc::new(config);
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-        let spool_dir = config.data_dir.join("spool");
-        let (spool, committer, pending) = spool::Spool::open(&spool_dir, &config.spool)
-            .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
-        tracing::info!(event = "spool.recovered", dir = %spool_dir.display(), pending = pending.len());
-        let metrics = Arc::new(Metrics::default());
-        let rc = &config.runtime;
-        let rt = Arc::new(Runtime::new(RuntimeConfig {
-            cache_dir: Some(config.data_dir.join("cache")),
-            max_instances: rc.max_instances,
-            max_memory_bytes: rc.max_memory_bytes,
-            warm_calls: rc.instance_reuse_calls,
-        })?);
-        let defaults = Limits {
-            deadline: Duration::from_millis(rc.deadline_ms),
-            memory_bytes: rc.memory_bytes,
-        };
-        let rt2 = rt.clone();
-        let config2 = config.clone();
-        let tenants = Arc::new(
-            tokio::task::spawn_blocking(move || Tenants::open(rt2, &config2, defaults)).await??,
-        );
-        for t in tenants.list() {
-            let functions: Vec<String> = t.functions.iter().map(|f| format!("{}@{}", f.name, f.version)).collect();
-            tracing::info!(event = "tenant.loaded", tenant = %t.tenant, generation = t.generation, rules = t.rules_version, functions = %functions.join(","));
-        }
-        // Handshakes present the server's certificate, or the tenant's own
-        // for the server names its rules list.
-        let certs = Arc::new(tls::CertStore::new(
-            tls::load_server_cert(&config)?,
-            Some(tenants.clone() as Arc<dyn tls::TenantCerts>),
-        ));
-        let tls = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
-        let auth_gate = Arc::new(mailwit::authgate::AuthGate::new(config.auth.gate()));
-        let policy: Arc<dyn Policy> = if noop {
-            tracing::warn!("--unsafe-noop-policy: every login and message is accepted; benchmark use only");
-            Arc::new(NoopPolicy)
-        } else {
-            Arc::new(WasmPolicy::new(rt.clone(), tenants.clone(), metrics.clone(), auth_gate.clone()))
-        };
-        let status: Arc<dyn StatusStore> = Arc::new(
-            FileStatusStore::open(&config.data_dir.join("status")).context("opening the status store")?,
-        );
-        let budget = Arc::new(mailwit::budget::ContentBudget::new(config.memory.budget()));
-        let delivery = {
-            let d = Delivery::start(
-                spool.clone(),
-                status.clone(),
-                tenants.clone(),
-                config.delivery.clone(),
-                config.hostname.clone(),
-                &config.data_dir,
-                budget.clone(),
-            )
-            .context("starting delivery")?;
-            d.recover(pending);
-            d
-        };
-        let listeners = server::bind(&config).await?;
-        let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
-            .await
-            .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
-        let token = admin_token(&config)?;
-        tracing::info!(event = "listening", listener = %"admin", addr = %admin_listener.local_addr()?, tls = %"none");
-        let status_api = {
-            let (rt, dir, t, s, m, c) = (rt.clone(), config.data_dir.clone(), tenants.clone(), status.clone(), metrics.clone(), config.status_api.clone());
-            let retention = config.delivery.retention_secs;
-            Arc::new(tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, m, c, retention)).await?.context("loading the status API component")?)
-        };
-        let status_listener = tokio::net::TcpListener::bind(config.status_api.addr)
-            .await
-            .with_context(|| format!("binding the status API listener on {}", config.status_api.addr))?;
-        tracing::info!(event = "listening", listener = %"status-api", addr = %status_listener.local_addr()?, tls = %"none");
-        let shared = Arc::new(Shared::new(config.clone(), policy, metrics.clone(), spool, delivery, tls, budget.clone()));
-        let reloader = Arc::new(mailwit::reload::Reloader::new(config_path, certs, shared.clone()));
-
-        let (stop, stopped) = watch::channel(false);
+        // Before anything listens: a signal as soon as a client could have
+        // connected is already a graceful one.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
-        let reload = reloader.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!(event = "shutdown", signal = "SIGTERM"),
-                    _ = int.recv() => tracing::info!(event = "shutdown", signal = "SIGINT"),
-                    _ = hup.recv() => {
-                        let reload = reload.clone();
-                        let _ = tokio::task::spawn_blocking(move || reload.reload()).await;
-                        continue;
-                    }
+        let running = mailwit::app::start(
+            config,
+            mailwit::app::Options {
+                config_path,
+                noop_policy: noop,
+            },
+        )
+        .await?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!(event = "shutdown", signal = "SIGTERM"),
+                _ = int.recv() => tracing::info!(event = "shutdown", signal = "SIGINT"),
+                _ = hup.recv() => {
+                    let reload = running.reloader();
+                    let _ = tokio::task::spawn_blocking(move || reload.reload()).await;
+                    continue;
                 }
-                break;
             }
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            let _ = stop.send(true);
-        });
-        let admin = Arc::new(admin::Admin {
-            data_dir: config.data_dir.clone(),
-            tenants,
-            metrics,
-            status,
-            status_api: status_api.clone(),
-            delivery: shared.delivery.clone(),
-            reload: reloader,
-            auth_gate,
-            budget,
-            token,
-        });
-        let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
-        let status_task = tokio::spawn(statusapi::serve(status_api, status_listener, stopped.clone()));
-        let spool_handle = shared.spool.clone();
-        server::run(shared, listeners, stopped).await;
-        // Delivery keeps its own handle; the committer stops after what is
-        // already queued (unfinished deliveries resume at the next start).
-        spool_handle.close();
-        let _ = admin_task.await;
-        let _ = status_task.await;
-        // All sessions are gone, so is every spool handle: the committer
-        // drains and stops.
-        tokio::task::spawn_blocking(move || committer.join()).await.ok();
-        tracing::info!(event = "stopped");
-        anyhow::Ok(())
+            break;
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        running.stop();
+        running.wait().await
     })
-}
-
-/// The configured admin token, or one generated now and written to
-/// `<data_dir>/admin.token` (0600) for the CLI.
-fn admin_token(config: &Config) -> anyhow::Result<String> {
-    if let Some(t) = &config.admin.token {
-        return Ok(t.clone());
-    }
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = [0u8; 24];
-    getrandom(&mut bytes)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let path = config.data_dir.join("admin.token");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(token.as_bytes())?;
-    tracing::info!(event = "admin.token", path = %path.display(), "generated the admin token");
-    Ok(token)
-}
-
-fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
-    Ok(())
 }

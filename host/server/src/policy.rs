@@ -21,10 +21,11 @@ use mailwit_runtime::{
     Decision, Failure, FailureKind, Limits, MessageArgs, MessageInfo, PolicySet, Route, Runtime,
     Session, SessionInfo,
 };
-use mailwit_smtp::{Envelope, Mechanism, Reply, Status};
+use mailwit_smtp::{Envelope, Mechanism, Reply};
 
 use crate::authgate::{AuthGate, Refusal};
 use crate::metrics::Metrics;
+use crate::replies::{auth_backoff, auth_busy, auth_failed, policy_failed};
 use crate::tenants::Tenants;
 
 pub use mailwit_runtime::Client as ClientInfo;
@@ -81,32 +82,6 @@ pub trait TxnPolicy: Send + Sync {
     async fn message(&self, envelope: &Envelope, content: &[u8]) -> Result<MessageVerdict, Reply>;
 }
 
-/// The reply for any failed login, unknown or wrong: the same, so a client
-/// cannot tell which logins exist.
-pub fn auth_failed() -> Reply {
-    Reply::new(535, Status(5, 7, 8), "Authentication credentials invalid")
-}
-
-/// The reply when the password checks are all busy (RFC 4954's temporary
-/// authentication failure).
-pub fn auth_busy() -> Reply {
-    Reply::new(
-        454,
-        Status(4, 7, 0),
-        "Temporary authentication failure, try again later",
-    )
-}
-
-/// The reply to an address that failed to log in too often lately; the
-/// session closes with it.
-pub fn auth_backoff() -> Reply {
-    Reply::new(
-        421,
-        Status(4, 7, 0),
-        "Too many failed logins from your address, try again later",
-    )
-}
-
 /// The rules key the stock `auth` function checks a login's secret against
 /// (`users.<login>`, or `api-keys.<id>` for the login `App` with the key
 /// `<id>.<secret>`), the convention tenant resolution shares.
@@ -116,15 +91,6 @@ fn stock_key(login: &str, secret: &str) -> String {
     } else {
         format!("users.{login}")
     }
-}
-
-/// The reply when a policy function traps, hits its deadline or a limit.
-pub fn policy_failed() -> Reply {
-    Reply::new(
-        451,
-        Status(4, 3, 0),
-        "Temporary policy failure, try again later",
-    )
 }
 
 /// Policy answered by each tenant's WebAssembly function set.

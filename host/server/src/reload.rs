@@ -92,7 +92,7 @@ impl Reloader {
         };
         self.shared.set_limits(config.limits.clone());
         outcome.limits = true;
-        match crate::tls::load_server_cert(&config) {
+        match config.server_cert() {
             Ok(cert) => {
                 self.certs.replace(cert);
                 outcome.certificate = true;

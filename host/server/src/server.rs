@@ -11,18 +11,14 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
 use crate::config::{Config, Limits, Listener, TlsMode};
-use crate::metrics::Metrics;
-use crate::policy::Policy;
-use crate::spool::Spool;
+use crate::driver::Context;
+use crate::submission::Services;
 
 /// What every session shares.
 pub struct Shared {
     pub config: Arc<Config>,
-    pub policy: Arc<dyn Policy>,
-    pub metrics: Arc<Metrics>,
-    pub spool: Spool,
-    /// Takes each queued message on from here.
-    pub delivery: Arc<crate::delivery::Delivery>,
+    /// What answering the sessions' questions needs.
+    pub services: Arc<Services>,
     pub tls: TlsAcceptor,
     /// The ceiling on message content in memory.
     pub budget: Arc<crate::budget::ContentBudget>,
@@ -63,10 +59,7 @@ impl Drop for ConnGuard {
 impl Shared {
     pub fn new(
         config: Arc<Config>,
-        policy: Arc<dyn Policy>,
-        metrics: Arc<Metrics>,
-        spool: Spool,
-        delivery: Arc<crate::delivery::Delivery>,
+        services: Arc<Services>,
         tls: TlsAcceptor,
         budget: Arc<crate::budget::ContentBudget>,
     ) -> Self {
@@ -74,10 +67,7 @@ impl Shared {
             budget,
             limits: RwLock::new(Arc::new(config.limits.clone())),
             config,
-            policy,
-            metrics,
-            spool,
-            delivery,
+            services,
             tls,
             conns: Mutex::new(ConnCount::default()),
             next_session: AtomicU64::new(1),
@@ -201,10 +191,18 @@ async fn accept_loop(
         let session_id = format!("{n:x}");
         let alive = alive.clone();
         let shutdown = shutdown.clone();
-        let shared2 = shared.clone();
-        let ctx = ctx.clone();
+        let limits = shared.limits();
+        let context = Context {
+            core: shared.config.session_config(&ctx.config, &limits),
+            limits,
+            tls: shared.tls.clone(),
+            budget: shared.budget.clone(),
+            listener: ctx.name.clone(),
+            implicit_tls: ctx.implicit_tls,
+        };
+        let services = shared.services.clone();
         tokio::spawn(async move {
-            crate::driver::run(shared2, ctx, tcp, peer, session_id, !ok, shutdown).await;
+            crate::driver::run(context, services, tcp, peer, session_id, !ok, shutdown).await;
             drop(guard);
             drop(alive);
         });

@@ -23,8 +23,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::Config;
-
 /// The crypto provider of every TLS endpoint (ring, rustls' safe defaults).
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -91,12 +89,18 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The server's certificate as the configuration names it: its files, or
-/// the generated self-signed one (made now if it does not exist yet).
-pub fn load_server_cert(config: &Config) -> anyhow::Result<Arc<CertifiedKey>> {
-    let (cert_path, key_path) = match (&config.tls.cert, &config.tls.key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        (None, None) => ensure_self_signed(config)?,
+/// The server's certificate as the configuration names it (`[tls] cert`
+/// and `key`): its files, or with neither, the self-signed one for
+/// `hostname` under `data_dir` (made now if it does not exist yet).
+pub fn load_server_cert(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    hostname: &str,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<CertifiedKey>> {
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+        (None, None) => ensure_self_signed(hostname, data_dir)?,
         _ => anyhow::bail!("[tls] needs both cert and key, or neither"),
     };
     load_pem_files(&cert_path, &key_path)
@@ -130,13 +134,13 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<Cert
     Ok(Arc::new(key))
 }
 
-fn ensure_self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let (cert_path, key_path) = generated_paths(&config.data_dir);
+fn ensure_self_signed(hostname: &str, data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert_path, key_path) = generated_paths(data_dir);
     if cert_path.exists() && key_path.exists() {
         tracing::info!(cert = %cert_path.display(), "using the previously generated self-signed certificate");
         return Ok((cert_path, key_path));
     }
-    write_self_signed(&config.hostname, &cert_path, &key_path)?;
+    write_self_signed(hostname, &cert_path, &key_path)?;
     tracing::warn!(
         cert = %cert_path.display(),
         "no [tls] certificate configured: generated a self-signed one; clients must be told to trust this file"

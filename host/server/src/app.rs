@@ -1,0 +1,274 @@
+//! The whole server, started in one call: what `mailwit serve` runs, and
+//! what tests start in process (as mini-redis's `server::run`), beside the
+//! end-to-end tests on the binary.
+//!
+//! [`start`] opens the stores, compiles the tenants' components, binds
+//! every listener and starts serving; the [`Running`] server says where it
+//! listens, reloads ([`Running::reload`], what `SIGHUP` does), and stops
+//! ([`Running::stop`], then [`Running::wait`]: running transactions
+//! finish, the spool drains).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mailwit_runtime::{Limits, Runtime, RuntimeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::delivery::status::{FileStatusStore, StatusStore};
+use crate::metrics::Metrics;
+use crate::policy::{NoopPolicy, Policy, WasmPolicy};
+use crate::reload::Reloader;
+use crate::server::{self, Shared};
+use crate::statusapi::{self, StatusApi};
+use crate::tenants::Tenants;
+use crate::{spool, tls};
+
+/// How to start.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// The configuration file, read again by a reload (none: the embedded
+    /// configuration, which a reload cannot change).
+    pub config_path: Option<PathBuf>,
+    /// Accept every login and message natively: the benchmark's baseline,
+    /// never for production (`--unsafe-noop-policy`).
+    pub noop_policy: bool,
+}
+
+/// A started server.
+pub struct Running {
+    /// Every listener's name and address (`admin` and `status-api`
+    /// included), in the order they were bound.
+    pub addrs: Vec<(String, SocketAddr)>,
+    reloader: Arc<Reloader>,
+    stop: watch::Sender<bool>,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// The address of the listener called `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Reads the configuration's `[limits]` and the certificate files
+    /// again (blocking file I/O: call from a blocking thread).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Starts the graceful shutdown: listeners stop, idle sessions close,
+    /// running transactions get their grace.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until every session has ended and the spool has drained.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await?
+    }
+}
+
+/// Starts the server described by `config`.
+pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> {
+    let Options {
+        config_path,
+        noop_policy: noop,
+    } = options;
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let spool_dir = config.data_dir.join("spool");
+    let (spool, committer, pending) = spool::Spool::open(&spool_dir, &config.spool)
+        .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
+    tracing::info!(event = "spool.recovered", dir = %spool_dir.display(), pending = pending.len());
+    let metrics = Arc::new(Metrics::default());
+    let rc = &config.runtime;
+    let rt = Arc::new(Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.data_dir.join("cache")),
+        max_instances: rc.max_instances,
+        max_memory_bytes: rc.max_memory_bytes,
+        warm_calls: rc.instance_reuse_calls,
+    })?);
+    let defaults = Limits {
+        deadline: Duration::from_millis(rc.deadline_ms),
+        memory_bytes: rc.memory_bytes,
+    };
+    let rt2 = rt.clone();
+    let config2 = config.clone();
+    let tenants = Arc::new(
+        tokio::task::spawn_blocking(move || Tenants::open(rt2, &config2, defaults)).await??,
+    );
+    for t in tenants.list() {
+        let functions: Vec<String> = t
+            .functions
+            .iter()
+            .map(|f| format!("{}@{}", f.name, f.version))
+            .collect();
+        tracing::info!(event = "tenant.loaded", tenant = %t.tenant, generation = t.generation, rules = t.rules_version, functions = %functions.join(","));
+    }
+    // Handshakes present the server's certificate, or the tenant's own
+    // for the server names its rules list.
+    let certs = Arc::new(tls::CertStore::new(
+        config.server_cert()?,
+        Some(tenants.clone() as Arc<dyn tls::TenantCerts>),
+    ));
+    let tls = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
+    let auth_gate = Arc::new(crate::authgate::AuthGate::new(config.auth.gate()));
+    let policy: Arc<dyn Policy> = if noop {
+        tracing::warn!(
+            "--unsafe-noop-policy: every login and message is accepted; benchmark use only"
+        );
+        Arc::new(NoopPolicy)
+    } else {
+        Arc::new(WasmPolicy::new(
+            rt.clone(),
+            tenants.clone(),
+            metrics.clone(),
+            auth_gate.clone(),
+        ))
+    };
+    let status: Arc<dyn StatusStore> = Arc::new(
+        FileStatusStore::open(&config.data_dir.join("status"))
+            .context("opening the status store")?,
+    );
+    let budget = Arc::new(crate::budget::ContentBudget::new(config.memory.budget()));
+    let delivery = {
+        let d = Delivery::start(
+            spool.clone(),
+            status.clone(),
+            tenants.clone(),
+            config.delivery.clone(),
+            config.hostname.clone(),
+            &config.data_dir,
+            budget.clone(),
+        )
+        .context("starting delivery")?;
+        d.recover(pending);
+        d
+    };
+    let listeners = server::bind(&config).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
+    let token = admin_token(&config)?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(event = "listening", listener = %"admin", addr = %admin_addr, tls = %"none");
+    let status_api = {
+        let (rt, dir, t, s, m, c) = (
+            rt.clone(),
+            config.data_dir.clone(),
+            tenants.clone(),
+            status.clone(),
+            metrics.clone(),
+            config.status_api.clone(),
+        );
+        let retention = config.delivery.retention_secs;
+        Arc::new(
+            tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, m, c, retention))
+                .await?
+                .context("loading the status API component")?,
+        )
+    };
+    let status_listener = tokio::net::TcpListener::bind(config.status_api.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the status API listener on {}",
+                config.status_api.addr
+            )
+        })?;
+    let status_addr = status_listener.local_addr()?;
+    tracing::info!(event = "listening", listener = %"status-api", addr = %status_addr, tls = %"none");
+    let services = Arc::new(crate::submission::Services {
+        policy,
+        metrics: metrics.clone(),
+        spool,
+        delivery,
+    });
+    let shared = Arc::new(Shared::new(config.clone(), services, tls, budget.clone()));
+    let reloader = Arc::new(Reloader::new(config_path, certs, shared.clone()));
+
+    let (stop, stopped) = watch::channel(false);
+    let admin = Arc::new(admin::Admin {
+        data_dir: config.data_dir.clone(),
+        tenants,
+        metrics,
+        status,
+        status_api: status_api.clone(),
+        delivery: shared.services.delivery.clone(),
+        reload: reloader.clone(),
+        auth_gate,
+        budget,
+        token,
+    });
+    let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
+    let status_task = tokio::spawn(statusapi::serve(
+        status_api,
+        status_listener,
+        stopped.clone(),
+    ));
+    let spool_handle = shared.services.spool.clone();
+    let mut addrs = Vec::new();
+    for (l, sock) in &listeners {
+        addrs.push((l.name.clone(), sock.local_addr()?));
+    }
+    addrs.push(("admin".to_string(), admin_addr));
+    addrs.push(("status-api".to_string(), status_addr));
+    let done = tokio::spawn(async move {
+        server::run(shared, listeners, stopped).await;
+        // Delivery keeps its own handle; the committer stops after what is
+        // already queued (unfinished deliveries resume at the next start).
+        spool_handle.close();
+        let _ = admin_task.await;
+        let _ = status_task.await;
+        // All sessions are gone, so is every spool handle: the committer
+        // drains and stops.
+        tokio::task::spawn_blocking(move || committer.join())
+            .await
+            .ok();
+        tracing::info!(event = "stopped");
+        anyhow::Ok(())
+    });
+    Ok(Running {
+        addrs,
+        reloader,
+        stop,
+        done,
+    })
+}
+
+/// The configured admin token, or one generated now and written to
+/// `<data_dir>/admin.token` (0600) for the CLI.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin.token {
+        return Ok(t.clone());
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = config.data_dir.join("admin.token");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(token.as_bytes())?;
+    tracing::info!(event = "admin.token", path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
+}
