@@ -45,22 +45,29 @@
 //!
 //! # Layers
 //!
-//! Imports point one way; no two modules import each other (a test
-//! module aside). From the top:
+//! Imports point one way: no two modules import each other, directly or
+//! around a loop (test modules aside). Each module, top down, and what it
+//! imports from this crate:
 //!
-//! ```text
-//! app ──> server ──> driver ──> submission ──> policy ──> tenants ──> config ──> tls
-//!  │         │          │            │            │          │
-//!  │         │          │            ├──> spool   ├──> authgate, message, metrics
-//!  │         │          │            └──> delivery ──> spool, tenants, budget, fsutil
-//!  │         │          └──> budget, replies (leaves)
-//!  │         └──> config
-//!  └──> admin, statusapi ──> httpd;  reload ──> server, config, tls
-//! ```
+//! | module | imports |
+//! |---|---|
+//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `tenants`, `config`, `authgate`, `budget` |
+//! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `authgate`, `budget`, `httpd` |
+//! | `reload` | `server`, `config`, `tls` |
+//! | `server` | `driver`, `submission`, `config`, `budget` |
+//! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
+//! | `submission` | `policy`, `delivery`, `metrics`, `spool`, `replies` |
+//! | `policy` | `delivery`, `metrics`, `tenants`, `authgate`, `message`, `replies` |
+//! | `statusapi` | `delivery`, `metrics`, `tenants`, `config`, `authgate`, `fsutil`, `httpd` |
+//! | `delivery` | `metrics`, `spool`, `tenants`, `config`, `budget`, `fsutil` |
+//! | `metrics` | `tenants` |
+//! | `spool` | `config` |
+//! | `tenants` | `config`, `fsutil`, `tls` |
+//! | `config` | `authgate`, `budget`, `tls` |
+//! | `authgate`, `budget`, `fsutil`, `httpd`, `message`, `replies`, `tls` | none: the leaves |
 //!
-//! Leaves (no imports from this crate): `authgate`, `budget`, `fsutil`,
-//! `httpd`, `message`, `replies`. The protocol core (`mailwit-smtp`) and
-//! the runtime (`mailwit-runtime`) are crates below all of these.
+//! The protocol core (`mailwit-smtp`) and the runtime (`mailwit-runtime`)
+//! are crates below all of these.
 
 pub mod admin;
 pub mod app;
