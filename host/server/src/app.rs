@@ -4,7 +4,7 @@
 //!
 //! [`start`] opens the stores, compiles the tenants' components, binds
 //! every listener and starts serving; the [`Running`] server says where it
-//! listens, reloads ([`Running::reload`], what `SIGHUP` does), and stops
+//! listens, reloads ([`Running::reloader`], what `SIGHUP` does), and stops
 //! ([`Running::stop`], then [`Running::wait`]: running transactions
 //! finish, the spool drains).
 
