@@ -21,11 +21,12 @@ fn main() {
     let root = manifest.join("../..").canonicalize().unwrap();
     let components = root.join("components");
     println!("cargo:rerun-if-changed={}", components.display());
+    // The contract, and (under wit/deps/) Spin's interfaces, which both the
+    // host and components/kv-env build against.
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    // components/kv-env implements Spin's interfaces from the host's copy.
     println!(
         "cargo:rerun-if-changed={}",
-        root.join("host/runtime/wit-spin").display()
+        root.join("wit/deps/fermyon-spin-2.0.0").display()
     );
 
     ensure_guest_target(&components);

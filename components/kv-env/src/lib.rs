@@ -8,7 +8,7 @@
 //! `wasmtime serve -S cli --env 'demo/users/demo=<hash>' composed.wasm`.
 //! Read-only, like mailwit's own store.
 
-wit_bindgen::generate!({ path: "../../host/runtime/wit-spin", world: "provider" });
+wit_bindgen::generate!({ path: "../../wit/deps/fermyon-spin-2.0.0", world: "provider" });
 
 use exports::fermyon::spin::key_value::{self as kv, GuestStore};
 use exports::fermyon::spin::variables;

@@ -3,7 +3,7 @@
 //! `wasmtime-wasi-http` on the process's one engine.
 //!
 //! Besides WASI and `wasi:http/types`, such a component gets exactly two
-//! imports, both in Spin's shape (`wit-spin/spin.wit`):
+//! imports, both in Spin's shape (`wit/deps/fermyon-spin-2.0.0/spin.wit`):
 //! `fermyon:spin/key-value@2.0.0` (read-only, answered by the embedder's
 //! [`HostData`]) and `fermyon:spin/variables@2.0.0`. It cannot make
 //! outgoing requests (`outgoing-handler` is refused at deploy, and the
@@ -30,7 +30,7 @@ use crate::engine::{LoadError, Runtime, TICK};
 
 mod spin {
     wasmtime::component::bindgen!({
-        path: "wit-spin",
+        path: "../../wit/deps/fermyon-spin-2.0.0",
         world: "host",
         with: { "fermyon:spin/key-value.store": super::StoreHandle },
     });
