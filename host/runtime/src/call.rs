@@ -16,228 +16,15 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::Duration;
 
-use wasmtime::component::{Instance, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::Store;
+use wasmtime::component::Instance;
 
-use crate::bindings::exports::mailwit::policy as ex;
-use crate::bindings::mailwit::policy as im;
-use crate::engine::{Function, Runtime, TICK};
-use crate::policy::SessionInfo;
+use crate::engine::{Function, LoadError, Runtime};
+use crate::limits::{Failure, FailureKind, Limits, arm_deadline, classify};
 use crate::rules::Rules;
-
-/// Lines a single call may log; the rest are dropped.
-const MAX_LOG_LINES: u32 = 16;
-/// Longest log line kept from a component.
-const MAX_LOG_LINE: usize = 512;
-
-/// Per-tenant limits of each call. Defaults in [`Limits::default`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock time one call may take, host calls included. Default
-    /// 250 ms (an argon2 check inside `verify-secret` takes tens of ms).
-    pub deadline: Duration,
-    /// Linear memory one instance may grow to. Default 16 MiB.
-    pub memory_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            deadline: Duration::from_millis(250),
-            memory_bytes: 16 << 20,
-        }
-    }
-}
-
-/// What went wrong in a call. Every kind becomes `451 4.3.0` for the
-/// transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The epoch deadline passed.
-    Deadline,
-    /// The instance asked for more memory than its limit.
-    Memory,
-    /// A trap: panic, unreachable, stack overflow, ...
-    Trap(String),
-    /// It returned something larger than the host accepts.
-    Oversize(&'static str),
-    /// It returned a refusal that is not a valid 4xx/5xx reply.
-    InvalidReply(String),
-    /// It could not be instantiated (pool exhausted, say).
-    Instantiate(String),
-}
-
-impl FailureKind {
-    /// Short label for metrics and logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            FailureKind::Deadline => "deadline",
-            FailureKind::Memory => "memory",
-            FailureKind::Trap(_) => "trap",
-            FailureKind::Oversize(_) => "oversize",
-            FailureKind::InvalidReply(_) => "invalid_reply",
-            FailureKind::Instantiate(_) => "instantiate",
-        }
-    }
-}
-
-/// A failed call, attributed to its function version.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy function {function} v{version}: {kind:?}")]
-pub struct Failure {
-    pub function: String,
-    pub version: u64,
-    pub kind: FailureKind,
-}
-
-/// Refuses memory growth past a maximum, and remembers that it did.
-pub(crate) struct Limiter {
-    max: usize,
-    pub(crate) hit: bool,
-}
-
-impl Limiter {
-    pub(crate) fn new(max: usize) -> Limiter {
-        Limiter { max, hit: false }
-    }
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 16)
-    }
-}
-
-/// The store's data for one call.
-pub struct State {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: Limiter,
-    rules: Arc<Rules>,
-    tenant: Arc<str>,
-    function: Arc<str>,
-    version: u64,
-    logs: u32,
-    /// What `host.current-session` answers: the session of the
-    /// transaction the current call decides for, converted only if asked.
-    /// Set by [`run`] before every call (a warm instance serves many
-    /// transactions); none for authenticate.
-    session: Option<Arc<SessionInfo>>,
-    /// The instance's exports, type-checked on first use: a warm instance
-    /// serves many calls, and looking an export up and checking its type
-    /// costs about as much as a small call. A store holds one instance, so
-    /// these handles are always that instance's.
-    pub(crate) loaded: Loaded,
-}
-
-/// Exports of a store's instance, loaded when first called.
-#[derive(Default)]
-pub(crate) struct Loaded {
-    pub authenticate: Option<ex::authenticate::Guest>,
-    pub check_sender: Option<ex::check_sender::Guest>,
-    pub check_recipient: Option<ex::check_recipient::Guest>,
-    pub inspect_message: Option<ex::inspect_message::Guest>,
-    pub route: Option<ex::route::Guest>,
-}
-
-/// The export in `slot` of the store's instance, loaded by `load` on first
-/// use.
-pub(crate) fn export<G: Clone>(
-    store: &mut Store<State>,
-    slot: fn(&mut Loaded) -> &mut Option<G>,
-    load: impl FnOnce(&mut Store<State>) -> wasmtime::Result<G>,
-) -> wasmtime::Result<G> {
-    if let Some(g) = slot(&mut store.data_mut().loaded) {
-        return Ok(g.clone());
-    }
-    let g = load(store)?;
-    *slot(&mut store.data_mut().loaded) = Some(g.clone());
-    Ok(g)
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl im::types::Host for State {}
-
-impl im::host::Host for State {
-    fn log(&mut self, level: im::host::Level, message: String) {
-        self.logs += 1;
-        if self.logs > MAX_LOG_LINES {
-            return;
-        }
-        let message: String = message
-            .chars()
-            .take(MAX_LOG_LINE)
-            .flat_map(char::escape_default)
-            .collect();
-        let (tenant, function, version) = (&*self.tenant, &*self.function, self.version);
-        match level {
-            im::host::Level::Debug => {
-                tracing::debug!(tenant, function, version, message, "component log")
-            }
-            im::host::Level::Info => {
-                tracing::info!(tenant, function, version, message, "component log")
-            }
-            im::host::Level::Warn => {
-                tracing::warn!(tenant, function, version, message, "component log")
-            }
-            im::host::Level::Error => {
-                tracing::error!(tenant, function, version, message, "component log")
-            }
-        }
-    }
-
-    fn rule(&mut self, key: String) -> Option<String> {
-        self.rules.get(&key).map(str::to_string)
-    }
-
-    fn rule_list(&mut self, key: String) -> Vec<String> {
-        self.rules.list(&key).to_vec()
-    }
-
-    fn verify_secret(&mut self, key: String, secret: String) -> bool {
-        self.rules.verify_secret(&key, &secret)
-    }
-
-    fn current_session(&mut self) -> Option<im::types::Session> {
-        self.session.as_deref().map(crate::policy::session)
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
+pub(crate) use crate::state::{State, export};
+use crate::types::SessionInfo;
 
 /// Most warm instances one thread keeps (each holds a pool slot).
 pub const WARM_PER_THREAD: usize = 8;
@@ -320,7 +107,7 @@ pub(crate) fn run<R>(
             }
         }
     };
-    arm_deadline(&mut warm.store, limits);
+    arm_deadline(&mut warm.store, limits.deadline);
     let state = warm.store.data_mut();
     state.logs = 0;
     state.session = cx.session.cloned();
@@ -349,23 +136,16 @@ fn instantiate(
     limits: Limits,
 ) -> Result<(Store<State>, Instance), Failure> {
     let memory_bytes = memory_limit(rt, limits);
-    let state = State {
-        // No preopens, no environment, no arguments, no sockets, no stdio:
-        // the default context grants nothing.
-        wasi: WasiCtx::builder().build(),
-        table: ResourceTable::new(),
-        limiter: Limiter::new(memory_bytes),
-        rules: rules.clone(),
-        tenant: tenant.clone(),
-        function: Arc::from(function.name.as_str()),
-        version: function.version,
-        logs: 0,
-        session: None,
-        loaded: Loaded::default(),
-    };
+    let state = State::new(
+        &function.name,
+        function.version,
+        tenant,
+        rules,
+        memory_bytes,
+    );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    arm_deadline(&mut store, limits);
+    arm_deadline(&mut store, limits.deadline);
     let instance = function
         .pre
         .instantiate(&mut store)
@@ -376,13 +156,6 @@ fn instantiate(
 /// An instance's memory limit: the call's, within the runtime's maximum.
 fn memory_limit(rt: &Runtime, limits: Limits) -> usize {
     limits.memory_bytes.min(rt.config().max_memory_bytes)
-}
-
-/// The deadline counts from now.
-fn arm_deadline(store: &mut Store<State>, limits: Limits) {
-    let ticks = (limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
 }
 
 fn failure(
@@ -410,11 +183,79 @@ pub(crate) fn fresh<R>(
     call(&mut store, &instance).map_err(|e| failure(function, &store, e, FailureKind::Trap))
 }
 
-fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureKind> {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Some(FailureKind::Deadline),
-        _ if memory_hit => Some(FailureKind::Memory),
-        Some(t) => Some(FailureKind::Trap(t.to_string())),
-        None => None,
+impl Runtime {
+    /// Compiles (or reuses) and links a function, and checks it: every
+    /// decision point it exports has the contract's type, it instantiates
+    /// without trapping, and it exports at least one.
+    pub fn load(&self, name: &str, version: u64, bytes: &[u8]) -> Result<Function, LoadError> {
+        let function = self.link(name, version, bytes)?;
+        typecheck(self, &function)?;
+        self.require_exports(&function)?;
+        Ok(function)
+    }
+}
+
+/// Instantiates once and loads every export found: `GuestIndices::new`
+/// only finds exports by name, `load` checks their types. A component
+/// that traps while instantiating is refused here too.
+fn typecheck(rt: &Runtime, f: &Function) -> Result<(), LoadError> {
+    let rules = std::sync::Arc::new(crate::rules::Rules::default());
+    let tenant: std::sync::Arc<str> = std::sync::Arc::from("deploy-check");
+    let mismatch = |iface: &str, e: wasmtime::Error| LoadError::Mismatch {
+        interface: format!("mailwit:policy/{iface}@0.2.0"),
+        why: format!("{e:#}"),
+    };
+    let cx = Context {
+        tenant: &tenant,
+        rules: &rules,
+        limits: crate::limits::Limits::default(),
+        session: None,
+    };
+    let r = fresh(rt, f, &cx, |store, inst| {
+        let e = &f.exports;
+        let checks = [
+            (
+                "authenticate",
+                e.authenticate
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, inst).map(drop)),
+            ),
+            (
+                "check-sender",
+                e.check_sender
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, inst).map(drop)),
+            ),
+            (
+                "check-recipient",
+                e.check_recipient
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, inst).map(drop)),
+            ),
+            (
+                "inspect-message",
+                e.inspect_message
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, inst).map(drop)),
+            ),
+            (
+                "route",
+                e.route
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, inst).map(drop)),
+            ),
+        ];
+        Ok(checks
+            .into_iter()
+            .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
+            .collect::<Vec<_>>())
+    });
+    match r {
+        Ok(mut problems) if !problems.is_empty() => Err(problems.remove(0)),
+        Ok(_) => Ok(()),
+        Err(failure) => Err(LoadError::Link(format!(
+            "instantiating failed: {:?}",
+            failure.kind
+        ))),
     }
 }

@@ -5,7 +5,6 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -13,10 +12,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
-use crate::call::State;
+use crate::state::State;
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
-pub const TICK: Duration = Duration::from_millis(2);
+pub use crate::limits::TICK;
 
 /// Memory of an instance reset in place (not given back) when its slot is
 /// reused; a reference component dirties a few dozen pages of it.
@@ -31,7 +30,7 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest linear memory any tenant may be given, in octets. Default 64 MiB.
     pub max_memory_bytes: usize,
-    /// Most calls one warm instance serves (see [`crate::call`]); 1 gives
+    /// Most calls one warm instance serves (see the `call` module); 1 gives
     /// every call a fresh instance. Default 1000.
     pub warm_calls: u32,
 }
@@ -131,7 +130,6 @@ pub enum LoadError {
 pub struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<State>,
-    pub(crate) http_linker: Linker<crate::http::HttpState>,
     config: RuntimeConfig,
     stop: Arc<AtomicBool>,
 }
@@ -189,11 +187,9 @@ impl Runtime {
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)?;
         }
-        let http_linker = crate::http::linker(&engine)?;
         Ok(Runtime {
             engine,
             linker,
-            http_linker,
             config,
             stop,
         })
@@ -205,7 +201,14 @@ impl Runtime {
 
     /// Compiles (or reuses the cached compilation of) a component, links it
     /// and finds which decision points it answers.
-    pub fn load(&self, name: &str, version: u64, bytes: &[u8]) -> Result<Function, LoadError> {
+    /// Compiles (or reuses) and links a function, finding the decision
+    /// points it exports (`Runtime::load` type-checks them too).
+    pub(crate) fn link(
+        &self,
+        name: &str,
+        version: u64,
+        bytes: &[u8],
+    ) -> Result<Function, LoadError> {
         let digest = hex(&Sha256::digest(bytes));
         let component = self.compile_cached(&digest, bytes)?;
         let pre = self
@@ -248,9 +251,14 @@ impl Runtime {
             pre,
             exports,
         };
-        self.typecheck(&function)?;
+        Ok(function)
+    }
+
+    /// Refuses a function that exports no decision point at all, naming
+    /// what it does export.
+    pub(crate) fn require_exports(&self, function: &Function) -> Result<(), LoadError> {
         if function.export_names().is_empty() {
-            let ty = component.component_type();
+            let ty = function.pre.component().component_type();
             let found: Vec<String> = ty
                 .exports(&self.engine)
                 .map(|(n, _)| n.to_string())
@@ -263,72 +271,7 @@ impl Runtime {
                 },
             });
         }
-        Ok(function)
-    }
-
-    /// Instantiates once and loads every export found: `GuestIndices::new`
-    /// only finds exports by name, `load` checks their types. A component
-    /// that traps while instantiating is refused here too.
-    fn typecheck(&self, f: &Function) -> Result<(), LoadError> {
-        let rules = std::sync::Arc::new(crate::rules::Rules::default());
-        let tenant: std::sync::Arc<str> = std::sync::Arc::from("deploy-check");
-        let mismatch = |iface: &str, e: wasmtime::Error| LoadError::Mismatch {
-            interface: format!("mailwit:policy/{iface}@0.2.0"),
-            why: format!("{e:#}"),
-        };
-        let cx = crate::call::Context {
-            tenant: &tenant,
-            rules: &rules,
-            limits: crate::call::Limits::default(),
-            session: None,
-        };
-        let r = crate::call::fresh(self, f, &cx, |store, inst| {
-            let e = &f.exports;
-            let checks = [
-                (
-                    "authenticate",
-                    e.authenticate
-                        .as_ref()
-                        .map(|i| i.load(&mut *store, inst).map(drop)),
-                ),
-                (
-                    "check-sender",
-                    e.check_sender
-                        .as_ref()
-                        .map(|i| i.load(&mut *store, inst).map(drop)),
-                ),
-                (
-                    "check-recipient",
-                    e.check_recipient
-                        .as_ref()
-                        .map(|i| i.load(&mut *store, inst).map(drop)),
-                ),
-                (
-                    "inspect-message",
-                    e.inspect_message
-                        .as_ref()
-                        .map(|i| i.load(&mut *store, inst).map(drop)),
-                ),
-                (
-                    "route",
-                    e.route
-                        .as_ref()
-                        .map(|i| i.load(&mut *store, inst).map(drop)),
-                ),
-            ];
-            Ok(checks
-                .into_iter()
-                .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
-                .collect::<Vec<_>>())
-        });
-        match r {
-            Ok(mut problems) if !problems.is_empty() => Err(problems.remove(0)),
-            Ok(_) => Ok(()),
-            Err(failure) => Err(LoadError::Link(format!(
-                "instantiating failed: {:?}",
-                failure.kind
-            ))),
-        }
+        Ok(())
     }
 
     pub(crate) fn compile_cached(

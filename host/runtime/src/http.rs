@@ -17,25 +17,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
+use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::call::{Limiter, Limits};
-use crate::engine::{LoadError, Runtime, TICK};
+use crate::engine::{LoadError, Runtime};
+use crate::limits::{FailureKind, Limiter, Limits, arm_deadline, classify};
 
-mod spin {
-    wasmtime::component::bindgen!({
-        path: "../../wit/deps/fermyon-spin-2.0.0",
-        world: "host",
-        with: { "fermyon:spin/key-value.store": super::StoreHandle },
-    });
-}
-use spin::fermyon::spin::{key_value as kv, variables};
+pub use crate::bindings::spin::StoreHandle;
+use crate::bindings::spin::fermyon::spin::{key_value as kv, variables};
 
 /// What the embedder gives one request: the data behind the key-value
 /// store and the variables.
@@ -50,9 +44,6 @@ pub trait HostData: Send + Sync {
     /// A variable's value.
     fn variable(&self, name: &str) -> Option<String>;
 }
-
-/// An opened store (the key-value resource's host side).
-pub struct StoreHandle;
 
 /// The response, or why there is none.
 pub type HttpResponse = hyper::Response<HyperOutgoingBody>;
@@ -221,8 +212,10 @@ impl Runtime {
     pub fn load_http(&self, version: u64, bytes: &[u8]) -> Result<HttpFunction, LoadError> {
         let digest = crate::engine::hex(&Sha256::digest(bytes));
         let component = self.compile_cached(&digest, bytes)?;
-        let pre = self
-            .http_linker
+        // Linked per load (deploys are rare), so the engine does not hold a
+        // linker of this module's type.
+        let linker = linker(&self.engine).map_err(|e| LoadError::HttpLink(format!("{e:#}")))?;
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::HttpLink(format!("{e:#}")))?;
         let pre = ProxyPre::new(pre).map_err(|e| LoadError::HttpLink(format!("{e:#}")))?;
@@ -260,12 +253,10 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = (limits.deadline.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        let fail = |e: wasmtime::Error, hit: bool| match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => HttpFailure::Deadline,
-            _ if hit => HttpFailure::Memory,
+        arm_deadline(&mut store, limits.deadline);
+        let fail = |e: wasmtime::Error, hit: bool| match classify(&e, hit) {
+            Some(FailureKind::Deadline) => HttpFailure::Deadline,
+            Some(FailureKind::Memory) => HttpFailure::Memory,
             _ => HttpFailure::Failed(format!("{e:#}")),
         };
         let (req, out) = {

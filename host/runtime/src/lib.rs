@@ -6,28 +6,52 @@
 //! # Layout
 //!
 //! - [`engine`]: the process's one `Engine` (pooling allocator, epoch
-//!   interruption with one ticker thread), the `Linker` (the `host` import
-//!   and a deny-everything WASI), loading and the on-disk compiled-code
-//!   cache keyed by content hash.
-//! - [`call`]: one call: a `Store` with memory limit and deadline, on a
-//!   fresh instance (or a warm one on the host's async workers), failure
-//!   classification.
+//!   interruption with one ticker thread), the policy `Linker` (the `host`
+//!   import and a deny-everything WASI), linking and the on-disk
+//!   compiled-code cache keyed by content hash.
+//! - [`call`]: one call: a `Store` on a fresh instance (or a warm one on
+//!   the host's async workers), and `Runtime::load`, which type-checks a
+//!   function by instantiating it once.
 //! - [`policy`]: a tenant's function set and the order in which the
 //!   decision points are asked.
 //! - [`http`]: HTTP components (the status API), WASI 0.2 `wasi:http`
 //!   components with Spin's key-value and variables imports.
+//! - [`limits`]: what bounds every call, policy or HTTP: the limits, the
+//!   memory limiter, the epoch deadline and how a failure is classified
+//!   (one path for both kinds of component).
+//! - `state`: a policy call's store data and the `host` import it answers.
+//! - `types`: the plain types components are told about (client, session).
 //! - [`rules`]: a tenant's rules (read-only configuration for components).
-//! - `bindings`: generated from `wit/` by `bindgen!`.
+//! - `bindings`: every world's bindings, generated from `wit/` by
+//!   `bindgen!` (the policy contract, and Spin's interfaces in
+//!   `wit/deps/`).
+//!
+//! # Layers
+//!
+//! Imports point one way; no two modules import each other:
+//!
+//! | module | imports |
+//! |---|---|
+//! | `policy` | `call`, `engine`, `state`, `bindings`, `limits`, `rules`, `types` |
+//! | `http` | `engine`, `bindings`, `limits` |
+//! | `call` | `engine`, `state`, `limits`, `rules`, `types` |
+//! | `engine` | `state`, `bindings`, `limits` |
+//! | `state` | `bindings`, `limits`, `rules`, `types` |
+//! | `bindings`, `limits`, `rules`, `types` | none: the leaves |
 
 mod bindings;
 pub mod call;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod policy;
 pub mod rules;
+mod state;
+mod types;
 
-pub use call::{Failure, FailureKind, Limits, with_warm};
+pub use call::with_warm;
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
+pub use limits::{Failure, FailureKind, Limits};
 pub use policy::{
     AttachmentInfo, Client, Decision, Inspection, MessageArgs, MessageInfo, PolicySet, Route,
     Session, SessionInfo,

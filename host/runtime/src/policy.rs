@@ -5,7 +5,6 @@
 //! `Arc`; a transaction holds the set it started with, so it runs wholly on
 //! one version.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use mailwit_smtp::{Mechanism, Reply, Status};
@@ -14,9 +13,12 @@ use crate::bindings::mailwit::policy::types as t;
 use wasmtime::Store;
 use wasmtime::component::Instance;
 
-use crate::call::{self, Failure, FailureKind, Limits, State};
+use crate::call::{self, State};
 use crate::engine::{Function, Runtime};
+use crate::limits::{Failure, FailureKind, Limits};
 use crate::rules::Rules;
+use crate::state::client;
+pub use crate::types::{Client, SessionInfo};
 
 /// Longest reply text, login, metadata key or value accepted from a
 /// component; longer ones are refused (the transaction gets `451 4.3.0`).
@@ -25,25 +27,6 @@ pub const MAX_TEXT: usize = 1024;
 pub const MAX_ITEMS: usize = 64;
 /// Longest metadata value (URLs, callback data).
 pub const MAX_VALUE: usize = 4096;
-
-/// The client, as the policy sees it.
-#[derive(Debug, Clone)]
-pub struct Client {
-    pub ip: IpAddr,
-    pub port: u16,
-    pub listener: String,
-    pub tls: bool,
-    pub server_name: Option<String>,
-}
-
-/// An authenticated session.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub client: Client,
-    pub tenant: String,
-    pub login: String,
-    pub helo: String,
-}
 
 #[derive(Debug, Clone)]
 pub struct AttachmentInfo {
@@ -144,16 +127,6 @@ pub struct Scheduling {
     pub overruns: std::sync::atomic::AtomicU32,
 }
 
-fn client(c: &Client) -> t::ClientInfo {
-    t::ClientInfo {
-        ip: c.ip.to_string(),
-        port: c.port,
-        listener: c.listener.clone(),
-        tls: c.tls,
-        server_name: c.server_name.clone(),
-    }
-}
-
 fn message(m: MessageInfo) -> t::Message {
     t::Message {
         headers: m
@@ -174,16 +147,6 @@ fn message(m: MessageInfo) -> t::Message {
                 size: a.size,
             })
             .collect(),
-    }
-}
-
-/// The session as components see it (`host.current-session`).
-pub(crate) fn session(s: &SessionInfo) -> t::Session {
-    t::Session {
-        client: client(&s.client),
-        tenant: s.tenant.clone(),
-        login: s.login.clone(),
-        helo: s.helo.clone(),
     }
 }
 

@@ -1,0 +1,178 @@
+//! The data of a policy call's `Store` and the `host` import it answers
+//! (logging, the rules, secrets, the clock, the session). Below the engine,
+//! whose linker is typed by it.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::exports::mailwit::policy as ex;
+use crate::bindings::mailwit::policy as im;
+use crate::bindings::mailwit::policy::types as t;
+use crate::limits::Limiter;
+use crate::rules::Rules;
+use crate::types::{Client, SessionInfo};
+
+/// Lines a single call may log; the rest are dropped.
+const MAX_LOG_LINES: u32 = 16;
+/// Longest log line kept from a component.
+const MAX_LOG_LINE: usize = 512;
+
+/// The store's data for one call.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) rules: Arc<Rules>,
+    pub(crate) tenant: Arc<str>,
+    function: Arc<str>,
+    version: u64,
+    pub(crate) logs: u32,
+    /// What `host.current-session` answers: the session of the
+    /// transaction the current call decides for, converted only if asked.
+    /// Set by [`run`] before every call (a warm instance serves many
+    /// transactions); none for authenticate.
+    pub(crate) session: Option<Arc<SessionInfo>>,
+    /// The instance's exports, type-checked on first use: a warm instance
+    /// serves many calls, and looking an export up and checking its type
+    /// costs about as much as a small call. A store holds one instance, so
+    /// these handles are always that instance's.
+    pub(crate) loaded: Loaded,
+}
+
+/// Exports of a store's instance, loaded when first called.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    pub authenticate: Option<ex::authenticate::Guest>,
+    pub check_sender: Option<ex::check_sender::Guest>,
+    pub check_recipient: Option<ex::check_recipient::Guest>,
+    pub inspect_message: Option<ex::inspect_message::Guest>,
+    pub route: Option<ex::route::Guest>,
+}
+
+/// The export in `slot` of the store's instance, loaded by `load` on first
+/// use.
+pub(crate) fn export<G: Clone>(
+    store: &mut Store<State>,
+    slot: fn(&mut Loaded) -> &mut Option<G>,
+    load: impl FnOnce(&mut Store<State>) -> wasmtime::Result<G>,
+) -> wasmtime::Result<G> {
+    if let Some(g) = slot(&mut store.data_mut().loaded) {
+        return Ok(g.clone());
+    }
+    let g = load(store)?;
+    *slot(&mut store.data_mut().loaded) = Some(g.clone());
+    Ok(g)
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl im::types::Host for State {}
+
+impl State {
+    /// A call's data: nothing granted by WASI, the tenant's rules, a memory
+    /// limit of `memory_bytes`.
+    pub(crate) fn new(
+        function: &str,
+        version: u64,
+        tenant: &Arc<str>,
+        rules: &Arc<Rules>,
+        memory_bytes: usize,
+    ) -> State {
+        State {
+            // No preopens, no environment, no arguments, no sockets, no
+            // stdio: the default context grants nothing.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: Limiter::new(memory_bytes),
+            rules: rules.clone(),
+            tenant: tenant.clone(),
+            function: Arc::from(function),
+            version,
+            logs: 0,
+            session: None,
+            loaded: Loaded::default(),
+        }
+    }
+}
+
+impl im::host::Host for State {
+    fn log(&mut self, level: im::host::Level, message: String) {
+        self.logs += 1;
+        if self.logs > MAX_LOG_LINES {
+            return;
+        }
+        let message: String = message
+            .chars()
+            .take(MAX_LOG_LINE)
+            .flat_map(char::escape_default)
+            .collect();
+        let (tenant, function, version) = (&*self.tenant, &*self.function, self.version);
+        match level {
+            im::host::Level::Debug => {
+                tracing::debug!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Info => {
+                tracing::info!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Warn => {
+                tracing::warn!(tenant, function, version, message, "component log")
+            }
+            im::host::Level::Error => {
+                tracing::error!(tenant, function, version, message, "component log")
+            }
+        }
+    }
+
+    fn rule(&mut self, key: String) -> Option<String> {
+        self.rules.get(&key).map(str::to_string)
+    }
+
+    fn rule_list(&mut self, key: String) -> Vec<String> {
+        self.rules.list(&key).to_vec()
+    }
+
+    fn verify_secret(&mut self, key: String, secret: String) -> bool {
+        self.rules.verify_secret(&key, &secret)
+    }
+
+    fn current_session(&mut self) -> Option<im::types::Session> {
+        self.session.as_deref().map(session)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+pub(crate) fn client(c: &Client) -> t::ClientInfo {
+    t::ClientInfo {
+        ip: c.ip.to_string(),
+        port: c.port,
+        listener: c.listener.clone(),
+        tls: c.tls,
+        server_name: c.server_name.clone(),
+    }
+}
+
+/// The session as components see it (`host.current-session`).
+pub(crate) fn session(s: &SessionInfo) -> t::Session {
+    t::Session {
+        client: client(&s.client),
+        tenant: s.tenant.clone(),
+        login: s.login.clone(),
+        helo: s.helo.clone(),
+    }
+}
