@@ -1012,3 +1012,16 @@ fn a_policy_answer_starts_the_next_commands_time_when_it_comes() {
     h.s.feed(b"", start);
     assert_eq!(h.due_in(), secs(10));
 }
+
+#[test]
+fn at_a_tie_the_clients_own_deadline_is_the_one_that_expired() {
+    let mut h = Harness::new(timed(), false);
+    h.send(b"EHLO c\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@x.example>\r\n");
+    h.take();
+    // Grace ends at 30 s; a reply at 20 s sets the command deadline at 30 s.
+    h.s.begin_shutdown(h.now);
+    h.at(secs(20), b"NOOP\r\n");
+    assert_eq!(h.due_in(), secs(10));
+    assert_eq!(h.wait(secs(10)), Some(Expired::Command));
+    assert!(h.take().ends_with("421 4.4.2 localhost Error: timeout exceeded\r\n"));
+}
