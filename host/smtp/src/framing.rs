@@ -193,6 +193,11 @@ mod tests {
             assert!(refused(&t).unwrap().starts_with("500 5.5.2"), "{bad:?}");
         }
         assert_eq!(r.take(b"a\tb\r\n"), (5, Take::Line("a\tb".into())));
+        // NUL, bare CR and 8-bit octets get the reply that names them.
+        for bad in [&b"\0\n"[..], b"a\rb\n", b"\x80\n"] {
+            let text = refused(&r.take(bad).1).unwrap();
+            assert!(text.contains("NUL, bare CR and 8-bit"), "{bad:?}: {text}");
+        }
     }
 
     #[test]

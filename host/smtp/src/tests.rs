@@ -929,6 +929,10 @@ fn the_starttls_handshake_has_its_own_deadline() {
     // No reply: the TLS state is unknown; just close.
     assert_eq!(h.take(), "");
     assert!(h.closed);
+    // The handshake's time counts from the STARTTLS, not the connection.
+    let mut h = Harness::new(timed(), false);
+    h.at(secs(3), b"EHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(h.due_in(), secs(5));
     // A handshake in time gives the client a whole command timeout.
     let mut h = Harness::new(timed(), false);
     h.send(b"EHLO c\r\nSTARTTLS\r\n");
@@ -1023,5 +1027,22 @@ fn at_a_tie_the_clients_own_deadline_is_the_one_that_expired() {
     h.at(secs(20), b"NOOP\r\n");
     assert_eq!(h.due_in(), secs(10));
     assert_eq!(h.wait(secs(10)), Some(Expired::Command));
-    assert!(h.take().ends_with("421 4.4.2 localhost Error: timeout exceeded\r\n"));
+    assert!(
+        h.take()
+            .ends_with("421 4.4.2 localhost Error: timeout exceeded\r\n")
+    );
+}
+
+#[test]
+fn body_types_as_text() {
+    for (t, text) in [
+        (BodyType::SevenBit, "7BIT"),
+        (BodyType::EightBitMime, "8BITMIME"),
+    ] {
+        assert_eq!(t.to_string(), text);
+        assert_eq!(text.parse::<BodyType>(), Ok(t));
+        assert_eq!(text.to_ascii_lowercase().parse::<BodyType>(), Ok(t));
+    }
+    assert!("BINARYMIME".parse::<BodyType>().is_err());
+    assert!("".parse::<BodyType>().is_err());
 }
