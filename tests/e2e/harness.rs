@@ -451,8 +451,23 @@ domains = ["acme.example"]
 }
 
 impl Drop for Server {
+    /// A graceful stop (SIGTERM, a few seconds), so that an instrumented
+    /// build writes its coverage profile; then SIGKILL if it is still up.
     fn drop(&mut self) {
-        self.kill9();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
