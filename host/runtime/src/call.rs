@@ -21,7 +21,7 @@ use wasmtime::Store;
 use wasmtime::component::Instance;
 
 use crate::engine::{Function, LoadError, Runtime};
-use crate::limits::{Failure, FailureKind, Limits, arm_deadline, classify};
+use crate::limits::{Failure, FailureKind, Limits, arm_deadline_sparing, classify};
 use crate::rules::Rules;
 pub(crate) use crate::state::{State, export};
 use crate::types::SessionInfo;
@@ -107,9 +107,11 @@ pub(crate) fn run<R>(
             }
         }
     };
-    arm_deadline(&mut warm.store, limits.deadline);
+    arm_deadline_sparing(&mut warm.store, limits.deadline, State::take_host_time);
     let state = warm.store.data_mut();
     state.logs = 0;
+    state.host_time = std::time::Duration::ZERO;
+    state.secret_checks = 0;
     state.session = cx.session.cloned();
     let r = call(&mut warm.store, &warm.instance)
         .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
@@ -145,7 +147,7 @@ fn instantiate(
     );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    arm_deadline(&mut store, limits.deadline);
+    arm_deadline_sparing(&mut store, limits.deadline, State::take_host_time);
     let instance = function
         .pre
         .instantiate(&mut store)

@@ -3,6 +3,7 @@
 //! whose linker is typed by it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -19,6 +20,9 @@ use crate::types::{Client, SessionInfo};
 const MAX_LOG_LINES: u32 = 16;
 /// Longest log line kept from a component.
 const MAX_LOG_LINE: usize = 512;
+/// Secret checks (`verify-secret`) one call may ask for; later ones are
+/// answered false unchecked. A login needs one.
+const MAX_SECRET_CHECKS: u32 = 4;
 
 /// The store's data for one call.
 pub struct State {
@@ -30,6 +34,11 @@ pub struct State {
     function: Arc<str>,
     version: u64,
     pub(crate) logs: u32,
+    /// Time the host spent in this call's secret checks, not yet added to
+    /// its deadline (see `limits::arm_deadline_sparing`).
+    pub(crate) host_time: Duration,
+    /// Secret checks this call asked for.
+    pub(crate) secret_checks: u32,
     /// What `host.current-session` answers: the session of the
     /// transaction the current call decides for, converted only if asked.
     /// Set by [`run`] before every call (a warm instance serves many
@@ -79,6 +88,11 @@ impl WasiView for State {
 impl im::types::Host for State {}
 
 impl State {
+    /// Takes the host time owed to the deadline (see `host_time`).
+    pub(crate) fn take_host_time(&mut self) -> Duration {
+        std::mem::take(&mut self.host_time)
+    }
+
     /// A call's data: nothing granted by WASI, the tenant's rules, a memory
     /// limit of `memory_bytes`.
     pub(crate) fn new(
@@ -99,6 +113,8 @@ impl State {
             function: Arc::from(function),
             version,
             logs: 0,
+            host_time: Duration::ZERO,
+            secret_checks: 0,
             session: None,
             loaded: Loaded::default(),
         }
@@ -142,7 +158,16 @@ impl im::host::Host for State {
     }
 
     fn verify_secret(&mut self, key: String, secret: String) -> bool {
-        self.rules.verify_secret(&key, &secret)
+        // Each check is argon2 work the deadline does not count: bounded
+        // here, so a component cannot buy itself time with them.
+        self.secret_checks += 1;
+        if self.secret_checks > MAX_SECRET_CHECKS {
+            return false;
+        }
+        let start = Instant::now();
+        let ok = self.rules.verify_secret(&key, &secret);
+        self.host_time += start.elapsed();
+        ok
     }
 
     fn current_session(&mut self) -> Option<im::types::Session> {
