@@ -37,6 +37,8 @@ impl Faults {
         Faults::default()
     }
 
+    // Only debug builds (and the unit test) read the environment.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     fn parse(spec: &str) -> Faults {
         let mut f = Faults::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
