@@ -356,9 +356,7 @@ fn hostile_components_cost_their_own_transaction_a_451() {
     let evil = evil_tenant("none");
     let s = Server::start_with(Options {
         extra: evil,
-        // Room for the good tenant's login (an argon2 check runs inside
-        // its deadline) on a loaded machine; the looping call still hits it.
-        runtime: "deadline_ms = 1000",
+        runtime: "deadline_ms = 200",
         ..Options::default()
     });
     // A well-behaved tenant keeps submitting the whole time.

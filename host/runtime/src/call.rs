@@ -21,7 +21,7 @@ use wasmtime::Store;
 use wasmtime::component::Instance;
 
 use crate::engine::{Function, LoadError, Runtime};
-use crate::limits::{Failure, FailureKind, Limits, arm_deadline_sparing, classify};
+use crate::limits::{Failure, FailureKind, Limits, classify, set_deadline, spare_host_time};
 use crate::rules::Rules;
 pub(crate) use crate::state::{State, export};
 use crate::types::SessionInfo;
@@ -107,12 +107,8 @@ pub(crate) fn run<R>(
             }
         }
     };
-    arm_deadline_sparing(&mut warm.store, limits.deadline, State::take_host_time);
-    let state = warm.store.data_mut();
-    state.logs = 0;
-    state.host_time = std::time::Duration::ZERO;
-    state.secret_checks = 0;
-    state.session = cx.session.cloned();
+    set_deadline(&mut warm.store, limits.deadline);
+    warm.store.data_mut().begin_call(cx.session.cloned());
     let r = call(&mut warm.store, &warm.instance)
         .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
     warm.calls += 1;
@@ -147,7 +143,8 @@ fn instantiate(
     );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    arm_deadline_sparing(&mut store, limits.deadline, State::take_host_time);
+    spare_host_time(&mut store, State::take_host_time);
+    set_deadline(&mut store, limits.deadline);
     let instance = function
         .pre
         .instantiate(&mut store)
@@ -181,7 +178,8 @@ pub(crate) fn fresh<R>(
     call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
     let (mut store, instance) = instantiate(rt, function, cx.tenant, cx.rules, cx.limits)?;
-    store.data_mut().session = cx.session.cloned();
+    set_deadline(&mut store, cx.limits.deadline);
+    store.data_mut().begin_call(cx.session.cloned());
     call(&mut store, &instance).map_err(|e| failure(function, &store, e, FailureKind::Trap))
 }
 

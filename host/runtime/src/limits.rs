@@ -114,21 +114,23 @@ fn ticks(d: Duration) -> u64 {
 /// Arms `store`'s deadline: `deadline` from now, to the next tick, then a
 /// trap ([`Trap::Interrupt`]).
 pub(crate) fn arm_deadline<T>(store: &mut Store<T>, deadline: Duration) {
-    store.set_epoch_deadline(ticks(deadline));
+    set_deadline(store, deadline);
     store.epoch_deadline_trap();
 }
 
-/// Arms the deadline as [`arm_deadline`] does, except that time the host
-/// spent on the call's behalf (`owed` takes what accumulated: the argon2
-/// checks of `verify-secret`, whose number is bounded) does not count: when
-/// the deadline comes, it moves on by what is owed, and traps once nothing
-/// is. A loaded machine then slows a login's check without failing it.
-pub(crate) fn arm_deadline_sparing<T: 'static>(
-    store: &mut Store<T>,
-    deadline: Duration,
-    owed: fn(&mut T) -> Duration,
-) {
+/// The deadline, `deadline` from now; what happens then is the store's
+/// ([`arm_deadline`] or [`spare_host_time`]).
+pub(crate) fn set_deadline<T>(store: &mut Store<T>, deadline: Duration) {
     store.set_epoch_deadline(ticks(deadline));
+}
+
+/// Once per store: when its deadline comes, time the host spent on the
+/// call's behalf (`owed` takes what accumulated: the argon2 checks of
+/// `verify-secret`, whose number is bounded) moves it on by that much; once
+/// nothing is owed, it traps ([`Trap::Interrupt`]). A loaded machine then
+/// slows a login's check without failing it. Each call arms the deadline
+/// itself with [`set_deadline`].
+pub(crate) fn spare_host_time<T: 'static>(store: &mut Store<T>, owed: fn(&mut T) -> Duration) {
     store.epoch_deadline_callback(move |mut cx| {
         let owed = owed(cx.data_mut());
         Ok(match owed.is_zero() {

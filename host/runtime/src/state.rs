@@ -33,17 +33,17 @@ pub struct State {
     pub(crate) tenant: Arc<str>,
     function: Arc<str>,
     version: u64,
-    pub(crate) logs: u32,
+    logs: u32,
     /// Time the host spent in this call's secret checks, not yet added to
     /// its deadline (see `limits::arm_deadline_sparing`).
-    pub(crate) host_time: Duration,
+    host_time: Duration,
     /// Secret checks this call asked for.
-    pub(crate) secret_checks: u32,
+    secret_checks: u32,
     /// What `host.current-session` answers: the session of the
     /// transaction the current call decides for, converted only if asked.
-    /// Set by [`run`] before every call (a warm instance serves many
+    /// Set by `begin_call` before every call (a warm instance serves many
     /// transactions); none for authenticate.
-    pub(crate) session: Option<Arc<SessionInfo>>,
+    session: Option<Arc<SessionInfo>>,
     /// The instance's exports, type-checked on first use: a warm instance
     /// serves many calls, and looking an export up and checking its type
     /// costs about as much as a small call. A store holds one instance, so
@@ -88,6 +88,15 @@ impl WasiView for State {
 impl im::types::Host for State {}
 
 impl State {
+    /// A new call on this store: the per-call counts start again, and
+    /// `host.current-session` answers with `session`.
+    pub(crate) fn begin_call(&mut self, session: Option<Arc<SessionInfo>>) {
+        self.logs = 0;
+        self.host_time = Duration::ZERO;
+        self.secret_checks = 0;
+        self.session = session;
+    }
+
     /// Takes the host time owed to the deadline (see `host_time`).
     pub(crate) fn take_host_time(&mut self) -> Duration {
         std::mem::take(&mut self.host_time)

@@ -181,8 +181,8 @@ impl Driver {
                         }
                     }
                     Output::Ask(q) => {
-                        let helo = self.session.helo().unwrap_or_default().to_string();
-                        let verdict = self.submission.answer(q, &helo).await;
+                        let helo = self.session.helo().unwrap_or_default();
+                        let verdict = self.submission.answer(q, helo).await;
                         self.session.answer(verdict, now());
                         // A message's bytes are gone once it is answered.
                         if !self.session.in_data() {

@@ -464,13 +464,15 @@ impl Session {
         }
         // A shutdown waits for the running transaction, nothing else (not
         // for a TLS handshake under way: its own deadline ends it).
-        let idle = self.awaiting.is_none()
-            && !self.in_transaction()
-            && matches!(
-                self.phase,
-                Phase::Command | Phase::Sasl(_) | Phase::Overlong(_)
-            );
-        if self.clock.shutting_down() && idle {
+        let idle = || {
+            self.awaiting.is_none()
+                && !self.in_transaction()
+                && matches!(
+                    self.phase,
+                    Phase::Command | Phase::Sasl(_) | Phase::Overlong(_)
+                )
+        };
+        if self.clock.shutting_down() && idle() {
             self.shutdown();
             return self.poll();
         }

@@ -75,10 +75,12 @@ impl Faults {
         }
     }
 
-    /// After a segment's fsync: its first `len` octets are durable.
-    pub fn synced(&self, segment: &Path, len: u64) {
+    /// After the fsync of segment `seq` under `dir`: its first `len`
+    /// octets are durable. (Nothing, not even the path, without
+    /// `power-loss`: this runs once per committed batch.)
+    pub fn synced(&self, dir: &Path, seq: u64, len: u64) {
         if self.power_loss {
-            let mut name = segment.as_os_str().to_owned();
+            let mut name = super::segment_path(dir, seq).into_os_string();
             name.push(".synced");
             let _ = std::fs::write(name, len.to_string());
         }

@@ -379,8 +379,8 @@ impl Committer {
         // (Not counted in `syncs`: that counts the batches' fsyncs.)
         match self.segment.file.sync_data() {
             Ok(()) => {
-                let path = segment_path(&self.dir, self.segment.seq);
-                self.faults.synced(&path, self.segment.len);
+                self.faults
+                    .synced(&self.dir, self.segment.seq, self.segment.len);
             }
             Err(e) => tracing::error!(cause = %e, "spool sync at shutdown failed"),
         }
@@ -525,8 +525,8 @@ impl Committer {
         self.faults.sync()?;
         self.segment.file.sync_data()?;
         self.syncs += 1;
-        let path = segment_path(&self.dir, self.segment.seq);
-        self.faults.synced(&path, self.segment.len);
+        self.faults
+            .synced(&self.dir, self.segment.seq, self.segment.len);
         Ok(())
     }
 }
