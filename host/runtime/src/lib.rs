@@ -21,7 +21,8 @@
 //!   (one path for both kinds of component).
 //! - `state`: a policy call's store data and the `host` import it answers.
 //! - `types`: the plain types components are told about (client, session).
-//! - [`rules`]: a tenant's rules (read-only configuration for components).
+//! - [`rules`]: a tenant's rules (read-only configuration for components),
+//!   the crate `mailwit-rules` re-exported.
 //! - `bindings`: every world's bindings, generated from `wit/` by
 //!   `bindgen!` (the policy contract, and Spin's interfaces in
 //!   `wit/deps/`).
@@ -37,7 +38,13 @@
 //! | `call` | `engine`, `state`, `limits`, `rules`, `types` |
 //! | `engine` | `state`, `bindings`, `limits` |
 //! | `state` | `bindings`, `limits`, `rules`, `types` |
-//! | `bindings`, `limits`, `rules`, `types` | none: the leaves |
+//! | `bindings`, `limits`, `types` | none: the leaves |
+//!
+//! `rules` is the crate `mailwit-rules` (no wasmtime, no other mailwit
+//! crate). The runtime depends on no other mailwit crate either: a
+//! refusal leaves it as the component returned it, bounded in size
+//! ([`Refusal`]), and the embedder decides whether it is a valid SMTP
+//! reply and what a client is told.
 
 mod bindings;
 pub mod call;
@@ -45,15 +52,17 @@ pub mod engine;
 pub mod http;
 pub mod limits;
 pub mod policy;
-pub mod rules;
 mod state;
 mod types;
 
 pub use call::with_warm;
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
 pub use limits::{Failure, FailureKind, Limits};
+/// A tenant's rules: their own crate (`host/rules`), free of wasmtime, so
+/// they can be fuzzed and read by tools.
+pub use mailwit_rules as rules;
 pub use policy::{
-    AttachmentInfo, Client, Decision, Inspection, MessageArgs, MessageInfo, PolicySet, Route,
-    Session, SessionInfo,
+    AttachmentInfo, Client, Decision, Inspection, Mechanism, MessageArgs, MessageInfo, PolicySet,
+    Refusal, Route, Session, SessionInfo,
 };
 pub use rules::{MAX_ARGON2_KIB, Rules, RulesError};

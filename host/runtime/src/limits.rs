@@ -40,7 +40,8 @@ pub enum FailureKind {
     Trap(String),
     /// It returned something larger than the host accepts.
     Oversize(&'static str),
-    /// It returned a refusal that is not a valid 4xx/5xx reply.
+    /// It returned a refusal that is not a valid 4xx/5xx reply (the
+    /// embedder's finding: the runtime returns refusals unvalidated).
     InvalidReply(String),
     /// It could not be instantiated (pool exhausted, say).
     Instantiate(String),

@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use mailwit_smtp::{Mechanism, Reply, Status};
-
 use crate::bindings::mailwit::policy::types as t;
 use wasmtime::Store;
 use wasmtime::component::Instance;
@@ -18,11 +16,14 @@ use crate::engine::{Function, Runtime};
 use crate::limits::{Failure, FailureKind, Limits};
 use crate::rules::Rules;
 use crate::state::client;
-pub use crate::types::{Client, SessionInfo};
+pub use crate::types::{Client, Mechanism, SessionInfo};
 
 /// Longest reply text, login, metadata key or value accepted from a
 /// component; longer ones are refused (the transaction gets `451 4.3.0`).
 pub const MAX_TEXT: usize = 1024;
+/// Longest enhanced status text accepted from a component ("5.7.1"; the
+/// longest valid one, "5.999.999", has 9 characters).
+pub const MAX_STATUS: usize = 32;
 /// Most metadata entries or header removals from one function.
 pub const MAX_ITEMS: usize = 64;
 /// Longest metadata value (URLs, callback data).
@@ -98,7 +99,26 @@ pub struct Inspection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<T> {
     Accept(T),
-    Refuse(Reply),
+    /// A function refused, as it said it: bounded in size, not yet
+    /// validated. Whether it is a well-formed SMTP reply is the
+    /// embedder's to decide (the server answers `451 4.3.0` when not).
+    Refuse(Refusal),
+    /// No function answers this decision point, and it has no default
+    /// answer: only authentication (with no function exporting it every
+    /// login is refused, in the embedder's words).
+    Unanswered,
+}
+
+/// A function's refusal exactly as it returned it, with who returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub function: String,
+    pub version: u64,
+    pub code: u16,
+    /// The enhanced status, still text; at most [`MAX_STATUS`] bytes.
+    pub status: String,
+    /// At most [`MAX_TEXT`] bytes.
+    pub text: String,
 }
 
 /// A tenant's functions and rules at one version.
@@ -201,19 +221,21 @@ impl PolicySet {
         }
     }
 
-    /// Validates a refusal from `f` (class, enhanced code, text).
-    fn refusal(&self, f: &Function, r: t::Reply) -> Result<Reply, Failure> {
+    /// Bounds a refusal from `f`; its form is checked by the embedder.
+    fn refusal(&self, f: &Function, r: t::Reply) -> Result<Refusal, Failure> {
         if r.text.len() > MAX_TEXT {
             return Err(self.fail(f, FailureKind::Oversize("reply text")));
         }
-        let status = parse_status(&r.status).ok_or_else(|| {
-            self.fail(
-                f,
-                FailureKind::InvalidReply(format!("bad enhanced status {:?}", r.status)),
-            )
-        })?;
-        Reply::rejection(r.code, status, &r.text)
-            .map_err(|e| self.fail(f, FailureKind::InvalidReply(e.to_string())))
+        if r.status.len() > MAX_STATUS {
+            return Err(self.fail(f, FailureKind::Oversize("reply status")));
+        }
+        Ok(Refusal {
+            function: f.name.clone(),
+            version: f.version,
+            code: r.code,
+            status: r.status,
+            text: r.text,
+        })
     }
 
     /// Asks every function that `has` the decision point, in order, each
@@ -231,7 +253,7 @@ impl PolicySet {
             &Instance,
         ) -> wasmtime::Result<Result<R, t::Reply>>,
         mut take: impl FnMut(&Function, R) -> Result<(), Failure>,
-    ) -> Result<Option<Reply>, Failure> {
+    ) -> Result<Option<Refusal>, Failure> {
         let cx = self.cx(limits, session);
         for f in self.functions.iter().filter(|f| has(f)) {
             match call::run(rt, f, &cx, |store, inst| call(f, store, inst))? {
@@ -243,7 +265,7 @@ impl PolicySet {
     }
 
     /// Authentication: every function exporting it must accept; the first
-    /// refusal wins. With none, every login is refused.
+    /// refusal wins. With none, [`Decision::Unanswered`].
     pub fn authenticate(
         &self,
         rt: &Runtime,
@@ -281,11 +303,7 @@ impl PolicySet {
         Ok(match (refused, accepted) {
             (Some(r), _) => Decision::Refuse(r),
             (None, Some(l)) => Decision::Accept(l),
-            (None, None) => Decision::Refuse(Reply::new(
-                535,
-                Status(5, 7, 8),
-                "Authentication credentials invalid",
-            )),
+            (None, None) => Decision::Unanswered,
         })
     }
 
@@ -453,16 +471,4 @@ impl PolicySet {
         }
         Ok(())
     }
-}
-
-/// "5.7.1" -> Status(5, 7, 1).
-fn parse_status(s: &str) -> Option<Status> {
-    let mut parts = s.trim().split('.');
-    let class = parts.next()?.parse().ok()?;
-    let subject = parts.next()?.parse().ok()?;
-    let detail = parts.next()?.parse().ok()?;
-    parts
-        .next()
-        .is_none()
-        .then_some(Status(class, subject, detail))
 }

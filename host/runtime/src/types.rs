@@ -21,3 +21,10 @@ pub struct SessionInfo {
     pub login: String,
     pub helo: String,
 }
+
+/// How a client authenticated (RFC 4954's mechanisms that mailwit offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+}

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use mailwit::tenants::BUILTINS;
 use mailwit_runtime::{
-    Client, Decision, Limits, MessageArgs, MessageInfo, PolicySet, Rules, Runtime, RuntimeConfig,
-    Session, SessionInfo,
+    Client, Decision, Limits, Mechanism, MessageArgs, MessageInfo, PolicySet, Rules, Runtime,
+    RuntimeConfig, Session, SessionInfo,
 };
-use mailwit_smtp::Mechanism;
 
 const N: u32 = 2000;
 

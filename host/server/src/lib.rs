@@ -18,7 +18,8 @@
 //!   the typed spool record, the spool and delivery hand-off.
 //! - [`replies`]: every SMTP reply the server adds to the core's.
 //! - [`policy`]: the policy seam ([`policy::Policy`]), answered by each
-//!   tenant's WebAssembly functions (`mailwit-runtime`).
+//!   tenant's WebAssembly functions (`mailwit-runtime`); it validates a
+//!   component's refusal (`Reply::from_component`) before a client sees it.
 //! - [`authgate`]: bounded work before authentication: the password
 //!   checks' pool and queue, and back-off per client address.
 //! - [`budget`]: the ceiling on message content held in memory, server-wide
@@ -66,8 +67,9 @@
 //! | `config` | `authgate`, `budget`, `tls` |
 //! | `authgate`, `budget`, `fsutil`, `httpd`, `message`, `replies`, `tls` | none: the leaves |
 //!
-//! The protocol core (`mailwit-smtp`) and the runtime (`mailwit-runtime`)
-//! are crates below all of these.
+//! The protocol core (`mailwit-smtp`), the runtime (`mailwit-runtime`) and
+//! the rules (`mailwit-rules`, below the runtime) are crates below all of
+//! these; none of them depends on another but the runtime on the rules.
 
 pub mod admin;
 pub mod app;

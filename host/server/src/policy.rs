@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailwit_runtime::{
-    Decision, Failure, FailureKind, Limits, MessageArgs, MessageInfo, PolicySet, Route, Runtime,
-    Session, SessionInfo,
+    Decision, Failure, FailureKind, Limits, MessageArgs, MessageInfo, PolicySet, Refusal, Route,
+    Runtime, Session, SessionInfo,
 };
 use mailwit_smtp::{Envelope, Mechanism, Reply};
 
-use crate::authgate::{AuthGate, Refusal};
+use crate::authgate::{self, AuthGate};
 use crate::metrics::Metrics;
 use crate::replies::{auth_backoff, auth_busy, auth_failed, policy_failed};
 use crate::tenants::Tenants;
@@ -237,31 +237,58 @@ async fn decide<T: Send + 'static>(
     metrics.call(&set.tenant, decision, start.elapsed());
     match result {
         Ok(Ok(Decision::Accept(v))) => Ok(v),
-        Ok(Ok(Decision::Refuse(r))) => {
-            let status = r.status.map(|s| s.to_string()).unwrap_or_default();
-            metrics.rejection(&set.tenant, decision, r.code, &status);
-            tracing::info!(event = "policy.refused", tenant = %set.tenant, decision, code = r.code, status);
-            Err(r)
-        }
-        Ok(Err(failure)) => {
-            metrics.failure(&set.tenant, &failure.function, failure.kind.label());
-            tracing::warn!(
-                event = "policy.failure",
-                tenant = %set.tenant,
-                function = %failure.function,
-                version = failure.version,
-                generation = set.generation,
-                kind = failure.kind.label(),
-                detail = ?failure.kind,
-                "policy call failed; answering 451 4.3.0"
-            );
-            Err(policy_failed())
-        }
+        Ok(Ok(Decision::Refuse(r))) => Err(refused(metrics, set, decision, r)),
+        // No function answers authentication: every login is refused.
+        Ok(Ok(Decision::Unanswered)) => Err(rejected(metrics, set, decision, auth_failed())),
+        Ok(Err(failure)) => Err(failed(metrics, set, failure)),
         Err(join) => {
             tracing::error!(event = "policy.panic", tenant = %set.tenant, cause = %join);
             Err(policy_failed())
         }
     }
+}
+
+/// A function's refusal, as the client will see it: a well-formed
+/// rejection (control characters dropped, an empty text filled in), or,
+/// when it is none (a code that is not 4xx/5xx, an enhanced status of
+/// another class or not `x.y.z`), the function's failure: `451 4.3.0`.
+fn refused(metrics: &Metrics, set: &PolicySet, decision: &str, r: Refusal) -> Reply {
+    match Reply::from_component(r.code, &r.status, &r.text) {
+        Ok(reply) => rejected(metrics, set, decision, reply),
+        Err(invalid) => failed(
+            metrics,
+            set,
+            Failure {
+                function: r.function,
+                version: r.version,
+                kind: FailureKind::InvalidReply(invalid.to_string()),
+            },
+        ),
+    }
+}
+
+/// Counts and logs a refusal the client is given.
+fn rejected(metrics: &Metrics, set: &PolicySet, decision: &str, reply: Reply) -> Reply {
+    let status = reply.status.map(|s| s.to_string()).unwrap_or_default();
+    metrics.rejection(&set.tenant, decision, reply.code, &status);
+    tracing::info!(event = "policy.refused", tenant = %set.tenant, decision, code = reply.code, status);
+    reply
+}
+
+/// Counts and logs a failed call; the client gets `451 4.3.0`.
+fn failed(metrics: &Metrics, set: &PolicySet, failure: Failure) -> Reply {
+    metrics.failure(&set.tenant, &failure.function, failure.kind.label());
+    tracing::warn!(
+        event = "policy.failure",
+        tenant = %set.tenant,
+        function = %failure.function,
+        version = failure.version,
+        generation = set.generation,
+        kind = failure.kind.label(),
+        detail = ?failure.kind,
+        "policy call failed; answering 451 4.3.0"
+    );
+    policy_failed()
 }
 
 #[async_trait]
@@ -286,11 +313,11 @@ impl Policy for WasmPolicy {
             true => None,
             false => match self.gate.enter(client.ip).await {
                 Ok(permit) => Some(permit),
-                Err(Refusal::Busy) => {
+                Err(authgate::Refusal::Busy) => {
                     tracing::info!(event = "smtp.auth_busy", "password checks all busy");
                     return Err(auth_busy());
                 }
-                Err(Refusal::BackOff) => {
+                Err(authgate::Refusal::BackOff) => {
                     tracing::info!(
                         event = "smtp.auth_backoff",
                         "too many failed logins from this address"
@@ -318,6 +345,10 @@ impl Policy for WasmPolicy {
             login.to_string(),
             secret.to_string(),
         );
+        let mechanism = match mechanism {
+            Mechanism::Plain => mailwit_runtime::Mechanism::Plain,
+            Mechanism::Login => mailwit_runtime::Mechanism::Login,
+        };
         let result = decide(&self.metrics, &set, "authenticate", move |s, l| {
             s.authenticate(&rt, l, &c, mechanism, &login2, &secret)
         })

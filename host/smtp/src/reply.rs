@@ -12,6 +12,25 @@ impl fmt::Display for Status {
     }
 }
 
+/// `"5.7.1"` (surrounding white space allowed): three decimal numbers
+/// joined by dots, each fitting its field. Whether the class matches a
+/// reply code is [`Reply::rejection`]'s check.
+impl std::str::FromStr for Status {
+    type Err = InvalidReply;
+    fn from_str(s: &str) -> Result<Status, InvalidReply> {
+        let bad = || InvalidReply::BadStatus(s.chars().take(32).collect());
+        let mut parts = s.trim().split('.');
+        let mut next = || parts.next().ok_or_else(bad);
+        let class = next()?.parse().map_err(|_| bad())?;
+        let subject = next()?.parse().map_err(|_| bad())?;
+        let detail = next()?.parse().map_err(|_| bad())?;
+        match parts.next() {
+            None => Ok(Status(class, subject, detail)),
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
 /// One SMTP reply: a code, an optional enhanced status code and one or more
 /// lines of text.
 ///
@@ -70,6 +89,12 @@ impl Reply {
         Ok(Reply::new(code, status, text))
     }
 
+    /// A refusal exactly as a component returned it: the enhanced status
+    /// still text. Parsed, then validated as by [`Reply::rejection`].
+    pub fn from_component(code: u16, status: &str, text: &str) -> Result<Self, InvalidReply> {
+        Reply::rejection(code, status.parse()?, text)
+    }
+
     /// True for 2xx and 3xx replies.
     pub fn is_positive(&self) -> bool {
         self.code < 400
@@ -112,6 +137,10 @@ pub enum InvalidReply {
     /// The enhanced status does not belong to the code's class.
     #[error("enhanced status {status} does not match reply code {code}")]
     StatusMismatch { code: u16, status: Status },
+    /// The enhanced status is not `class.subject.detail` (its first 32
+    /// characters are kept).
+    #[error("bad enhanced status {0:?}")]
+    BadStatus(String),
 }
 
 #[cfg(test)]
@@ -136,6 +165,48 @@ mod tests {
         assert!(Reply::rejection(550, Status(4, 7, 1), "x").is_err());
         let r = Reply::rejection(550, Status(5, 7, 1), "bad\r\nsender\x07").unwrap();
         assert_eq!(r.to_wire(), "550 5.7.1 badsender\r\n");
+    }
+
+    #[test]
+    fn a_component_refusal_is_parsed_then_validated() {
+        let r = Reply::from_component(550, " 5.7.1 ", "no").unwrap();
+        assert_eq!(r.to_wire(), "550 5.7.1 no\r\n");
+        assert_eq!(
+            Reply::from_component(451, "4.7.999", "x").unwrap().status,
+            Some(Status(4, 7, 999))
+        );
+        for bad in [
+            "",
+            "5.7",
+            "5.7.1.2",
+            "5..1",
+            "5.7.x",
+            "256.1.1",
+            "5.70000.1",
+            "-5.7.1",
+        ] {
+            assert_eq!(
+                Reply::from_component(550, bad, "x"),
+                Err(InvalidReply::BadStatus(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Reply::from_component(550, "4.7.1", "x"),
+            Err(InvalidReply::StatusMismatch {
+                code: 550,
+                status: Status(4, 7, 1)
+            })
+        );
+        assert_eq!(
+            Reply::from_component(250, "2.0.0", "x"),
+            Err(InvalidReply::NotARejection(250))
+        );
+        let long = "9".repeat(100);
+        let Err(InvalidReply::BadStatus(kept)) = Reply::from_component(550, &long, "x") else {
+            panic!("accepted {long}");
+        };
+        assert_eq!(kept.len(), 32);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailwit_smtp_fuzz::{occurrences, run, split};
+use mailwit_fuzz::{occurrences, run, split};
 
 fuzz_target!(|data: &[u8]| {
     let [flags, seed, input @ ..] = data else {

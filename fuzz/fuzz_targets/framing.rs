@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Take::Refused(reply) => {
                 assert!(has_lf && data[n - 1] == b'\n');
-                mailwit_smtp_fuzz::check_reply(&reply);
+                mailwit_fuzz::check_reply(&reply);
             }
             Take::Overlong => assert!(!has_lf && n == data.len() && n > r.limit()),
             Take::More => assert!(!has_lf && n == 0 && data.len() <= r.limit()),
@@ -31,6 +31,6 @@ fuzz_target!(|data: &[u8]| {
     if let Some(reply) = reply {
         assert_eq!(data[n - 1], b'\n');
         assert!(!data[..n - 1].contains(&b'\n'));
-        mailwit_smtp_fuzz::check_reply(&reply);
+        mailwit_fuzz::check_reply(&reply);
     }
 });

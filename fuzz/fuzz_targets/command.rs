@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(mechanism, mechanism.to_ascii_uppercase());
         }
         Ok(_) => {}
-        Err(e) => mailwit_smtp_fuzz::check_reply(&e.reply()),
+        Err(e) => mailwit_fuzz::check_reply(&e.reply()),
     }
 });

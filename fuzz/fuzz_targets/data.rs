@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mailwit_fuzz::split;
 use mailwit_smtp::data::DataReceiver;
-use mailwit_smtp_fuzz::split;
 
 fuzz_target!(|data: &[u8]| {
     let [max, seed, input @ ..] = data else {

@@ -1,3 +1,5 @@
+//! # mailwit-rules
+//!
 //! A tenant's rules: read-only configuration that components read through
 //! the `host` import, the way Spin components read variables.
 //!
@@ -207,8 +209,12 @@ impl Rules {
         self.scalars.get(key).map(String::as_str)
     }
 
-    /// A list for a component (empty when missing).
+    /// A list for a component (empty when missing, or under a secret's
+    /// key: `users.x = ["$argon2..."]` is no way to show a hash).
     pub fn list(&self, key: &str) -> &[String] {
+        if is_secret(key) {
+            return &[];
+        }
         self.lists.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -314,6 +320,18 @@ mod tests {
         assert!(r.verify_secret("users.demo", "demo-password"));
         assert!(!r.verify_secret("users.demo", "wrong"));
         assert!(!r.verify_secret("revision", "3"));
+    }
+
+    #[test]
+    fn a_secret_written_as_a_list_is_hidden_too() {
+        let r = Rules::parse(&format!(
+            "[users]\nx = [\"{HASH}\"]\n[dkim]\nprivate-key = [\"k\"]\n[upstreams.a]\npassword = [\"p\"]\nhosts = [\"h\"]\n"
+        ))
+        .unwrap();
+        assert!(r.list("users.x").is_empty());
+        assert!(r.list("dkim.private-key").is_empty());
+        assert!(r.list("upstreams.a.password").is_empty());
+        assert_eq!(r.list("upstreams.a.hosts"), ["h"]);
     }
 
     #[test]
