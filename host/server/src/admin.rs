@@ -120,7 +120,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         );
     }
     if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
-        return match crate::delivery::sandbox_message(&admin.data_dir, t, id) {
+        return match crate::delivery::sandbox::message(&admin.data_dir, t, id) {
             Some(raw) => reply(StatusCode::OK, raw, "message/rfc822"),
             None => error(AdminError::NotFound(format!(
                 "no sandboxed message {id} for tenant {t}"
@@ -176,7 +176,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 .rollback(t, f)
                 .map(|v| serde_json::json!({ "tenant": t, "function": f, "active_version": v })),
             (Method::GET, ["v1", "tenants", t, "sandbox"]) => {
-                let list: Vec<serde_json::Value> = crate::delivery::sandbox_list(&data_dir, t)
+                let list: Vec<serde_json::Value> = crate::delivery::sandbox::list(&data_dir, t)
                     .into_iter()
                     .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
                     .collect();

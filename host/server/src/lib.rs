@@ -31,8 +31,9 @@
 //!   metrics) and the CLI's client for it.
 //! - [`metrics`]: per-tenant Prometheus metrics.
 //! - [`spool`]: the durable, group-committed message spool.
-//! - [`delivery`]: relay (DKIM, retries, DSN), sandbox and discard routes,
-//!   and the status store of every step.
+//! - [`delivery`]: the job's lifecycle (retries, DSN, reports), one module
+//!   per route (relay with DKIM, sandbox, discard), and the status store
+//!   of every step.
 //! - [`statusapi`]: the status API listener, answered in-process by the
 //!   status HTTP component (`components/status`) over a per-account,
 //!   read-only view of the status store, rules and sandbox.
@@ -43,6 +44,7 @@
 //! - [`httpd`]: the HTTP/1 accept loop of the admin and status listeners.
 //! - [`fsutil`]: the one durable whole-file write (temp, fsync, rename,
 //!   fsync of the directory) that tenants, sandbox and reports share.
+//! - [`wallclock`]: milliseconds since the Unix epoch, as records store it.
 //!
 //! # Layers
 //!
@@ -57,15 +59,15 @@
 //! | `reload` | `server`, `config`, `tls` |
 //! | `server` | `driver`, `submission`, `config`, `budget` |
 //! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
-//! | `submission` | `policy`, `delivery`, `metrics`, `spool`, `replies` |
-//! | `policy` | `delivery`, `metrics`, `tenants`, `authgate`, `message`, `replies` |
+//! | `submission` | `policy`, `delivery`, `metrics`, `spool`, `replies`, `wallclock` |
+//! | `policy` | `metrics`, `tenants`, `authgate`, `message`, `replies`, `wallclock` |
 //! | `statusapi` | `delivery`, `metrics`, `tenants`, `config`, `authgate`, `fsutil`, `httpd` |
-//! | `delivery` | `metrics`, `spool`, `tenants`, `config`, `budget`, `fsutil` |
+//! | `delivery` | `metrics`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
 //! | `metrics` | `tenants` |
 //! | `spool` | `config` |
 //! | `tenants` | `config`, `fsutil`, `tls` |
 //! | `config` | `authgate`, `budget`, `tls` |
-//! | `authgate`, `budget`, `fsutil`, `httpd`, `message`, `replies`, `tls` | none: the leaves |
+//! | `authgate`, `budget`, `fsutil`, `httpd`, `message`, `replies`, `tls`, `wallclock` | none: the leaves |
 //!
 //! The protocol core (`mailwit-smtp`), the runtime (`mailwit-runtime`) and
 //! the rules (`mailwit-rules`, below the runtime) are crates below all of
@@ -91,3 +93,4 @@ pub mod statusapi;
 pub mod submission;
 pub mod tenants;
 pub mod tls;
+pub mod wallclock;

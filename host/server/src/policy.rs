@@ -187,7 +187,7 @@ async fn decide<T: Send + 'static>(
         };
     }
     let start = Instant::now();
-    let now = crate::delivery::now_ms();
+    let now = crate::wallclock::now_ms();
     let mut inline = None;
     if decision != "authenticate"
         && set.limits.deadline > INLINE_BUDGET

@@ -331,14 +331,14 @@ impl HostData for AccountView {
                     .map(Some)
                     .map_err(|e| e.to_string())
             }
-            Some(("sandbox", id)) => Ok(crate::delivery::sandbox_message(
+            Some(("sandbox", id)) => Ok(crate::delivery::sandbox::message(
                 &self.data_dir,
                 account,
                 id,
             )),
             None if rest == "sandbox" => {
                 let list: Vec<serde_json::Value> =
-                    crate::delivery::sandbox_list(&self.data_dir, account)
+                    crate::delivery::sandbox::list(&self.data_dir, account)
                         .into_iter()
                         .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
                         .collect();

@@ -139,7 +139,7 @@ impl Submission {
                 };
                 let meta = Meta {
                     id: ulid::Ulid::new().to_string(),
-                    received_at_ms: crate::delivery::now_ms(),
+                    received_at_ms: crate::wallclock::now_ms(),
                     tenant: p.tenant,
                     login: p.login,
                     peer: self.peer.to_string(),

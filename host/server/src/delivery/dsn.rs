@@ -4,6 +4,10 @@
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
+use mailwit_runtime::Route;
+use mailwit_smtp::BodyType;
+
+use crate::spool::Meta;
 
 /// One recipient that failed for good (a 5xx, or retries ran out), and why.
 pub struct FailedRecipient<'a> {
@@ -12,6 +16,31 @@ pub struct FailedRecipient<'a> {
     pub status: String,
     /// The reply or error, for humans.
     pub diagnostic: &'a str,
+}
+
+/// The spool record of the DSN for `original`'s sender, queued by the
+/// mailer daemon of `reporting_host` at `now_ms`: a bounce of a sandboxed
+/// or discarded message still goes out (relayed to `default`).
+pub fn meta(original: &Meta, reporting_host: &str, now_ms: u64) -> Meta {
+    Meta {
+        id: ulid::Ulid::new().to_string(),
+        received_at_ms: now_ms,
+        tenant: original.tenant.clone(),
+        login: "mailer-daemon".into(),
+        peer: "local".into(),
+        listener: "dsn".into(),
+        helo: reporting_host.to_string(),
+        sender: String::new(),
+        recipients: vec![original.sender.clone()],
+        body: BodyType::EightBitMime,
+        metadata: vec![("dsnFor".into(), original.id.clone())],
+        remove_headers: Vec::new(),
+        route: match &original.route {
+            Route::Relay(_) => original.route.clone(),
+            _ => Route::default(),
+        },
+        policy: "dsn".into(),
+    }
 }
 
 /// Builds the DSN for `original` (its header section is returned).

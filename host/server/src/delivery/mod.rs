@@ -1,20 +1,21 @@
 //! Delivery: what happens after "250 queued".
 //!
-//! Each spooled message goes where its policy routed it: `relay:<name>` to
-//! the tenant's upstream (rules `upstreams.<name>.*`), signed with the
-//! tenant's DKIM key when it has one and without the policy's control
-//! headers; `sandbox` to `<data_dir>/sandbox/<tenant>/<id>.eml`, never
-//! sent; `discard` nowhere. Every step is an event in the status store.
+//! Each spooled message goes where its policy routed it, and each route has
+//! one home: [`relay`] (`relay:<name>`: the tenant's upstream, DKIM-signed,
+//! without the policy's control headers), [`sandbox`] (kept, never sent)
+//! and [`discard`] (nowhere). Each answers one attempt with an
+//! [`Outcome`] per recipient; this module is the job's lifecycle around
+//! it, and the one place that matches the typed route.
 //!
-//! Recipients that fail temporarily are retried with exponential backoff
-//! until `max_age_secs`; permanent failures and expiry fail the recipient
-//! and, unless the message is itself a bounce (null sender), queue a DSN
-//! for the sender through the same machinery. A message leaves the spool
-//! (`Done` record) only once every recipient has a final event; after a
-//! crash the recipients without one are delivered again (at least once).
-//!
-//! Each event may also become a delivery report to the tenant's callback
-//! server ([`reports`]).
+//! Every step is an event in the status store ([`status`]). Recipients
+//! that fail temporarily are retried with exponential backoff until
+//! `max_age_secs`; permanent failures and expiry fail the recipient and,
+//! unless the message is itself a bounce (null sender), queue a DSN
+//! ([`dsn`]) for the sender through the same machinery. A message leaves
+//! the spool (`Done` record) only once every recipient has a final event;
+//! after a crash the recipients without one are delivered again (at least
+//! once). Each event may also become a delivery report to the tenant's
+//! callback server ([`reports`]).
 //!
 //! A message's content is in memory only while it is being delivered, or
 //! while it is among the first `in_memory_queue` messages waiting for a
@@ -22,51 +23,37 @@
 //! next retry, or found in the spool at start-up) keeps its envelope and
 //! spool location and is read back when its turn comes, so a backlog costs
 //! little memory.
+//!
+//! | module | imports (within `delivery`) |
+//! |---|---|
+//! | this one | all below |
+//! | `relay`, `sandbox`, `discard` | `attempt`, `status` |
+//! | `reports` | `status` |
+//! | `dsn`, `status`, `attempt` | none |
 
+pub mod attempt;
+pub mod discard;
 pub mod dsn;
 pub mod relay;
 pub mod reports;
+pub mod sandbox;
 pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::budget::{ContentBudget, Refused, Reservation, SMALL};
-use mail_auth::common::crypto::{RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
-use mailwit_runtime::{Route, Rules};
-use mailwit_smtp::BodyType;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
+use mailwit_runtime::Route;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::DeliveryConfig;
 use crate::spool::{Location, Meta, Pending, Spool, Spooled};
 use crate::tenants::Tenants;
-use relay::{Outcome, Upstream};
+use crate::wallclock::now_ms;
+pub use attempt::Outcome;
 use status::{Event, Status, StatusStore};
-
-/// Headers signed by DKIM when present.
-const SIGNED_HEADERS: [&str; 8] = [
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "MIME-Version",
-    "Content-Type",
-];
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 struct Job {
     /// The content is empty until loaded (see `loaded`).
@@ -88,7 +75,8 @@ pub struct Delivery {
     tenants: Arc<Tenants>,
     config: DeliveryConfig,
     hostname: String,
-    sandbox_dir: PathBuf,
+    /// The sandbox lives under it.
+    data_dir: PathBuf,
     tx: mpsc::UnboundedSender<Job>,
     /// A large message's content is loaded only with room reserved here.
     budget: Arc<ContentBudget>,
@@ -117,7 +105,7 @@ impl Delivery {
             tenants,
             config,
             hostname,
-            sandbox_dir: data_dir.join("sandbox"),
+            data_dir: data_dir.to_path_buf(),
             tx,
             budget,
             waiting: AtomicUsize::new(0),
@@ -253,24 +241,6 @@ impl Delivery {
         }
     }
 
-    fn event(
-        &self,
-        meta: &Meta,
-        recipient: &str,
-        status: Status,
-        detail: impl Into<String>,
-        ts_ms: u64,
-    ) -> Event {
-        Event {
-            ts_ms,
-            tenant: meta.tenant.clone(),
-            message_id: meta.id.clone(),
-            recipient: recipient.to_string(),
-            status,
-            detail: detail.into(),
-        }
-    }
-
     /// Reads the job's content back from the spool, unless it is loaded.
     async fn load(&self, job: &mut Job) -> Result<(), String> {
         if job.loaded {
@@ -323,7 +293,7 @@ impl Delivery {
         // A local route (sandbox, discard) finishes at once: its Received
         // events are recorded with the outcomes, in one status write. A
         // relay attempt may take minutes, so Received is recorded first.
-        let local = matches!(meta.route, Route::Sandbox | Route::Discard);
+        let local = !matches!(meta.route, Route::Relay(_));
         let mut received = Vec::new();
         if job.record_received {
             let detail = format!("accepted from {} on {}", meta.peer, meta.listener);
@@ -331,7 +301,7 @@ impl Delivery {
                 .recipients
                 .iter()
                 .map(|r| {
-                    self.event(
+                    Event::new(
                         meta,
                         r,
                         Status::Received,
@@ -349,7 +319,7 @@ impl Delivery {
             return;
         }
         let outcomes = match &loaded {
-            Ok(()) => self.deliver(&job).await,
+            Ok(()) => self.attempt(&job).await,
             Err(e) => job
                 .pending
                 .iter()
@@ -362,27 +332,27 @@ impl Delivery {
         let mut still = Vec::new();
         let mut failed = Vec::new();
         let done = match meta.route {
-            Route::Sandbox => Status::DeliveredToSandbox,
-            Route::Discard => Status::Discarded,
-            Route::Relay(_) => Status::Sent,
+            Route::Relay(_) => relay::DONE,
+            Route::Sandbox => sandbox::DONE,
+            Route::Discard => discard::DONE,
         };
         for (rcpt, outcome) in job.pending.iter().zip(outcomes) {
             match outcome {
-                Outcome::Sent(reply) => events.push(self.event(meta, rcpt, done, reply, now)),
+                Outcome::Sent(reply) => events.push(Event::new(meta, rcpt, done, reply, now)),
                 Outcome::Deferred(why) if expired => {
                     let text = format!(
                         "retries exhausted after {} attempts; last: {why}",
                         job.attempts + 1
                     );
-                    events.push(self.event(meta, rcpt, Status::Failed, text.clone(), now));
+                    events.push(Event::new(meta, rcpt, Status::Failed, text.clone(), now));
                     failed.push((rcpt.clone(), "4.4.7".to_string(), text));
                 }
                 Outcome::Deferred(why) => {
-                    events.push(self.event(meta, rcpt, Status::Deferred, why, now));
+                    events.push(Event::new(meta, rcpt, Status::Deferred, why, now));
                     still.push(rcpt.clone());
                 }
                 Outcome::Failed(_, status, reply) => {
-                    events.push(self.event(meta, rcpt, Status::Failed, reply.clone(), now));
+                    events.push(Event::new(meta, rcpt, Status::Failed, reply.clone(), now));
                     failed.push((rcpt.clone(), status, reply));
                 }
             }
@@ -430,56 +400,22 @@ impl Delivery {
         }
     }
 
-    /// One attempt for the pending recipients; one outcome each, in order.
-    async fn deliver(&self, job: &Job) -> Vec<Outcome> {
-        let meta = &job.msg.meta;
-        let all = |o: Outcome| job.pending.iter().map(|_| o.clone()).collect();
-        match &meta.route {
-            Route::Discard => all(Outcome::Sent("discarded as the tenant's route says".into())),
-            Route::Sandbox => match self.capture(&job.msg).await {
-                Ok(()) => all(Outcome::Sent("captured in the sandbox".into())),
-                Err(e) => all(Outcome::Deferred(format!("writing to the sandbox: {e}"))),
-            },
+    /// One attempt for the pending recipients, in the home of the
+    /// message's route; one outcome each, in order.
+    async fn attempt(&self, job: &Job) -> Vec<Outcome> {
+        let (m, pending) = (&*job.msg, &job.pending);
+        match &m.meta.route {
             Route::Relay(name) => {
-                let Some(set) = self.tenants.get(&meta.tenant) else {
-                    return all(Outcome::Deferred(format!(
-                        "tenant {} not loaded",
-                        meta.tenant
-                    )));
+                let relay = relay::Relay {
+                    tenants: &self.tenants,
+                    helo: &self.hostname,
+                    timeout: Duration::from_secs(self.config.timeout_secs),
                 };
-                let Some(up) = Upstream::from_rules(&set.rules, name) else {
-                    return all(Outcome::Deferred(format!(
-                        "no upstream {name:?} in the tenant's rules"
-                    )));
-                };
-                let message = match prepare(&job.msg, &set.rules) {
-                    Ok(m) => m,
-                    Err(e) => return all(Outcome::Deferred(format!("DKIM signing failed: {e}"))),
-                };
-                let timeout = Duration::from_secs(self.config.timeout_secs);
-                relay::attempt(
-                    &up,
-                    &self.hostname,
-                    &meta.sender,
-                    &job.pending,
-                    &message,
-                    timeout,
-                )
-                .await
+                relay.deliver(name, m, pending).await
             }
+            Route::Sandbox => sandbox::deliver(&self.data_dir, m, pending.len()).await,
+            Route::Discard => discard::deliver(pending.len()),
         }
-    }
-
-    /// Writes a sandboxed message under `sandbox/<tenant>/<id>.eml`.
-    async fn capture(&self, m: &Spooled) -> std::io::Result<()> {
-        let path = self
-            .sandbox_dir
-            .join(&m.meta.tenant)
-            .join(format!("{}.eml", m.meta.id));
-        let content = m.content.clone();
-        tokio::task::spawn_blocking(move || crate::fsutil::write_durable(&path, &content))
-            .await
-            .map_err(std::io::Error::other)?
     }
 
     /// Queues a DSN for the sender, unless the message is itself a bounce.
@@ -503,33 +439,14 @@ impl Delivery {
             &list,
             &original.content,
         );
-        let dsn_meta = Meta {
-            id: ulid::Ulid::new().to_string(),
-            received_at_ms: now_ms(),
-            tenant: meta.tenant.clone(),
-            login: "mailer-daemon".into(),
-            peer: "local".into(),
-            listener: "dsn".into(),
-            helo: self.hostname.clone(),
-            sender: String::new(),
-            recipients: vec![meta.sender.clone()],
-            body: BodyType::EightBitMime,
-            metadata: vec![("dsnFor".into(), meta.id.clone())],
-            remove_headers: Vec::new(),
-            // A bounce of a sandboxed or discarded message still goes out.
-            route: match &meta.route {
-                Route::Relay(_) => meta.route.clone(),
-                _ => Route::default(),
-            },
-            policy: "dsn".into(),
-        };
+        let dsn_meta = dsn::meta(meta, &self.hostname, now_ms());
         match self.spool.enqueue(&dsn_meta, &content).await {
             Ok(at) => {
                 let now = now_ms();
                 let events = failed
                     .iter()
                     .map(|(r, ..)| {
-                        self.event(
+                        Event::new(
                             meta,
                             r,
                             Status::Bounced,
@@ -543,106 +460,5 @@ impl Delivery {
             }
             Err(e) => tracing::error!(event = "dsn.spool_failed", queue_id = %meta.id, cause = %e),
         }
-    }
-}
-
-/// A tenant's sandbox: `(queue id, size)` of each captured message, by id.
-pub fn sandbox_list(data_dir: &std::path::Path, tenant: &str) -> Vec<(String, u64)> {
-    let Ok(rd) = std::fs::read_dir(data_dir.join("sandbox").join(tenant)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, u64)> = rd
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let id = name.strip_suffix(".eml")?.to_string();
-            Some((id, e.metadata().ok()?.len()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// One sandboxed message's raw content.
-pub fn sandbox_message(data_dir: &std::path::Path, tenant: &str, id: &str) -> Option<Vec<u8>> {
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    std::fs::read(
-        data_dir
-            .join("sandbox")
-            .join(tenant)
-            .join(format!("{id}.eml")),
-    )
-    .ok()
-}
-
-/// The message as relayed: the policy's control headers removed, then a
-/// DKIM signature prepended when the tenant's rules give `dkim.domain`,
-/// `dkim.selector` and `dkim.private-key` (PEM, PKCS#1 or PKCS#8 RSA).
-pub fn prepare(m: &Spooled, rules: &Rules) -> Result<Vec<u8>, String> {
-    let message = remove_headers(&m.content, &m.meta.remove_headers);
-    let (Some(domain), Some(selector), Some(key)) = (
-        rules.get("dkim.domain"),
-        rules.get("dkim.selector"),
-        rules.secret("dkim.private-key"),
-    ) else {
-        return Ok(message);
-    };
-    let der = PrivateKeyDer::from_pem_slice(key.as_bytes())
-        .map_err(|e| format!("dkim.private-key: {e}"))?;
-    let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| e.to_string())?;
-    let signature = DkimSigner::from_key(key)
-        .domain(domain)
-        .selector(selector)
-        .headers(SIGNED_HEADERS)
-        .sign(&message)
-        .map_err(|e| e.to_string())?;
-    let mut out = signature.to_header().into_bytes();
-    out.extend_from_slice(&message);
-    Ok(out)
-}
-
-/// Drops the named header fields (with their continuation lines) from the
-/// header section; the body is untouched.
-pub fn remove_headers(content: &[u8], names: &[String]) -> Vec<u8> {
-    if names.is_empty() {
-        return content.to_vec();
-    }
-    let end = content
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(content.len());
-    let mut out = Vec::with_capacity(content.len());
-    let mut dropping = false;
-    for line in content[..end].split_inclusive(|&b| b == b'\n') {
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
-            dropping = names
-                .iter()
-                .any(|n| n.as_bytes().eq_ignore_ascii_case(name.trim_ascii()));
-        }
-        if !dropping {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(&content[end..]);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn removes_named_headers_with_their_folds() {
-        let m = b"From: a@x.example\r\nX-IB-bulk-id: one\r\n two\r\nSubject: s\r\nx-ib-notify-url: u\r\n\r\nX-IB-bulk-id: in body stays\r\n";
-        let out = remove_headers(m, &["X-IB-bulk-id".into(), "X-IB-notify-url".into()]);
-        assert_eq!(
-            out,
-            b"From: a@x.example\r\nSubject: s\r\n\r\nX-IB-bulk-id: in body stays\r\n"
-        );
     }
 }

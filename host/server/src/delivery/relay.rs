@@ -1,23 +1,77 @@
-//! One relay attempt to a tenant's upstream SMTP server, with `mail-send`,
-//! recipient by recipient so that each gets its own outcome.
+//! The `relay:<upstream>` route: the tenant's upstream from its rules
+//! (`upstreams.<name>.*`), the message without the policy's control
+//! headers and signed with the tenant's DKIM key when it has one, then one
+//! attempt with `mail-send`, recipient by recipient so that each gets its
+//! own outcome.
 
 use std::time::Duration;
 
+use mail_auth::common::crypto::{RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
 use mail_send::SmtpClientBuilder;
 use mail_send::smtp::message::Parameters;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use mailwit_runtime::Rules;
 
-/// How one recipient fared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted by the next hop, with its reply.
-    Sent(String),
-    /// Try again later.
-    Deferred(String),
-    /// Permanent failure: code, enhanced status, reply.
-    Failed(u16, String, String),
+use super::attempt::{Outcome, each};
+use super::status::Status;
+use crate::spool::Spooled;
+use crate::tenants::Tenants;
+
+/// The final event of a relayed recipient.
+pub const DONE: Status = Status::Sent;
+
+/// Headers signed by DKIM when present.
+const SIGNED_HEADERS: [&str; 8] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+];
+
+/// What a relay needs besides the message.
+pub struct Relay<'a> {
+    pub tenants: &'a Tenants,
+    /// The name this host gives in EHLO.
+    pub helo: &'a str,
+    pub timeout: Duration,
+}
+
+impl Relay<'_> {
+    /// One attempt for `recipients` of `m` through its tenant's upstream
+    /// `name`; one outcome each, in order. What is missing (the tenant,
+    /// the upstream, a usable DKIM key) defers them all.
+    pub async fn deliver(&self, name: &str, m: &Spooled, recipients: &[String]) -> Vec<Outcome> {
+        let meta = &m.meta;
+        let defer = |why: String| each(recipients.len(), Outcome::Deferred(why));
+        let Some(set) = self.tenants.get(&meta.tenant) else {
+            return defer(format!("tenant {} not loaded", meta.tenant));
+        };
+        let Some(up) = Upstream::from_rules(&set.rules, name) else {
+            return defer(format!("no upstream {name:?} in the tenant's rules"));
+        };
+        let message = match prepare(m, &set.rules) {
+            Ok(message) => message,
+            Err(e) => return defer(format!("DKIM signing failed: {e}")),
+        };
+        attempt(
+            &up,
+            self.helo,
+            &meta.sender,
+            recipients,
+            &message,
+            self.timeout,
+        )
+        .await
+    }
 }
 
 /// An upstream from the tenant's rules: `upstreams.<name>.host`, `.port`,
@@ -88,12 +142,7 @@ pub async fn attempt(
     if let Some((u, p)) = &up.credentials {
         b = b.credentials((u.clone(), p.clone()));
     }
-    let deferred = |e: String| {
-        recipients
-            .iter()
-            .map(|_| Outcome::Deferred(e.clone()))
-            .collect()
-    };
+    let deferred = |e: String| each(recipients.len(), Outcome::Deferred(e));
     if up.tls == "none" {
         match b.connect_plain().await {
             Ok(mut c) => transaction(&mut c, sender, recipients, message).await,
@@ -113,7 +162,7 @@ async fn transaction<T: AsyncRead + AsyncWrite + Unpin>(
     recipients: &[String],
     message: &[u8],
 ) -> Vec<Outcome> {
-    let all = |o: Outcome| recipients.iter().map(|_| o.clone()).collect::<Vec<_>>();
+    let all = |o: Outcome| each(recipients.len(), o);
     match c
         .cmd(format!("MAIL FROM:<{sender}>{}\r\n", Parameters::default()).as_bytes())
         .await
@@ -166,5 +215,75 @@ fn esc(r: &smtp_proto::Response<String>) -> String {
         format!("{}.0.0", r.code / 100)
     } else {
         format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
+    }
+}
+
+/// The message as relayed: the policy's control headers removed, then a
+/// DKIM signature prepended when the tenant's rules give `dkim.domain`,
+/// `dkim.selector` and `dkim.private-key` (PEM, PKCS#1 or PKCS#8 RSA).
+pub fn prepare(m: &Spooled, rules: &Rules) -> Result<Vec<u8>, String> {
+    let message = remove_headers(&m.content, &m.meta.remove_headers);
+    let (Some(domain), Some(selector), Some(key)) = (
+        rules.get("dkim.domain"),
+        rules.get("dkim.selector"),
+        rules.secret("dkim.private-key"),
+    ) else {
+        return Ok(message);
+    };
+    let der = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| format!("dkim.private-key: {e}"))?;
+    let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| e.to_string())?;
+    let signature = DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS)
+        .sign(&message)
+        .map_err(|e| e.to_string())?;
+    let mut out = signature.to_header().into_bytes();
+    out.extend_from_slice(&message);
+    Ok(out)
+}
+
+/// Drops the named header fields (with their continuation lines) from the
+/// header section; the body is untouched.
+pub fn remove_headers(content: &[u8], names: &[String]) -> Vec<u8> {
+    if names.is_empty() {
+        return content.to_vec();
+    }
+    let end = content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(content.len());
+    let mut out = Vec::with_capacity(content.len());
+    let mut dropping = false;
+    for line in content[..end].split_inclusive(|&b| b == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            dropping = names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name.trim_ascii()));
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&content[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_named_headers_with_their_folds() {
+        let m = b"From: a@x.example\r\nX-IB-bulk-id: one\r\n two\r\nSubject: s\r\nx-ib-notify-url: u\r\n\r\nX-IB-bulk-id: in body stays\r\n";
+        let out = remove_headers(m, &["X-IB-bulk-id".into(), "X-IB-notify-url".into()]);
+        assert_eq!(
+            out,
+            b"From: a@x.example\r\nSubject: s\r\n\r\nX-IB-bulk-id: in body stays\r\n"
+        );
     }
 }

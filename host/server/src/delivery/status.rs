@@ -62,6 +62,26 @@ pub struct Event {
     pub detail: String,
 }
 
+impl Event {
+    /// `recipient`'s step `status` of the message `meta` at `ts_ms`.
+    pub fn new(
+        meta: &crate::spool::Meta,
+        recipient: &str,
+        status: Status,
+        detail: impl Into<String>,
+        ts_ms: u64,
+    ) -> Event {
+        Event {
+            ts_ms,
+            tenant: meta.tenant.clone(),
+            message_id: meta.id.clone(),
+            recipient: recipient.to_string(),
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
 pub trait StatusStore: Send + Sync {
     /// Records events durably.
     fn record(&self, events: Vec<Event>) -> std::io::Result<()>;
