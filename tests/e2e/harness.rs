@@ -221,35 +221,11 @@ impl Server {
     /// octets were dropped.
     pub fn power_cut(&self) -> u64 {
         let dir = self.data_dir().join("spool");
-        let listed = std::fs::read_to_string(dir.join("directory.synced"))
-            .expect("no directory.synced: was the server started with power-loss?");
-        let durable: std::collections::HashSet<&str> = listed.lines().collect();
-        let mut dropped = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            if !name.ends_with(".seg") {
-                continue;
-            }
-            let len = std::fs::metadata(&path).unwrap().len();
-            if !durable.contains(name.as_str()) {
-                dropped += len;
-                std::fs::remove_file(&path).unwrap();
-                continue;
-            }
-            let synced = std::fs::read_to_string(dir.join(format!("{name}.synced")))
-                .map(|t| t.trim().parse::<u64>().unwrap())
-                .unwrap_or(0);
-            assert!(synced <= len, "{name}: synced {synced} of {len}");
-            dropped += len - synced;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(synced)
-                .unwrap();
-        }
-        dropped
+        assert!(
+            dir.join("directory.synced").exists(),
+            "no directory.synced: was the server started with power-loss?"
+        );
+        mailwit::spool::power_cut(&dir).unwrap()
     }
 
     /// The messages still waiting for delivery.

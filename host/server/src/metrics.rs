@@ -45,6 +45,8 @@ pub struct DeliveryGauges {
     pub spooled: usize,
     /// Spool segment files.
     pub segments: usize,
+    /// Spool fsyncs so far (one per committed batch).
+    pub fsyncs: u64,
 }
 
 #[derive(Default)]
@@ -138,6 +140,8 @@ impl Metrics {
         let _ = writeln!(out, "mailwit_spool_pending_messages {}", delivery.spooled);
         let _ = writeln!(out, "# TYPE mailwit_spool_segments gauge");
         let _ = writeln!(out, "mailwit_spool_segments {}", delivery.segments);
+        let _ = writeln!(out, "# TYPE mailwit_spool_fsyncs_total counter");
+        let _ = writeln!(out, "mailwit_spool_fsyncs_total {}", delivery.fsyncs);
         let mut last = "";
         for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
             if *name != last {

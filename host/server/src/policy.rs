@@ -495,3 +495,317 @@ impl TxnPolicy for NoopPolicy {
         })
     }
 }
+
+/// The seam against real components: the embedded configuration's demo
+/// tenant (the stock functions) and, per test, a tenant of its own running
+/// `components/hostile` in one mode. One runtime for all the tests (its
+/// compiled code is the slow part).
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::LazyLock;
+
+    use mailwit_runtime::RuntimeConfig;
+    use mailwit_smtp::Status;
+
+    use super::*;
+    use crate::authgate::GateConfig;
+    use crate::config::Config;
+
+    struct Fixture {
+        rt: Arc<Runtime>,
+        tenants: Arc<Tenants>,
+        _dir: tempfile::TempDir,
+    }
+
+    static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load(None).unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let rt = Arc::new(
+            Runtime::new(RuntimeConfig {
+                cache_dir: Some(dir.path().join("cache")),
+                ..RuntimeConfig::default()
+            })
+            .unwrap(),
+        );
+        let tenants = Arc::new(Tenants::open(rt.clone(), &config, Limits::default()).unwrap());
+        Fixture {
+            rt,
+            tenants,
+            _dir: dir,
+        }
+    });
+
+    /// A policy of its own (metrics and gate) over the shared tenants.
+    fn policy() -> (WasmPolicy, Arc<Metrics>, Arc<AuthGate>) {
+        let f = &*FIXTURE;
+        let metrics = Arc::new(Metrics::default());
+        let gate = Arc::new(AuthGate::new(GateConfig {
+            workers: 2,
+            queue: 16,
+            queue_timeout: Duration::from_secs(30),
+        }));
+        let p = WasmPolicy::new(
+            f.rt.clone(),
+            f.tenants.clone(),
+            metrics.clone(),
+            gate.clone(),
+        );
+        (p, metrics, gate)
+    }
+
+    fn client(last: u8) -> ClientInfo {
+        ClientInfo {
+            ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
+            port: 40000,
+            listener: "submission".into(),
+            tls: true,
+            server_name: None,
+        }
+    }
+
+    fn session(tenant: &str) -> SessionInfo {
+        SessionInfo {
+            client: client(1),
+            tenant: tenant.into(),
+            login: "someone".into(),
+            helo: "client.example".into(),
+        }
+    }
+
+    fn txn(p: &WasmPolicy, tenant: &str) -> Arc<dyn TxnPolicy> {
+        let principal = Principal {
+            tenant: tenant.into(),
+            login: "someone".into(),
+        };
+        p.transaction(&principal, session(tenant)).unwrap()
+    }
+
+    /// A tenant `name` whose only function is the hostile component, with
+    /// these `[hostile]` rules.
+    fn hostile(name: &str, rules: &str) {
+        let f = &*FIXTURE;
+        let path = concat!(env!("MAILWIT_COMPONENTS_DIR"), "/mailwit_hostile.wasm");
+        f.tenants
+            .deploy(name, "hostile", &std::fs::read(path).unwrap())
+            .unwrap();
+        f.tenants
+            .set_rules(name, &format!("[hostile]\n{rules}\n"))
+            .unwrap();
+    }
+
+    fn rendered(m: &Metrics) -> String {
+        m.render(&[], crate::metrics::DeliveryGauges::default())
+    }
+
+    #[tokio::test]
+    async fn logins_are_answered_by_the_tenants_functions() {
+        let (p, metrics, gate) = policy();
+        let c = client(2);
+        let ok = p
+            .authenticate(&c, Mechanism::Plain, "demo", "demo-password")
+            .await
+            .unwrap();
+        assert_eq!(
+            ok,
+            Principal {
+                tenant: "demo".into(),
+                login: "demo".into()
+            }
+        );
+        // An API-key login (IB's `App` and `<id>.<secret>`).
+        let key = p
+            .authenticate(&c, Mechanism::Login, "App", "demokey.0f3c9b2e7a4d4e1f")
+            .await
+            .unwrap();
+        assert_eq!(key.tenant, "demo");
+        let checks = gate.stats.checks.load(Ordering::Relaxed);
+        assert_eq!(checks, 2);
+        // Verified lately: the same credentials skip the gate's argon2.
+        p.authenticate(&c, Mechanism::Plain, "demo", "demo-password")
+            .await
+            .unwrap();
+        p.authenticate(&c, Mechanism::Plain, "App", "demokey.0f3c9b2e7a4d4e1f")
+            .await
+            .unwrap();
+        assert_eq!(gate.stats.checks.load(Ordering::Relaxed), checks);
+        // A wrong password and an unknown login: the same 535, each a
+        // check through the gate (the unknown one against a decoy hash).
+        for (login, secret) in [("demo", "wrong"), ("nobody", "demo-password")] {
+            let r = p
+                .authenticate(&c, Mechanism::Plain, login, secret)
+                .await
+                .unwrap_err();
+            assert_eq!(r, crate::replies::auth_failed(), "{login}");
+        }
+        assert_eq!(gate.stats.checks.load(Ordering::Relaxed), checks + 2);
+        let m = rendered(&metrics);
+        assert!(
+            m.contains("{tenant=\"demo\",decision=\"authenticate\",reason=\"535 5.7.8\"} 1"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_answered_by_the_stock_functions() {
+        let (p, metrics, _) = policy();
+        let t = txn(&p, "demo");
+        t.check_sender("demo@mailwit.test", Some(100), false)
+            .await
+            .unwrap();
+        t.check_sender("anyone@example.com", None, false)
+            .await
+            .unwrap();
+        let r = t
+            .check_sender("x@elsewhere.example", None, false)
+            .await
+            .unwrap_err();
+        assert_eq!((r.code, r.status), (550, Some(Status(5, 7, 1))));
+        t.check_recipient("demo@mailwit.test", "someone@example.net")
+            .await
+            .unwrap();
+        let envelope = Envelope {
+            sender: "demo@mailwit.test".into(),
+            recipients: vec!["someone@example.net".into()],
+            ..Envelope::default()
+        };
+        let v = t
+            .message(
+                &envelope,
+                b"From: demo@mailwit.test\r\nX-IB-bulk-id: b1\r\nSubject: s\r\n\r\nhi\r\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.route, Route::Sandbox);
+        assert!(v.policy.starts_with("generation="), "{}", v.policy);
+        assert!(v.policy.contains(" router@"), "{}", v.policy);
+        let m = rendered(&metrics);
+        assert!(
+            m.contains("{tenant=\"demo\",decision=\"check-sender\",reason=\"550 5.7.1\"} 1"),
+            "{m}"
+        );
+        // An unknown tenant's transaction is a temporary failure.
+        let principal = Principal {
+            tenant: "gone".into(),
+            login: "x".into(),
+        };
+        let r = p.transaction(&principal, session("gone")).err().unwrap();
+        assert_eq!(r, policy_failed());
+    }
+
+    #[tokio::test]
+    async fn a_components_refusal_is_validated_before_a_client_sees_it() {
+        let (p, metrics, _) = policy();
+        let cases = [
+            (
+                "t-valid",
+                "550",
+                "5.7.1",
+                "no\\r\\nthanks",
+                Ok((550, "550 5.7.1 nothanks\r\n")),
+            ),
+            (
+                "t-empty",
+                "451",
+                "4.7.1",
+                "",
+                Ok((451, "451 4.7.1 Rejected by policy\r\n")),
+            ),
+            ("t-class", "550", "4.7.1", "x", Err(())),
+            ("t-code", "250", "2.0.0", "x", Err(())),
+            ("t-status", "550", "5.7", "x", Err(())),
+        ];
+        for (tenant, code, status, text, want) in cases {
+            hostile(
+                tenant,
+                &format!(
+                    "mode = \"reply\"\ncode = \"{code}\"\nstatus = \"{status}\"\ntext = \"{text}\""
+                ),
+            );
+            let r = txn(&p, tenant)
+                .check_sender("a@b.example", None, false)
+                .await
+                .unwrap_err();
+            match want {
+                Ok((code, wire)) => assert_eq!((r.code, r.to_wire().as_str()), (code, wire)),
+                Err(()) => {
+                    assert_eq!(r, policy_failed(), "{tenant}");
+                    let line = format!(
+                        "mailwit_policy_traps_total{{tenant=\"{tenant}\",function=\"hostile\",kind=\"invalid_reply\"}} 1"
+                    );
+                    assert!(rendered(&metrics).contains(&line), "{tenant}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_looping_component_costs_its_transaction_a_451() {
+        let (p, metrics, _) = policy();
+        hostile("t-loop", "mode = \"loop\"\n[runtime]\ndeadline-ms = 40");
+        let r = txn(&p, "t-loop")
+            .check_sender("a@b.example", None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(r, policy_failed());
+        let m = rendered(&metrics);
+        assert!(
+            m.contains("mailwit_policy_deadline_hits_total{tenant=\"t-loop\",function=\"hostile\",kind=\"deadline\"} 1"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_and_blocking_calls_move_to_blocking_threads_with_the_same_answer() {
+        let (p, _, _) = policy();
+        // Each call spins past the inline budget, so it runs again on a
+        // blocking thread; after three in a row the set's calls go there
+        // directly for a minute.
+        hostile("t-busy", "mode = \"busy\"\nbusy-ms = 10");
+        let t = txn(&p, "t-busy");
+        let set = FIXTURE.tenants.get("t-busy").unwrap();
+        for i in 0..SLOW_AFTER_OVERRUNS {
+            assert_eq!(
+                set.scheduling.slow_until_ms.load(Ordering::Relaxed),
+                0,
+                "call {i}"
+            );
+            t.check_sender("a@b.example", None, false).await.unwrap();
+        }
+        let until = set.scheduling.slow_until_ms.load(Ordering::Relaxed);
+        let now = crate::wallclock::now_ms();
+        assert!(
+            until > now && until <= now + SLOW_FOR_MS,
+            "{until} vs {now}"
+        );
+        t.check_sender("a@b.example", None, false).await.unwrap();
+        // Blocking WASI I/O (stderr) cannot run on an async worker: the
+        // call is answered from a blocking thread, the set marked slow at
+        // once.
+        hostile("t-stderr", "mode = \"stderr\"");
+        let t = txn(&p, "t-stderr");
+        let set = FIXTURE.tenants.get("t-stderr").unwrap();
+        let r = t
+            .check_sender("a@b.example", None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(r.to_wire(), "450 4.7.1 wrote to stderr\r\n");
+        assert!(set.scheduling.slow_until_ms.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn the_noop_policy_accepts_everything_and_discards() {
+        let p = NoopPolicy;
+        let who = p
+            .authenticate(&client(3), Mechanism::Plain, "x", "y")
+            .await
+            .unwrap();
+        assert_eq!((who.tenant.as_str(), who.login.as_str()), ("noop", "x"));
+        let t = p.transaction(&who, session("noop")).unwrap();
+        t.check_sender("a@b", None, false).await.unwrap();
+        t.check_recipient("a@b", "c@d").await.unwrap();
+        let v = t.message(&Envelope::default(), b"x").await.unwrap();
+        assert_eq!((v.route, v.policy.as_str()), (Route::Discard, "noop"));
+    }
+}

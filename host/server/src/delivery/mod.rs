@@ -152,6 +152,7 @@ impl Delivery {
             retrying: self.retrying.load(Ordering::Relaxed),
             spooled,
             segments,
+            fsyncs: self.spool.syncs(),
         }
     }
 

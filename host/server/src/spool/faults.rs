@@ -12,8 +12,9 @@
 //! - `power-loss`: after each segment fsync, `<segment>.synced` holds the
 //!   length that is now durable; after each directory fsync,
 //!   `directory.synced` lists the segment files whose entries are. A test
-//!   that kills the server can then cut the spool back to exactly what a
-//!   power cut would leave (see `tests/e2e/durability.rs`).
+//!   that kills the server (or drops a spool) can then cut the spool back
+//!   to exactly what a power cut would leave: [`power_cut`] (used by the
+//!   unit tests and `tests/e2e/durability.rs`).
 
 use std::io;
 use std::path::Path;
@@ -37,9 +38,9 @@ impl Faults {
         Faults::default()
     }
 
-    // Only debug builds (and the unit test) read the environment.
+    // Only debug builds (and the unit tests) read a specification.
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
-    fn parse(spec: &str) -> Faults {
+    pub(super) fn parse(spec: &str) -> Faults {
         let mut f = Faults::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (name, n) = item.split_once('=').unwrap_or((item, ""));
@@ -101,6 +102,47 @@ impl Faults {
         names.sort();
         let _ = std::fs::write(dir.join("directory.synced"), names.join("\n"));
     }
+}
+
+/// Cuts the spool under `dir` back to what a power cut would have left
+/// of a spool run with `power-loss`: segment files whose directory entry
+/// was never fsynced are removed, the others truncated to their last
+/// fsynced length. Returns how many octets went. For tests only; run it
+/// after the server is dead (or the spool idle).
+pub fn power_cut(dir: &Path) -> io::Result<u64> {
+    let listed = std::fs::read_to_string(dir.join("directory.synced")).unwrap_or_default();
+    let durable: std::collections::HashSet<&str> = listed.lines().collect();
+    let mut dropped = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.ends_with(".seg") {
+            continue;
+        }
+        let len = std::fs::metadata(&path)?.len();
+        if !durable.contains(name) {
+            dropped += len;
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        let synced = std::fs::read_to_string(dir.join(format!("{name}.synced")))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if synced > len {
+            return Err(io::Error::other(format!(
+                "{name}: {synced} octets synced of {len}"
+            )));
+        }
+        dropped += len - synced;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(synced)?;
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]
