@@ -7,13 +7,14 @@ use std::process::{Child, Command, Stdio};
 
 use crate::harness::*;
 
-/// A loopback port held for a service that starts later: bound, so that
-/// no other test's listener can take it meanwhile, and not listening, so
-/// that connections to it are refused as by a host that is down. Released
-/// (dropped) just before the service binds it.
+/// A loopback port held by the test: bound, so that no other test's
+/// listener can take it, and not listening, so that connections to it are
+/// refused as by a host that is down. A Python service is handed the
+/// socket itself (see [`python_service`]) and listens on it: the port is
+/// never free in between.
 struct Reserved {
     port: u16,
-    _socket: socket2::Socket,
+    socket: socket2::Socket,
 }
 
 fn reserve_port() -> Reserved {
@@ -23,15 +24,7 @@ fn reserve_port() -> Reserved {
         .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
     let port = socket.local_addr().unwrap().as_socket().unwrap().port();
-    Reserved {
-        port,
-        _socket: socket,
-    }
-}
-
-/// A free loopback port for a service that starts at once.
-fn free_port() -> u16 {
-    reserve_port().port
+    Reserved { port, socket }
 }
 
 /// A self-signed certificate for 127.0.0.1 made by openssl, as
@@ -56,21 +49,37 @@ fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Starts one of the Python services in tests/e2e/ (`PORT OUTDIR [extra]`)
-/// and waits for its "ready" line.
-fn python_service(script: &str, port: u16, dir: &Path, extra: &[&str]) -> Child {
+/// Starts one of the Python services in tests/e2e/ (`FD OUTDIR [extra]`)
+/// on `port`'s socket, inherited by that child alone, and waits for its
+/// "ready" line.
+fn python_service(script: &str, port: Reserved, dir: &Path, extra: &[&str]) -> Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/e2e")
         .join(script);
-    let mut child = Command::new("python3")
+    let fd = port.socket.as_raw_fd();
+    let mut command = Command::new("python3");
+    command
         .arg(&script)
-        .arg(port.to_string())
+        .arg(fd.to_string())
         .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec, one raw fcntl(2) on a descriptor
+    // this process owns (async-signal-safe): the socket stays open across
+    // exec in this child only (it is close-on-exec everywhere else).
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    // The child has its own copy now.
+    drop(port);
     let mut line = String::new();
     use std::io::BufRead;
     std::io::BufReader::new(child.stdout.take().unwrap())
@@ -88,15 +97,20 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start(dir: &Path, port: Option<u16>) -> Upstream {
+    /// On `port` (held since the test began), or on a new one.
+    fn start(dir: &Path, port: Option<Reserved>) -> Upstream {
         Upstream::start_with(dir, port, &[])
     }
 
-    fn start_with(dir: &Path, port: Option<u16>, extra: &[&str]) -> Upstream {
-        let port = port.unwrap_or_else(free_port);
-        let dir = dir.join("upstream");
+    fn start_with(dir: &Path, port: Option<Reserved>, extra: &[&str]) -> Upstream {
+        let port = port.unwrap_or_else(reserve_port);
+        let (dir, n) = (dir.join("upstream"), port.port);
         let child = python_service("upstream.py", port, &dir, extra);
-        Upstream { child, port, dir }
+        Upstream {
+            child,
+            port: n,
+            dir,
+        }
     }
 
     /// Messages received so far: (envelope JSON, content).
@@ -363,8 +377,7 @@ fn sigkill_during_delivery_loses_nothing() {
         });
     }
     s.kill9();
-    drop(down);
-    let upstream = Upstream::start(tmp.path(), Some(port));
+    let upstream = Upstream::start(tmp.path(), Some(down));
     s.restart();
     wait_for("all five delivered", || upstream.received().len() >= 5);
     for (rcpt, id) in &sent {
@@ -434,11 +447,11 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(dir: &Path, port: u16) -> Receiver {
+    fn start(dir: &Path, port: Reserved) -> Receiver {
         Receiver::start_with(dir, port, &[])
     }
 
-    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Receiver {
+    fn start_with(dir: &Path, port: Reserved, extra: &[&str]) -> Receiver {
         let dir = dir.join("receiver");
         let child = python_service("receiver.py", port, &dir, extra);
         Receiver { child, dir }
@@ -512,8 +525,7 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     wait_for("a deferred report", || {
         s.log_text().contains("report.deferred")
     });
-    drop(down);
-    let receiver = Receiver::start(tmp.path(), port);
+    let receiver = Receiver::start(tmp.path(), down);
     wait_for("three reports", || receiver.reports().len() >= 3);
     let reports = receiver.reports();
     assert_eq!(reports.len(), 3, "{reports:?}");
@@ -560,10 +572,11 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
 /// (the certificate's path, its port, the receiver).
 fn https_receiver(dir: &Path) -> (PathBuf, u16, Receiver) {
     let (cert, key) = self_signed(dir, "rcv");
-    let port = free_port();
+    let port = reserve_port();
+    let n = port.port;
     let receiver =
         Receiver::start_with(dir, port, &[cert.to_str().unwrap(), key.to_str().unwrap()]);
-    (cert, port, receiver)
+    (cert, n, receiver)
 }
 
 #[test]
@@ -763,8 +776,7 @@ fn a_queued_delivery_report_survives_a_restart() {
     assert_eq!(std::fs::read_dir(&queued).unwrap().count(), 1);
     s.kill9();
     s.restart();
-    drop(down);
-    let receiver = Receiver::start(tmp.path(), port);
+    let receiver = Receiver::start(tmp.path(), down);
     wait_for("the report", || !receiver.reports().is_empty());
     // Its file goes once the receiver took it: nothing is left to resend.
     wait_for("the report's file removed", || {

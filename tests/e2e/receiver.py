@@ -1,6 +1,9 @@
 """A real HTTP receiver for delivery reports.
 
-usage: receiver.py PORT OUTDIR [CERT KEY]
+usage: receiver.py FD OUTDIR [CERT KEY]
+
+FD is a bound loopback TCP socket inherited from the test (see
+upstream.py).
 
 With CERT and KEY (PEM files) it serves HTTPS.
 
@@ -8,10 +11,11 @@ Each POST is stored as OUTDIR/<n>.body with OUTDIR/<n>.type (its
 Content-Type) and answered 200.
 """
 import os
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-port, outdir = int(sys.argv[1]), sys.argv[2]
+fd, outdir = int(sys.argv[1]), sys.argv[2]
 os.makedirs(outdir, exist_ok=True)
 count = [0]
 
@@ -34,7 +38,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = HTTPServer(("127.0.0.1", port), Handler)
+server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=fd)
+server.server_address = server.socket.getsockname()
+server.server_activate()
 if len(sys.argv) == 5:
     import ssl
 

@@ -1,6 +1,10 @@
 """A real next hop for the delivery tests, on aiosmtpd.
 
-usage: upstream.py PORT OUTDIR [CERT KEY USER PASSWORD [implicit]]
+usage: upstream.py FD OUTDIR [CERT KEY USER PASSWORD [implicit]]
+
+FD is a bound loopback TCP socket inherited from the test, which listens
+on it: the port was the test's from the start, so no other test can take
+it in between.
 
 With CERT KEY USER PASSWORD, STARTTLS (CERT/KEY as PEM files) and then
 AUTH as USER/PASSWORD are required; with `implicit` as well, the port
@@ -17,8 +21,9 @@ import os
 import ssl
 import sys
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+import socket
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
@@ -53,9 +58,9 @@ class Handler:
 
 
 def main():
-    port, outdir = int(sys.argv[1]), sys.argv[2]
+    fd, outdir = int(sys.argv[1]), sys.argv[2]
     os.makedirs(outdir, exist_ok=True)
-    kwargs = {}
+    smtp_kwargs, tls = {}, None
     if len(sys.argv) in (7, 8):
         cert, key, user, password = sys.argv[3:7]
         implicit = sys.argv[7:] == ["implicit"]
@@ -69,14 +74,22 @@ def main():
         if implicit:
             # aiosmtpd's auth_require_tls only knows STARTTLS; the whole
             # connection is TLS here.
-            kwargs = dict(ssl_context=ctx, authenticator=authenticator, auth_required=True, auth_require_tls=False)
+            tls = ctx
+            smtp_kwargs = dict(authenticator=authenticator, auth_required=True, auth_require_tls=False)
         else:
-            kwargs = dict(tls_context=ctx, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
-    controller = Controller(Handler(outdir), hostname="127.0.0.1", port=port, **kwargs)
-    controller.start()
+            smtp_kwargs = dict(tls_context=ctx, require_starttls=True, authenticator=authenticator, auth_required=True, auth_require_tls=True)
+    sock = socket.socket(fileno=fd)
+    sock.listen(64)
+    sock.setblocking(False)
+    handler = Handler(outdir)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # What aiosmtpd's Controller does, on the inherited socket.
+    factory = lambda: SMTP(handler, hostname="upstream.test", enable_SMTPUTF8=True, loop=loop, **smtp_kwargs)
+    loop.run_until_complete(loop.create_server(factory, sock=sock, ssl=tls))
     print("ready", flush=True)
     try:
-        asyncio.get_event_loop().run_forever()
+        loop.run_forever()
     except KeyboardInterrupt:
         pass
 
