@@ -152,3 +152,21 @@ pub(crate) fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureK
         None => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadline is whole ticks plus the one under way: the call is
+    /// interrupted at the epoch `ticks(d)` ticks after it started, between
+    /// `d` and `d + TICK` of wall time (with a punctual ticker).
+    #[test]
+    fn a_deadline_is_its_ticks_plus_the_one_under_way() {
+        assert_eq!(TICK, Duration::from_millis(2));
+        assert_eq!(ticks(Duration::ZERO), 2);
+        assert_eq!(ticks(Duration::from_millis(1)), 2);
+        assert_eq!(ticks(Duration::from_millis(4)), 3);
+        assert_eq!(ticks(Duration::from_millis(5)), 3);
+        assert_eq!(ticks(Duration::from_millis(250)), 126);
+    }
+}

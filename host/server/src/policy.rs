@@ -126,8 +126,13 @@ const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$
 /// usually take tens of microseconds, and handing each to a blocking
 /// thread costs more than the call. A call that overruns this budget is
 /// abandoned (the instance it ran on is dropped, nothing else happened) and
-/// run again on a blocking thread under the tenant's whole deadline, so a
-/// looping component stalls a worker for at most this long.
+/// run again on a blocking thread under the tenant's whole deadline. The
+/// epoch interrupts it 3 ticks after it started (the runtime's
+/// `a_deadline_is_its_ticks_plus_the_one_under_way`): a looping component
+/// stalls a worker for 4 to 6 ms with the 2 ms tick, and at most
+/// [`SLOW_AFTER_OVERRUNS`] times in a row before its set's calls go to
+/// blocking threads (`slow_and_blocking_calls_move_...` below). Wall time
+/// itself is not asserted: a loaded machine's ticker thread runs late.
 const INLINE_BUDGET: Duration = Duration::from_millis(4);
 /// After this many calls in a row overran the inline budget (a component
 /// that loops, not a worker descheduled once under load), the set's calls
