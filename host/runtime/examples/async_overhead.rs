@@ -114,7 +114,7 @@ fn main() -> wasmtime::Result<()> {
         let f = instance
             .get_export_index(&mut store, Some(&iface), "check-sender")
             .expect("check-sender func");
-        let f = instance.get_typed_func(&mut store, &f)?;
+        let f = instance.get_typed_func(&mut store, f)?;
         Ok((store, f))
     };
     let (mut sync_store, sync_f) = open(false)?;
