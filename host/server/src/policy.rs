@@ -652,6 +652,34 @@ mod tests {
         );
     }
 
+    /// With no function exporting authenticate, every login is refused,
+    /// as a refusal (535, counted), not a failure (451).
+    #[tokio::test]
+    async fn a_tenant_without_an_authenticate_function_refuses_every_login() {
+        let (p, metrics, _) = policy();
+        let f = &*FIXTURE;
+        let path = concat!(env!("MAILWIT_COMPONENTS_DIR"), "/mailwit_hostile.wasm");
+        f.tenants
+            .deploy("t-noauth", "hostile", &std::fs::read(path).unwrap())
+            .unwrap();
+        f.tenants
+            .set_rules(
+                "t-noauth",
+                &format!("[users]\nnoauth-user = \"{DECOY_HASH}\"\n"),
+            )
+            .unwrap();
+        let r = p
+            .authenticate(&client(4), Mechanism::Plain, "noauth-user", "x")
+            .await
+            .unwrap_err();
+        assert_eq!(r, crate::replies::auth_failed());
+        let m = rendered(&metrics);
+        assert!(
+            m.contains("{tenant=\"t-noauth\",decision=\"authenticate\",reason=\"535 5.7.8\"} 1"),
+            "{m}"
+        );
+    }
+
     #[tokio::test]
     async fn a_transaction_is_answered_by_the_stock_functions() {
         let (p, metrics, _) = policy();
