@@ -850,6 +850,10 @@ fn slow_or_blocking_components_move_to_blocking_threads_with_the_same_answers() 
     }
     s.wait_log("a component used blocking I/O", 1);
     assert!(!s.metrics().contains("function=\"hostile\",kind="));
+    // The panic that tokio raises for the blocking call on a worker is
+    // caught and handled: not printed as a crash would be.
+    let log = s.log_text();
+    assert!(!log.contains("panicked"), "a handled panic was printed: {log}");
 }
 
 #[test]
