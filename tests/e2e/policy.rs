@@ -853,7 +853,10 @@ fn slow_or_blocking_components_move_to_blocking_threads_with_the_same_answers() 
     // The panic that tokio raises for the blocking call on a worker is
     // caught and handled: not printed as a crash would be.
     let log = s.log_text();
-    assert!(!log.contains("panicked"), "a handled panic was printed: {log}");
+    assert!(
+        !log.contains("panicked"),
+        "a handled panic was printed: {log}"
+    );
 }
 
 #[test]

@@ -194,6 +194,10 @@ async fn decide<T: Send + 'static>(
     let start = Instant::now();
     let now = crate::wallclock::now_ms();
     let mut inline = None;
+    // Authentication never runs inline: its argon2 checks would hold the
+    // worker for tens of ms. (A mutant letting it run inline gives the same
+    // answers, since the deadline spares host time: what it changes is
+    // which thread waits, which no test observes without timing.)
     if decision != "authenticate"
         && set.limits.deadline > INLINE_BUDGET
         && set.scheduling.slow_until_ms.load(Ordering::Relaxed) <= now
@@ -812,7 +816,11 @@ mod tests {
             until > now && until <= now + SLOW_FOR_MS,
             "{until} vs {now}"
         );
+        // Marked slow: the next call goes straight to a blocking thread,
+        // so it does not overrun the inline budget again.
         t.check_sender("a@b.example", None, false).await.unwrap();
+        assert_eq!(set.scheduling.overruns.load(Ordering::Relaxed), 0);
+        assert_eq!(set.scheduling.slow_until_ms.load(Ordering::Relaxed), until);
         // Blocking WASI I/O (stderr) cannot run on an async worker: the
         // call is answered from a blocking thread, the set marked slow at
         // once.
