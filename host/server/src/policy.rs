@@ -835,6 +835,34 @@ mod tests {
         assert!(set.scheduling.slow_until_ms.load(Ordering::Relaxed) > 0);
     }
 
+    /// A tenant whose whole deadline is no longer than the inline budget
+    /// gains nothing from trying inline first: its calls go straight to a
+    /// blocking thread, and overrunning there is just its deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadline_within_the_inline_budget_is_not_tried_inline() {
+        let (p, metrics, _) = policy();
+        let ms = INLINE_BUDGET.as_millis();
+        hostile(
+            "t-tight",
+            &format!(
+                "mode = \"busy\"\nbusy-ms = {}\n[runtime]\ndeadline-ms = {ms}",
+                ms * 5
+            ),
+        );
+        let r = txn(&p, "t-tight")
+            .check_sender("a@b.example", None, false)
+            .await
+            .unwrap_err();
+        assert_eq!(r, policy_failed());
+        let set = FIXTURE.tenants.get("t-tight").unwrap();
+        assert_eq!(set.limits.deadline, INLINE_BUDGET);
+        assert_eq!(set.scheduling.overruns.load(Ordering::Relaxed), 0);
+        assert!(
+            rendered(&metrics)
+                .contains("tenant=\"t-tight\",function=\"hostile\",kind=\"deadline\"} 1")
+        );
+    }
+
     #[tokio::test]
     async fn the_noop_policy_accepts_everything_and_discards() {
         let p = NoopPolicy;
