@@ -200,3 +200,326 @@ fn verdict(r: Result<(), Reply>) -> Verdict {
 pub fn printable(s: &str) -> String {
     s.chars().take(128).flat_map(char::escape_default).collect()
 }
+
+/// The submission between a recording policy (a test double of the seam:
+/// it accepts everything and notes what it was asked) and a real spool
+/// and delivery (discard route).
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use mailwit_runtime::{Limits, Route, Runtime, RuntimeConfig};
+    use mailwit_smtp::{Envelope, Mechanism};
+
+    use super::*;
+    use crate::config::{Config, SpoolConfig};
+    use crate::policy::MessageVerdict;
+
+    #[derive(Default)]
+    struct Recording {
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Recording {
+        fn note(&self, s: String) {
+            self.asked.lock().unwrap().push(s);
+        }
+    }
+
+    #[async_trait]
+    impl Policy for Recording {
+        async fn authenticate(
+            &self,
+            c: &ClientInfo,
+            _m: Mechanism,
+            login: &str,
+            _s: &str,
+        ) -> Result<Principal, Reply> {
+            self.note(format!("auth {login} sni={:?}", c.server_name));
+            match login {
+                "refused" => Err(replies::auth_failed()),
+                _ => Ok(Principal {
+                    tenant: "acme".into(),
+                    login: login.into(),
+                }),
+            }
+        }
+
+        fn transaction(&self, p: &Principal, s: SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
+            self.note(format!("txn {} {} helo={}", p.tenant, s.login, s.helo));
+            Ok(Arc::new(RecordingTxn))
+        }
+    }
+
+    struct RecordingTxn;
+
+    #[async_trait]
+    impl TxnPolicy for RecordingTxn {
+        async fn check_sender(
+            &self,
+            sender: &str,
+            size: Option<u64>,
+            eight_bit: bool,
+        ) -> Result<(), Reply> {
+            match sender {
+                "refused@x.example" => Err(replies::policy_failed()),
+                s if s.starts_with("echo") => Err(Reply::new(
+                    450,
+                    mailwit_smtp::Status(4, 7, 1),
+                    format!("size={size:?} eight_bit={eight_bit}"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        async fn check_recipient(&self, sender: &str, rcpt: &str) -> Result<(), Reply> {
+            match rcpt {
+                "echo@x.example" => Err(Reply::new(450, mailwit_smtp::Status(4, 7, 1), sender)),
+                _ => Ok(()),
+            }
+        }
+        async fn message(&self, _e: &Envelope, _c: &[u8]) -> Result<MessageVerdict, Reply> {
+            Ok(MessageVerdict {
+                metadata: vec![("bulkId".into(), "b1".into())],
+                remove_headers: vec!["X-IB-bulk-id".into()],
+                route: Route::Discard,
+                policy: "recorded".into(),
+            })
+        }
+    }
+
+    struct Fixture {
+        policy: Arc<Recording>,
+        services: Arc<Services>,
+        dir: tempfile::TempDir,
+    }
+
+    fn fixture(spool_config: SpoolConfig) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load(None).unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        config.tenants.clear();
+        let (spool, _committer, _) = Spool::open(&dir.path().join("spool"), &spool_config).unwrap();
+        let rt = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+        let tenants =
+            Arc::new(crate::tenants::Tenants::open(rt, &config, Limits::default()).unwrap());
+        let status = Arc::new(
+            crate::delivery::status::FileStatusStore::open(&dir.path().join("status")).unwrap(),
+        );
+        let delivery = Delivery::start(
+            spool.clone(),
+            status,
+            tenants,
+            config.delivery.clone(),
+            "mx.test".into(),
+            dir.path(),
+            Arc::new(crate::budget::ContentBudget::new(config.memory.budget())),
+        )
+        .unwrap();
+        let policy = Arc::new(Recording::default());
+        let services = Arc::new(Services {
+            policy: policy.clone(),
+            metrics: Arc::default(),
+            spool,
+            delivery,
+        });
+        Fixture {
+            policy,
+            services,
+            dir,
+        }
+    }
+
+    fn submission(f: &Fixture) -> Submission {
+        let client = ClientInfo {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 40001,
+            listener: "submission".into(),
+            tls: false,
+            server_name: None,
+        };
+        Submission::new(
+            f.services.clone(),
+            client,
+            "127.0.0.1:40001".parse().unwrap(),
+            "S1".into(),
+        )
+    }
+
+    fn auth(login: &str) -> Question {
+        Question::Auth {
+            mechanism: Mechanism::Plain,
+            login: login.into(),
+            secret: "s".into(),
+            authzid: String::new(),
+        }
+    }
+
+    fn sender(address: &str, body: BodyType) -> Question {
+        Question::Sender {
+            address: address.into(),
+            body,
+            declared_size: Some(42),
+        }
+    }
+
+    fn message(recipients: &[&str]) -> Question {
+        Question::Message {
+            envelope: Envelope {
+                helo: "client.test".into(),
+                sender: "a@x.example".into(),
+                recipients: recipients.iter().map(|r| r.to_string()).collect(),
+                body: BodyType::SevenBit,
+                ..Envelope::default()
+            },
+            content: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+        }
+    }
+
+    fn reply(v: Verdict) -> String {
+        match v {
+            Verdict::Accept => "accept".into(),
+            Verdict::AcceptWith(r) | Verdict::Reject(r) => r.to_wire(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_is_spooled_as_one_typed_record_then_250() {
+        let f = fixture(SpoolConfig::default());
+        let mut s = submission(&f);
+        assert_eq!(s.tenant(), "");
+        assert!(matches!(s.answer(auth("app"), "h").await, Verdict::Accept));
+        assert_eq!(s.tenant(), "acme");
+        let helo = "client.test";
+        assert!(matches!(
+            s.answer(sender("a@x.example", BodyType::SevenBit), helo)
+                .await,
+            Verdict::Accept
+        ));
+        let rcpt = Question::Recipient {
+            address: "b@y.example".into(),
+        };
+        assert!(matches!(s.answer(rcpt, helo).await, Verdict::Accept));
+        let Verdict::AcceptWith(queued) = s.answer(message(&["b@y.example"]), helo).await else {
+            panic!("not queued");
+        };
+        let id = queued.to_wire();
+        let id = id
+            .strip_prefix("250 2.0.0 Ok: queued as ")
+            .and_then(|r| r.strip_suffix("\r\n"))
+            .unwrap_or_else(|| panic!("{id}"))
+            .to_string();
+        assert_eq!(
+            *f.policy.asked.lock().unwrap(),
+            ["auth app sni=None", "txn acme app helo=client.test"]
+        );
+        let spooled = crate::spool::read_accepted(&f.dir.path().join("spool")).unwrap();
+        assert_eq!(spooled.len(), 1);
+        let m = &spooled[0].meta;
+        assert_eq!(m.id, id);
+        assert_eq!((m.tenant.as_str(), m.login.as_str()), ("acme", "app"));
+        assert_eq!(
+            (m.peer.as_str(), m.listener.as_str()),
+            ("127.0.0.1:40001", "submission")
+        );
+        assert_eq!(
+            (m.helo.as_str(), m.sender.as_str()),
+            ("client.test", "a@x.example")
+        );
+        assert_eq!(m.recipients, ["b@y.example"]);
+        assert_eq!(m.route, Route::Discard);
+        assert_eq!(m.policy, "recorded");
+        assert_eq!(m.metadata, [("bulkId".to_string(), "b1".to_string())]);
+        assert_eq!(m.remove_headers, ["X-IB-bulk-id"]);
+        assert!(m.received_at_ms > 0);
+        assert_eq!(spooled[0].content, b"Subject: t\r\n\r\nbody\r\n");
+        // The transaction is over: a message without a new MAIL is refused.
+        let again = reply(s.answer(message(&["b@y.example"]), helo).await);
+        assert_eq!(again, replies::internal().to_wire());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_policy_is_told_and_what_it_refuses() {
+        let f = fixture(SpoolConfig::default());
+        let mut s = submission(&f);
+        // Before AUTH nothing is asked of the policy.
+        let early = reply(
+            s.answer(sender("a@x.example", BodyType::SevenBit), "h")
+                .await,
+        );
+        assert_eq!(early, replies::internal().to_wire());
+        let rcpt = Question::Recipient {
+            address: "b@y.example".into(),
+        };
+        assert_eq!(
+            reply(s.answer(rcpt, "h").await),
+            replies::internal().to_wire()
+        );
+        assert_eq!(
+            reply(s.answer(auth("refused"), "h").await),
+            replies::auth_failed().to_wire()
+        );
+        assert_eq!(s.tenant(), "");
+        s.answer(auth("app"), "h").await;
+        // The declared size and the body type reach check-sender.
+        for (body, eight_bit) in [(BodyType::EightBitMime, true), (BodyType::SevenBit, false)] {
+            let r = reply(s.answer(sender("echo@x.example", body), "h").await);
+            assert_eq!(
+                r,
+                format!("450 4.7.1 size=Some(42) eight_bit={eight_bit}\r\n")
+            );
+        }
+        // The recipient check is asked with this transaction's sender.
+        s.answer(sender("a@x.example", BodyType::SevenBit), "h")
+            .await;
+        let rcpt = Question::Recipient {
+            address: "echo@x.example".into(),
+        };
+        assert_eq!(
+            reply(s.answer(rcpt, "h").await),
+            "450 4.7.1 a@x.example\r\n"
+        );
+        let r = reply(
+            s.answer(sender("refused@x.example", BodyType::SevenBit), "h")
+                .await,
+        );
+        assert_eq!(r, replies::policy_failed().to_wire());
+        // STARTTLS starts over: no principal, and the server name is the
+        // client's from now on.
+        s.tls_started(Some("mail.acme.example".into()));
+        assert_eq!(s.tenant(), "");
+        s.answer(auth("app"), "h").await;
+        assert_eq!(
+            f.policy.asked.lock().unwrap().last().unwrap(),
+            "auth app sni=Some(\"mail.acme.example\")"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_take_it_answers_452_or_451() {
+        let full = fixture(SpoolConfig {
+            min_free_bytes: u64::MAX / 2,
+            ..SpoolConfig::default()
+        });
+        let closed = fixture(SpoolConfig::default());
+        closed.services.spool.close();
+        for (f, want) in [
+            (&full, replies::spool_full()),
+            (&closed, replies::spool_failed()),
+        ] {
+            let mut s = submission(f);
+            s.answer(auth("app"), "h").await;
+            s.answer(sender("a@x.example", BodyType::SevenBit), "h")
+                .await;
+            let r = reply(s.answer(message(&["b@y.example"]), "h").await);
+            assert_eq!(r, want.to_wire());
+        }
+    }
+
+    #[test]
+    fn client_text_is_escaped_and_bounded_for_logs() {
+        assert_eq!(printable("app\r\n\u{7}é"), "app\\r\\n\\u{7}\\u{e9}");
+        assert_eq!(printable(&"x".repeat(500)).len(), 128);
+    }
+}
