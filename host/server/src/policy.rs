@@ -832,7 +832,12 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(r.to_wire(), "450 4.7.1 wrote to stderr\r\n");
-        assert!(set.scheduling.slow_until_ms.load(Ordering::Relaxed) > 0);
+        let until = set.scheduling.slow_until_ms.load(Ordering::Relaxed);
+        let now = crate::wallclock::now_ms();
+        assert!(
+            until > now && until <= now + SLOW_FOR_MS,
+            "{until} vs {now}"
+        );
     }
 
     /// A tenant whose whole deadline is no longer than the inline budget
