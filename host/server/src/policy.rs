@@ -363,7 +363,10 @@ impl Policy for WasmPolicy {
         })
         .await;
         // A refusal counts against the address; a temporary failure (a
-        // trapping component) is not the client's doing.
+        // trapping component) is not the client's doing. A cached success
+        // went around the gate and is not recorded (recording it too would
+        // be as right: it only forgets a back-off that an uncached success
+        // forgets as well; so that mutant survives, equivalent).
         match &result {
             Ok(_) if !cached => self.gate.record(client.ip, true),
             Err(r) if r.code >= 500 => self.gate.record(client.ip, false),
@@ -866,6 +869,129 @@ mod tests {
             rendered(&metrics)
                 .contains("tenant=\"t-tight\",function=\"hostile\",kind=\"deadline\"} 1")
         );
+    }
+
+    /// The inline budget's bookkeeping, driven by a scripted decision
+    /// instead of a component: overruns count only in a row, and the third
+    /// one in a row sends the set's calls to blocking threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overruns_count_only_in_a_row() {
+        use std::sync::atomic::AtomicUsize;
+        hostile("t-script", "mode = \"accept\"");
+        let set = FIXTURE.tenants.get("t-script").unwrap();
+        let metrics = Metrics::default();
+        // Per inline attempt: overrun (true) or answer (false); a call on a
+        // blocking thread (the tenant's whole deadline) always answers.
+        let script = [true, false, true, true, false, true, true, true];
+        let (inline, blocking) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let call = || {
+            let (inline, blocking) = (inline.clone(), blocking.clone());
+            move |s: &PolicySet, l: Limits| -> Result<Decision<()>, Failure> {
+                if l.deadline == s.limits.deadline {
+                    blocking.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Decision::Accept(()));
+                }
+                assert_eq!(l.deadline, INLINE_BUDGET);
+                match script[inline.fetch_add(1, Ordering::Relaxed)] {
+                    true => Err(Failure {
+                        function: "hostile".into(),
+                        version: 1,
+                        kind: FailureKind::Deadline,
+                    }),
+                    false => Ok(Decision::Accept(())),
+                }
+            }
+        };
+        let slow = || set.scheduling.slow_until_ms.load(Ordering::Relaxed);
+        for (i, overruns) in [1, 0, 1, 2, 0, 1, 2].into_iter().enumerate() {
+            decide(&metrics, &set, "check-sender", call())
+                .await
+                .unwrap();
+            assert_eq!(
+                set.scheduling.overruns.load(Ordering::Relaxed),
+                overruns,
+                "call {i}"
+            );
+            assert_eq!(slow(), 0, "call {i}");
+        }
+        // The third in a row: slow for a minute.
+        decide(&metrics, &set, "check-sender", call())
+            .await
+            .unwrap();
+        assert!(slow() > crate::wallclock::now_ms());
+        assert_eq!(set.scheduling.overruns.load(Ordering::Relaxed), 0);
+        // Straight to a blocking thread now: no inline attempt.
+        decide(&metrics, &set, "check-sender", call())
+            .await
+            .unwrap();
+        assert_eq!(inline.load(Ordering::Relaxed), script.len());
+        // Each overrun ran again on a blocking thread, and so did the last.
+        assert_eq!(blocking.load(Ordering::Relaxed), 6 + 1);
+    }
+
+    /// A refused login lengthens its address's back-off and a successful
+    /// one forgets it; a temporary failure (451: the tenant's component
+    /// could not run) is not the client's doing and counts for nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_refusals_count_against_an_address_and_a_success_forgets_them() {
+        const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
+        let f = &*FIXTURE;
+        let auth = crate::tenants::BUILTINS
+            .iter()
+            .find(|(n, _)| *n == "auth")
+            .unwrap()
+            .1;
+        // Its own tenant: nothing of it is in the auth cache yet.
+        f.tenants.deploy("t-gate", "auth", auth).unwrap();
+        f.tenants
+            .set_rules("t-gate", &format!("[users]\ngate-user = \"{DEMO_HASH}\"\n"))
+            .unwrap();
+        // A tenant whose auth cannot even be instantiated (1 KiB memory).
+        f.tenants.deploy("t-gate451", "auth", auth).unwrap();
+        f.tenants
+            .set_rules(
+                "t-gate451",
+                &format!(
+                    "[users]\ngate451-user = \"{DEMO_HASH}\"\n[runtime]\nmemory-bytes = 1024\n"
+                ),
+            )
+            .unwrap();
+        let (p, _, gate) = policy();
+        let delayed = || gate.stats.delayed.load(Ordering::Relaxed);
+        let (a, b) = (client(20), client(21));
+        let login = |c: ClientInfo, user: &'static str, pw: &'static str| {
+            let p = &p;
+            async move { p.authenticate(&c, Mechanism::Plain, user, pw).await }
+        };
+        assert_eq!(
+            login(a.clone(), "gate-user", "wrong")
+                .await
+                .unwrap_err()
+                .code,
+            535
+        );
+        // The next check from that address waits its turn; it succeeds.
+        login(a.clone(), "gate-user", "demo-password")
+            .await
+            .unwrap();
+        assert_eq!(delayed(), 1);
+        // Forgotten: a wrong password now is checked at once.
+        assert_eq!(
+            login(a.clone(), "gate-user", "wrong2")
+                .await
+                .unwrap_err()
+                .code,
+            535
+        );
+        assert_eq!(delayed(), 1);
+        // 451s from another address: no back-off for it.
+        for _ in 0..2 {
+            let r = login(b.clone(), "gate451-user", "demo-password")
+                .await
+                .unwrap_err();
+            assert_eq!(r, policy_failed());
+        }
+        assert_eq!(delayed(), 1);
     }
 
     #[tokio::test]
