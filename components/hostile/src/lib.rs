@@ -11,9 +11,22 @@
 //! `hostile.code`, `hostile.status` and `hostile.text` as given, valid or
 //! not), `stderr` (writes a line to stderr, a blocking WASI call, then
 //! refuses with `450 4.7.1 wrote to stderr`). Any other mode accepts.
+//!
+//! Its check-recipient answers only in mode `recipient`: it refuses with
+//! `450 4.7.1 <recipient> from <sender>` (the arguments as the host passed
+//! them); in every other mode it accepts, so the modes above stay about
+//! check-sender.
 
-wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
+// The sender-check world plus check-recipient: the contract's two
+// per-address decisions in one test component.
+wit_bindgen::generate!({
+    inline: "package mailwit:hostile; world hostile { include mailwit:policy/sender-check@0.2.0; export mailwit:policy/check-recipient@0.2.0; }",
+    path: "../../wit",
+    world: "mailwit:hostile/hostile",
+    generate_all,
+});
 
+use exports::mailwit::policy::check_recipient::Guest as RecipientGuest;
 use exports::mailwit::policy::check_sender::Guest;
 use mailwit::policy::host;
 use mailwit::policy::types::{MailParams, Reply};
@@ -119,6 +132,19 @@ impl Guest for Hostile {
                     text: "wrote to stderr".into(),
                 })
             }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl RecipientGuest for Hostile {
+    fn check_recipient(sender: String, recipient: String) -> Result<(), Reply> {
+        match host::rule("hostile.mode").as_deref() {
+            Some("recipient") => Err(Reply {
+                code: 450,
+                status: "4.7.1".into(),
+                text: format!("{recipient} from {sender}"),
+            }),
             _ => Ok(()),
         }
     }

@@ -780,6 +780,33 @@ mod tests {
         }
     }
 
+    /// check-recipient reaches the function with the transaction's sender
+    /// and the recipient, and its refusal comes back (no stock function
+    /// exports it; `components/hostile` does).
+    #[tokio::test]
+    async fn a_recipient_check_is_asked_with_the_sender_and_the_recipient() {
+        let (p, metrics, _) = policy();
+        hostile("t-rcpt", "mode = \"recipient\"");
+        let t = txn(&p, "t-rcpt");
+        t.check_sender("a@x.example", None, false).await.unwrap();
+        let r = t
+            .check_recipient("a@x.example", "b@y.example")
+            .await
+            .unwrap_err();
+        assert_eq!(r.to_wire(), "450 4.7.1 b@y.example from a@x.example\r\n");
+        let m = rendered(&metrics);
+        assert!(
+            m.contains("{tenant=\"t-rcpt\",decision=\"check-recipient\",reason=\"450 4.7.1\"} 1"),
+            "{m}"
+        );
+        // In any other mode it accepts.
+        hostile("t-rcpt-ok", "mode = \"accept\"");
+        let t = txn(&p, "t-rcpt-ok");
+        t.check_recipient("a@x.example", "b@y.example")
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_looping_component_costs_its_transaction_a_451() {
         let (p, metrics, _) = policy();
