@@ -313,6 +313,9 @@ impl Committer {
                         stopping = true;
                         break;
                     }
+                    // `bytes` only bounds a batch (MAX_BATCH_BYTES): a
+                    // mutant that stops counting changes how many records
+                    // share an fsync, not what is durable before its 250.
                     Job::Append(a) => {
                         bytes += a.record.len();
                         batch.push(a);
@@ -331,6 +334,8 @@ impl Committer {
                         done.push(record);
                     }
                 }
+                // Whether to take more into this batch: batching only (see
+                // MAX_BATCH_BYTES); taking none is slower, never less safe.
                 next = (bytes < MAX_BATCH_BYTES)
                     .then(|| rx.try_recv().ok())
                     .flatten();
@@ -425,6 +430,8 @@ impl Committer {
         let sync = !batch.is_empty();
         if sync {
             let free = free_bytes(&self.dir).map_err(CommitError::io)?;
+            // (`<` or `<=`: the same but at an exact equality of free
+            // space, which no test can arrange on a live file system.)
             if free < self.config.min_free_bytes.saturating_add(bytes as u64) {
                 tracing::warn!(
                     free,
@@ -502,6 +509,8 @@ impl Committer {
         if removed > 0 {
             // Not needed for safety (a segment back after a crash holds only
             // finished messages) but keeps recovery from reading it again.
+            // So mutants of `removed` and of this test are equivalent: they
+            // only sync the directory more often, or never after a removal.
             if let Err(e) = sync_dir(&self.dir, &self.faults) {
                 tracing::warn!(cause = %e, "spool directory sync failed");
             }
@@ -621,11 +630,14 @@ fn read(dir: &Path, pending_only: bool, content: bool) -> io::Result<Vec<(Locati
     for (seq, path) in segments(dir)? {
         let buf = match std::fs::read(&path) {
             Ok(buf) => buf,
-            // Removed by a running server since it was listed.
+            // Removed by a running server since it was listed (a race no
+            // unit test can arrange without a hook; other errors are
+            // tested: a segment that cannot be read fails the read).
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
         let mut at = 0;
+        // (`<=` would only log an empty "torn tail" at the end.)
         while at < buf.len() {
             let Some((kind, payload, n)) = decode(&buf[at..]) else {
                 tracing::warn!(
@@ -969,5 +981,34 @@ mod tests {
         assert!(matches!(r, Err(SpoolError::Closed)), "{r:?}");
         assert!(matches!(spool.mark_done("A"), Err(SpoolError::Closed)));
         assert_eq!(ids(read_pending(dir.path()).unwrap()), ["A"]);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_segment_is_forgotten_and_one_that_cannot_be_removed_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _committer, _) = Spool::open(dir.path(), &small_segments(1)).unwrap();
+        for id in ["A", "B", "C"] {
+            spool.enqueue(&meta(id), b"body\r\n").await.unwrap();
+        }
+        // Segments 1, 2, 3 hold A, B, C; 4 is open.
+        assert_eq!(spool.gauges(), (3, 4));
+        // Someone removed segment 1 behind the spool's back: once A is
+        // done it is forgotten like a removed one, and collection goes on.
+        std::fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+        spool.mark_done("A").unwrap();
+        spool.enqueue(&meta("D"), b"body\r\n").await.unwrap();
+        assert_eq!(spool.gauges(), (3, 4), "segments 2 to 5");
+        // Segment 2 became something that cannot be removed: it is kept
+        // (and counted), and nothing after it goes either.
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+        std::fs::create_dir(segment_path(dir.path(), 2)).unwrap();
+        spool.mark_done("B").unwrap();
+        spool.mark_done("C").unwrap();
+        spool.enqueue(&meta("E"), b"body\r\n").await.unwrap();
+        assert_eq!(spool.gauges(), (2, 5), "segments 2 to 6");
+        // And a segment that cannot be read fails the read, rather than
+        // being skipped with its messages.
+        let e = read_pending(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::IsADirectory);
     }
 }
