@@ -52,6 +52,7 @@ impl Faults {
                 _ => tracing::warn!(item, "unknown MAILWIT_FAULTS item"),
             }
         }
+        // (A log line only: mutants of this test are equivalent.)
         if f.sync_fail.is_some() || f.write_full.is_some() || f.power_loss {
             tracing::warn!(?f, "spool faults injected (MAILWIT_FAULTS)");
         }

@@ -901,9 +901,11 @@ mod tests {
         spool.enqueue(&meta("A"), b"a\r\n").await.unwrap();
         let r = spool.enqueue(&meta("B"), b"b\r\n").await;
         assert!(matches!(r, Err(SpoolError::Io(_))), "{r:?}");
-        // Its octets reached the file; its Cancel is durable before the
-        // error was answered, in a new segment: a power cut now keeps it.
-        power_cut(dir.path()).unwrap();
+        // Its octets reached the file, unsynced: a power cut takes exactly
+        // them. Its Cancel is durable before the error was answered, in a
+        // new segment: the cut keeps that.
+        let b_len = encode_message(&meta("B"), b"b\r\n").len() as u64;
+        assert_eq!(power_cut(dir.path()).unwrap(), b_len);
         assert_eq!(ids(read_pending(dir.path()).unwrap()), ["A"]);
         assert_eq!(ids(read_accepted(dir.path()).unwrap()), ["A"]);
         // The spool goes on, in the new segment.
