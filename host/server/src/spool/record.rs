@@ -242,4 +242,13 @@ mod tests {
         });
         assert!(serde_json::from_value::<Meta>(bad).is_err());
     }
+
+    #[test]
+    fn a_record_with_an_empty_payload_is_just_its_header() {
+        let rec = encode(Kind::Cancel, &[b""]);
+        assert_eq!(rec.len(), HEADER_LEN);
+        let (kind, payload, n) = decode(&rec).unwrap();
+        assert_eq!((kind, payload, n), (Kind::Cancel, &b""[..], HEADER_LEN));
+        assert_eq!(decode(&rec[..HEADER_LEN - 1]), None);
+    }
 }
