@@ -594,17 +594,34 @@ mod tests {
         p.transaction(&principal, session(tenant)).unwrap()
     }
 
+    /// A tenant `name` whose only function is `function` (component
+    /// bytes), with these rules.
+    fn tenant(name: &str, function: (&str, &[u8]), rules: &str) {
+        let f = &*FIXTURE;
+        f.tenants.deploy(name, function.0, function.1).unwrap();
+        f.tenants.set_rules(name, rules).unwrap();
+    }
+
+    fn hostile_component() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_hostile.wasm"
+        ))
+        .unwrap()
+    }
+
     /// A tenant `name` whose only function is the hostile component, with
     /// these `[hostile]` rules.
     fn hostile(name: &str, rules: &str) {
-        let f = &*FIXTURE;
-        let path = concat!(env!("MAILWIT_COMPONENTS_DIR"), "/mailwit_hostile.wasm");
-        f.tenants
-            .deploy(name, "hostile", &std::fs::read(path).unwrap())
-            .unwrap();
-        f.tenants
-            .set_rules(name, &format!("[hostile]\n{rules}\n"))
-            .unwrap();
+        let bytes = hostile_component();
+        tenant(name, ("hostile", &bytes), &format!("[hostile]\n{rules}\n"));
+    }
+
+    /// The demo user's stored hash (of "demo-password"), from the embedded
+    /// configuration.
+    fn demo_hash() -> String {
+        let demo = FIXTURE.tenants.get("demo").unwrap();
+        demo.rules.secret("users.demo").unwrap().to_string()
     }
 
     fn rendered(m: &Metrics) -> String {
@@ -664,17 +681,12 @@ mod tests {
     #[tokio::test]
     async fn a_tenant_without_an_authenticate_function_refuses_every_login() {
         let (p, metrics, _) = policy();
-        let f = &*FIXTURE;
-        let path = concat!(env!("MAILWIT_COMPONENTS_DIR"), "/mailwit_hostile.wasm");
-        f.tenants
-            .deploy("t-noauth", "hostile", &std::fs::read(path).unwrap())
-            .unwrap();
-        f.tenants
-            .set_rules(
-                "t-noauth",
-                &format!("[users]\nnoauth-user = \"{DECOY_HASH}\"\n"),
-            )
-            .unwrap();
+        let bytes = hostile_component();
+        tenant(
+            "t-noauth",
+            ("hostile", &bytes),
+            &format!("[users]\nnoauth-user = \"{DECOY_HASH}\"\n"),
+        );
         let r = p
             .authenticate(&client(4), Mechanism::Plain, "noauth-user", "x")
             .await
@@ -961,28 +973,24 @@ mod tests {
     /// could not run) is not the client's doing and counts for nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_refusals_count_against_an_address_and_a_success_forgets_them() {
-        const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
-        let f = &*FIXTURE;
         let auth = crate::tenants::BUILTINS
             .iter()
             .find(|(n, _)| *n == "auth")
             .unwrap()
             .1;
+        let hash = demo_hash();
         // Its own tenant: nothing of it is in the auth cache yet.
-        f.tenants.deploy("t-gate", "auth", auth).unwrap();
-        f.tenants
-            .set_rules("t-gate", &format!("[users]\ngate-user = \"{DEMO_HASH}\"\n"))
-            .unwrap();
+        tenant(
+            "t-gate",
+            ("auth", auth),
+            &format!("[users]\ngate-user = \"{hash}\"\n"),
+        );
         // A tenant whose auth cannot even be instantiated (1 KiB memory).
-        f.tenants.deploy("t-gate451", "auth", auth).unwrap();
-        f.tenants
-            .set_rules(
-                "t-gate451",
-                &format!(
-                    "[users]\ngate451-user = \"{DEMO_HASH}\"\n[runtime]\nmemory-bytes = 1024\n"
-                ),
-            )
-            .unwrap();
+        tenant(
+            "t-gate451",
+            ("auth", auth),
+            &format!("[users]\ngate451-user = \"{hash}\"\n[runtime]\nmemory-bytes = 1024\n"),
+        );
         let (p, _, gate) = policy();
         let delayed = || gate.stats.delayed.load(Ordering::Relaxed);
         let (a, b) = (client(20), client(21));
