@@ -453,8 +453,8 @@ fn components_see_the_session_of_their_own_transaction() {
     }
 }
 
-/// On the server's async workers an instance serves several calls of one
-/// function version and rules version; a new rules version gets new ones;
+/// A warm instance serves several calls of one function version and rules
+/// version; a new rules version gets new ones;
 /// `instance_reuse_calls = 1` turns reuse off.
 #[test]
 fn warm_instances_are_reused_within_one_version_only() {
@@ -824,14 +824,16 @@ fn a_tenants_rules_set_its_own_deadline_and_memory() {
     assert_eq!(hits("memory"), 2);
 }
 
-/// Calls that overrun the 4 ms inline budget, or use blocking WASI I/O,
-/// move the tenant to blocking threads; the answers stay the component's.
+/// Calls that compute for a while, or use blocking WASI I/O, run on the
+/// async workers (async calls, yielding at each epoch tick); the answers
+/// stay the component's.
 #[test]
-fn slow_or_blocking_components_move_to_blocking_threads_with_the_same_answers() {
+fn slow_or_stderr_writing_components_give_the_same_answers() {
     let s = Server::start_with(Options {
         extra: evil_tenant("none"),
         ..Options::default()
     });
+    // Each call computes for 20 ms, yielding at the epoch ticks on its way.
     set_evil_rules(&s, "busy", "mode = \"busy\"\nbusy-ms = 20", "");
     let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
     for k in 0..5 {
@@ -839,24 +841,17 @@ fn slow_or_blocking_components_move_to_blocking_threads_with_the_same_answers() 
         assert!(reply.starts_with("250"), "call {k}: {reply}");
         assert!(r.cmd("RSET").starts_with("250"));
     }
-    s.wait_log("calls overran the inline budget", 1);
-
-    // A new rules version is a new set, scheduled inline again.
+    // Blocking WASI I/O (stderr) on an async worker: answered as the
+    // component said, no failure counted, no panic printed.
     set_evil_rules(&s, "stderr", "mode = \"stderr\"", "");
     let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
     for k in 0..3 {
         let reply = r.cmd("MAIL FROM:<m@evil.example>");
         assert_eq!(reply, "450 4.7.1 wrote to stderr\r\n", "call {k}");
     }
-    s.wait_log("a component used blocking I/O", 1);
     assert!(!s.metrics().contains("function=\"hostile\",kind="));
-    // The panic that tokio raises for the blocking call on a worker is
-    // caught and handled: not printed as a crash would be.
     let log = s.log_text();
-    assert!(
-        !log.contains("panicked"),
-        "a handled panic was printed: {log}"
-    );
+    assert!(!log.contains("panicked"), "a panic was printed: {log}");
 }
 
 #[test]
@@ -885,8 +880,8 @@ fn warm_instances_are_never_shared_across_tenants() {
             seen.push(n);
         }
     }
-    // Each async worker thread keeps its own instance, so a tenant's counts
-    // are runs 1, 2, 3, ... one per instance it used. Had an instance served
+    // Each warm instance counts its own calls, so a tenant's counts are
+    // runs 1, 2, 3, ... one per instance it used. Had an instance served
     // both tenants, each would see gaps: a 3 with no 2 before it, say.
     for counts in &seen {
         assert!(*counts.iter().max().unwrap() <= 8, "{seen:?}");

@@ -8,6 +8,9 @@
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "policy",
+    // Calls into a component are async (fibers, yielding at epoch ticks);
+    // the host's imports answer at once and stay synchronous.
+    exports: { default: async },
 });
 
 /// Spin's key-value and variables (`wit/deps/fermyon-spin-2.0.0`).

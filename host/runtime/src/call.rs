@@ -1,64 +1,25 @@
 //! One call into one function: a `Store` (WASI that grants nothing, the
-//! tenant's rules, a memory limit, an epoch deadline), instantiation from
-//! the pre-linked `InstancePre`, the call, and classification of whatever
-//! went wrong.
+//! tenant's rules, a memory limit, a wall-clock deadline), instantiation
+//! from the pre-linked `InstancePre`, the call, and classification of
+//! whatever went wrong.
 //!
-//! By default every call gets a fresh instance. Inside [`with_warm`] (the
-//! host's async workers, a few threads) an instance may instead serve
-//! several calls of the same function version, rules version and tenant on
-//! that thread: at most `RuntimeConfig::warm_calls` calls (1: always
-//! fresh), at most [`WARM_PER_THREAD`] instances per thread (least recently
-//! used dropped first; a replaced version's instances linger until then),
-//! and never again after any failure (trap, deadline, memory limit, even a
-//! panic that unwinds through the call). Instantiation is most of a call's
-//! cost; the price is that a component's globals may survive from one call
-//! to the next of the same tenant, never across tenants or versions.
+//! Calls are async (wasmtime's fibers): a call yields to the executor at
+//! every epoch tick until its deadline passes, then traps, so a looping
+//! component shares its thread with the host's other work instead of
+//! holding it (see `limits::Clock`). A call may take a warm instance of the
+//! same function version from the runtime's pool (see the `warm` module).
 
-use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use wasmtime::Store;
 use wasmtime::component::Instance;
 
 use crate::engine::{Function, LoadError, Runtime};
-use crate::limits::{Failure, FailureKind, Limits, classify, set_deadline, spare_host_time};
+use crate::limits::{Failure, FailureKind, Limits, arm_deadline, classify};
 use crate::rules::Rules;
 pub(crate) use crate::state::{State, export};
 use crate::types::SessionInfo;
-
-/// Most warm instances one thread keeps (each holds a pool slot).
-pub const WARM_PER_THREAD: usize = 8;
-
-/// A reused instance. Its store's `State` says what it may serve (rules,
-/// tenant, memory limit); `function` keeps the version it was made from
-/// alive, so the pointer comparison cannot meet a new `Function` at a freed
-/// address.
-struct Warm {
-    function: Arc<Function>,
-    store: Store<State>,
-    instance: Instance,
-    calls: u32,
-}
-
-thread_local! {
-    static WARM_ON: Cell<bool> = const { Cell::new(false) };
-    /// Most recently used last.
-    static WARM: RefCell<Vec<Warm>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with instance reuse allowed for its calls on this thread. Meant
-/// for a few long-lived threads: each keeps up to [`WARM_PER_THREAD`]
-/// instances (pool slots) until replaced.
-pub fn with_warm<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            WARM_ON.with(|c| c.set(self.0));
-        }
-    }
-    let _reset = Reset(WARM_ON.with(|c| c.replace(true)));
-    f()
-}
+use crate::warm::{Key, Warm};
 
 /// What one call runs under: the function's tenant and rules, the limits,
 /// and the session `host.current-session` answers with.
@@ -69,85 +30,111 @@ pub(crate) struct Context<'a> {
     pub session: Option<&'a Arc<SessionInfo>>,
 }
 
-/// Runs `call` under `cx` on an instance of `function`: a warm one inside
-/// [`with_warm`], else a fresh one.
-pub(crate) fn run<R>(
-    rt: &Runtime,
-    function: &Arc<Function>,
+/// An instance lent to one call: a warm one from the runtime's pool when
+/// one serves the call, else a fresh one. [`Lease::finish`] gives it back
+/// unless the call failed or it has served its calls; a lease dropped
+/// before (a call future dropped mid-call) drops its instance.
+///
+/// A lease, not a closure taking the store: the call's future then borrows
+/// nothing under a higher-ranked lifetime, which tokio's `Send` bound on
+/// the host's tasks could not see through.
+pub(crate) struct Lease<'a> {
+    rt: &'a Runtime,
+    function: &'a Function,
+    warm: Warm,
+}
+
+/// Lends an instance of `function` for one call under `cx`, its deadline
+/// armed and its per-call state reset.
+pub(crate) async fn lease<'a>(
+    rt: &'a Runtime,
+    function: &'a Function,
     cx: &Context<'_>,
-    call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
-) -> Result<R, Failure> {
-    let (tenant, rules, limits) = (cx.tenant, cx.rules, cx.limits);
-    if !WARM_ON.with(Cell::get) || rt.config().warm_calls <= 1 {
-        return fresh(rt, function, cx, call);
-    }
-    let memory_bytes = memory_limit(rt, limits);
-    // Taken out of the cache for the call: if the call fails or unwinds,
-    // the instance is simply dropped.
-    let found = WARM.with(|w| {
-        let mut w = w.borrow_mut();
-        let i = w.iter().position(|x| {
-            let st = x.store.data();
-            Arc::ptr_eq(&x.function, function)
-                && Arc::ptr_eq(&st.rules, rules)
-                && Arc::ptr_eq(&st.tenant, tenant)
-                && st.limiter.max == memory_bytes
-        })?;
-        Some(w.remove(i))
-    });
+) -> Result<Lease<'a>, Failure> {
+    let key = Key {
+        function: function.id,
+        rules: cx.rules,
+        tenant: cx.tenant,
+        memory_bytes: memory_limit(rt, cx.limits),
+    };
+    let found = match rt.config().warm_calls > 1 {
+        true => rt.warm.take(&key),
+        false => None,
+    };
     let mut warm = match found {
         Some(w) => w,
         None => {
-            let (store, instance) = instantiate(rt, function, tenant, rules, limits)?;
+            let (store, instance) = instantiate(rt, function, cx, Deadline::Yield).await?;
             Warm {
-                function: function.clone(),
+                function: function.id,
                 store,
                 instance,
                 calls: 0,
             }
         }
     };
-    set_deadline(&mut warm.store, limits.deadline);
-    warm.store.data_mut().begin_call(cx.session.cloned());
-    let r = call(&mut warm.store, &warm.instance)
-        .map_err(|e| failure(function, &warm.store, e, FailureKind::Trap))?;
-    warm.calls += 1;
-    if warm.calls < rt.config().warm_calls && !warm.store.data().limiter.hit {
-        WARM.with(|w| {
-            let mut w = w.borrow_mut();
-            if w.len() >= WARM_PER_THREAD {
-                w.remove(0);
-            }
-            w.push(warm);
-        });
+    State::begin_call(&mut warm.store, cx.limits.deadline, cx.session.cloned());
+    Ok(Lease { rt, function, warm })
+}
+
+impl Lease<'_> {
+    /// The store and its instance, for the call.
+    pub fn parts(&mut self) -> (&mut Store<State>, &Instance) {
+        (&mut self.warm.store, &self.warm.instance)
     }
-    Ok(r)
+
+    /// Ends the call with its result: a failure is classified and the
+    /// instance dropped; otherwise the instance may serve again.
+    pub fn finish<R>(mut self, r: wasmtime::Result<R>) -> Result<R, Failure> {
+        let r = r.map_err(|e| failure(self.function, &self.warm.store, e, FailureKind::Trap))?;
+        self.warm.calls += 1;
+        if self.warm.calls < self.rt.config().warm_calls && !self.warm.store.data().limiter.hit {
+            self.rt.warm.put(self.warm);
+        }
+        Ok(r)
+    }
+}
+
+/// How a store keeps its calls' deadlines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// Yield at every tick until the deadline, then trap: for calls polled
+    /// by the host's tokio runtime.
+    Yield,
+    /// Trap at the deadline, never yield: for a future polled by
+    /// `block_on` outside tokio's scheduler, where tokio's `yield_now`
+    /// would wait for a scheduler that is blocked polling it.
+    Trap,
 }
 
 /// A new instance in its own store: WASI that grants nothing, the rules,
-/// the memory limit, a deadline armed for instantiation.
-fn instantiate(
+/// the memory limit, the deadline armed for instantiation.
+async fn instantiate(
     rt: &Runtime,
     function: &Function,
-    tenant: &Arc<str>,
-    rules: &Arc<Rules>,
-    limits: Limits,
+    cx: &Context<'_>,
+    deadline: Deadline,
 ) -> Result<(Store<State>, Instance), Failure> {
-    let memory_bytes = memory_limit(rt, limits);
     let state = State::new(
         &function.name,
         function.version,
-        tenant,
-        rules,
-        memory_bytes,
+        cx.tenant,
+        cx.rules,
+        memory_limit(rt, cx.limits),
     );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    spare_host_time(&mut store, State::take_host_time);
-    set_deadline(&mut store, limits.deadline);
+    match deadline {
+        Deadline::Yield => {
+            State::watch_deadline(&mut store);
+            State::begin_call(&mut store, cx.limits.deadline, None);
+        }
+        Deadline::Trap => arm_deadline(&mut store, cx.limits.deadline),
+    }
     let instance = function
         .pre
-        .instantiate(&mut store)
+        .instantiate_async(&mut store)
+        .await
         .map_err(|e| failure(function, &store, e, FailureKind::Instantiate))?;
     Ok((store, instance))
 }
@@ -170,26 +157,15 @@ fn failure(
     }
 }
 
-/// Runs `call` on a fresh instance of `function` under `cx`.
-pub(crate) fn fresh<R>(
-    rt: &Runtime,
-    function: &Function,
-    cx: &Context<'_>,
-    call: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<R>,
-) -> Result<R, Failure> {
-    let (mut store, instance) = instantiate(rt, function, cx.tenant, cx.rules, cx.limits)?;
-    set_deadline(&mut store, cx.limits.deadline);
-    store.data_mut().begin_call(cx.session.cloned());
-    call(&mut store, &instance).map_err(|e| failure(function, &store, e, FailureKind::Trap))
-}
-
 impl Runtime {
     /// Compiles (or reuses) and links a function, and checks it: every
     /// decision point it exports has the contract's type, it instantiates
-    /// without trapping, and it exports at least one.
+    /// without trapping, and it exports at least one. Blocks while the
+    /// check instantiates it once (under the default limits): call it from
+    /// a thread that may block.
     pub fn load(&self, name: &str, version: u64, bytes: &[u8]) -> Result<Function, LoadError> {
         let function = self.link(name, version, bytes)?;
-        typecheck(self, &function)?;
+        futures::executor::block_on(typecheck(self, &function))?;
         self.require_exports(&function)?;
         Ok(function)
     }
@@ -198,64 +174,61 @@ impl Runtime {
 /// Instantiates once and loads every export found: `GuestIndices::new`
 /// only finds exports by name, `load` checks their types. A component
 /// that traps while instantiating is refused here too.
-fn typecheck(rt: &Runtime, f: &Function) -> Result<(), LoadError> {
-    let rules = std::sync::Arc::new(crate::rules::Rules::default());
-    let tenant: std::sync::Arc<str> = std::sync::Arc::from("deploy-check");
-    let mismatch = |iface: &str, e: wasmtime::Error| LoadError::Mismatch {
-        interface: format!("mailwit:policy/{iface}@0.2.0"),
-        why: format!("{e:#}"),
-    };
-    let cx = Context {
-        tenant: &tenant,
-        rules: &rules,
-        limits: crate::limits::Limits::default(),
-        session: None,
-    };
-    let r = fresh(rt, f, &cx, |store, inst| {
-        let e = &f.exports;
-        let checks = [
-            (
-                "authenticate",
-                e.authenticate
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, inst).map(drop)),
-            ),
-            (
-                "check-sender",
-                e.check_sender
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, inst).map(drop)),
-            ),
-            (
-                "check-recipient",
-                e.check_recipient
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, inst).map(drop)),
-            ),
-            (
-                "inspect-message",
-                e.inspect_message
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, inst).map(drop)),
-            ),
-            (
-                "route",
-                e.route
-                    .as_ref()
-                    .map(|i| i.load(&mut *store, inst).map(drop)),
-            ),
-        ];
-        Ok(checks
-            .into_iter()
-            .filter_map(|(iface, r)| Some(mismatch(iface, r?.err()?)))
-            .collect::<Vec<_>>())
-    });
-    match r {
-        Ok(mut problems) if !problems.is_empty() => Err(problems.remove(0)),
-        Ok(_) => Ok(()),
-        Err(failure) => Err(LoadError::Link(format!(
-            "instantiating failed: {:?}",
-            failure.kind
-        ))),
+async fn typecheck(rt: &Runtime, f: &Function) -> Result<(), LoadError> {
+    let (mut store, inst) = instantiate(
+        rt,
+        f,
+        &Context {
+            tenant: &Arc::from("deploy-check"),
+            rules: &Arc::new(Rules::default()),
+            limits: Limits::default(),
+            session: None,
+        },
+        Deadline::Trap,
+    )
+    .await
+    .map_err(|failure| LoadError::Link(format!("instantiating failed: {:?}", failure.kind)))?;
+    let e = &f.exports;
+    let store = &mut store;
+    let checks = [
+        (
+            "authenticate",
+            e.authenticate
+                .as_ref()
+                .map(|i| i.load(&mut *store, &inst).map(drop)),
+        ),
+        (
+            "check-sender",
+            e.check_sender
+                .as_ref()
+                .map(|i| i.load(&mut *store, &inst).map(drop)),
+        ),
+        (
+            "check-recipient",
+            e.check_recipient
+                .as_ref()
+                .map(|i| i.load(&mut *store, &inst).map(drop)),
+        ),
+        (
+            "inspect-message",
+            e.inspect_message
+                .as_ref()
+                .map(|i| i.load(&mut *store, &inst).map(drop)),
+        ),
+        (
+            "route",
+            e.route
+                .as_ref()
+                .map(|i| i.load(&mut *store, &inst).map(drop)),
+        ),
+    ];
+    for (iface, r) in checks {
+        if let Some(Err(e)) = r {
+            return Err(LoadError::Mismatch {
+                interface: format!("mailwit:policy/{iface}@0.2.0"),
+                why: format!("{e:#}"),
+            });
+        }
     }
+    Ok(())
 }

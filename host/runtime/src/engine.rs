@@ -4,7 +4,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::state::State;
+use crate::warm;
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
 pub use crate::limits::TICK;
@@ -30,7 +31,7 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest linear memory any tenant may be given, in octets. Default 64 MiB.
     pub max_memory_bytes: usize,
-    /// Most calls one warm instance serves (see the `call` module); 1 gives
+    /// Most calls one warm instance serves (see the `warm` module); 1 gives
     /// every call a fresh instance. Default 1000.
     pub warm_calls: u32,
 }
@@ -67,6 +68,8 @@ pub const INTERFACES: [&str; 5] = [
 
 /// One compiled, linked version of one policy function.
 pub struct Function {
+    /// Unique in the process (the key of its warm instances).
+    pub(crate) id: u64,
     pub name: String,
     pub version: u64,
     /// Hex SHA-256 of the component's bytes.
@@ -132,6 +135,7 @@ pub struct Runtime {
     linker: Linker<State>,
     config: RuntimeConfig,
     stop: Arc<AtomicBool>,
+    pub(crate) warm: warm::Pool,
 }
 
 impl Drop for Runtime {
@@ -168,8 +172,11 @@ impl Runtime {
         let engine = Engine::new(&wt)?;
         let mut linker = Linker::<State>::new(&engine);
         // Components built for wasm32-wasip2 import WASI because Rust's std
-        // does; they get a context that grants nothing (see call.rs).
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // does; they get a context that grants nothing (see state.rs). Its
+        // async form: calls run on fibers polled by the host's async
+        // workers, where the sync form would block on them (a guest's write
+        // to stderr did).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         im::host::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
         im::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
 
@@ -192,6 +199,7 @@ impl Runtime {
             linker,
             config,
             stop,
+            warm: warm::Pool::default(),
         })
     }
 
@@ -199,8 +207,6 @@ impl Runtime {
         &self.config
     }
 
-    /// Compiles (or reuses the cached compilation of) a component, links it
-    /// and finds which decision points it answers.
     /// Compiles (or reuses) and links a function, finding the decision
     /// points it exports (`Runtime::load` type-checks them too).
     pub(crate) fn link(
@@ -244,7 +250,9 @@ impl Runtime {
             inspect_message: find!(inspect_message, "inspect-message"),
             route: find!(route, "route"),
         };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let function = Function {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
             version,
             digest,

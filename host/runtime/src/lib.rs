@@ -9,16 +9,19 @@
 //!   interruption with one ticker thread), the policy `Linker` (the `host`
 //!   import and a deny-everything WASI), linking and the on-disk
 //!   compiled-code cache keyed by content hash.
-//! - [`call`]: one call: a `Store` on a fresh instance (or a warm one on
-//!   the host's async workers), and `Runtime::load`, which type-checks a
-//!   function by instantiating it once.
+//! - [`call`]: one call: an instance lent for it (warm from the pool or
+//!   fresh), async, and `Runtime::load`, which type-checks a function by
+//!   instantiating it once.
+//! - `warm`: the pool of warm instances (a call takes one that serves its
+//!   function version, rules and tenant, and gives it back).
 //! - [`policy`]: a tenant's function set and the order in which the
 //!   decision points are asked.
 //! - [`http`]: HTTP components (the status API), WASI 0.2 `wasi:http`
 //!   components with Spin's key-value and variables imports.
 //! - [`limits`]: what bounds every call, policy or HTTP: the limits, the
-//!   memory limiter, the epoch deadline and how a failure is classified
-//!   (one path for both kinds of component).
+//!   memory limiter, the epoch deadline (a policy call's clock, yielding at
+//!   every tick until it passes) and how a failure is classified (one path
+//!   for both kinds of component).
 //! - `state`: a policy call's store data and the `host` import it answers.
 //! - `types`: the plain types components are told about (client, session).
 //! - [`rules`]: a tenant's rules (read-only configuration for components),
@@ -35,8 +38,9 @@
 //! |---|---|
 //! | `policy` | `call`, `engine`, `state`, `bindings`, `limits`, `rules`, `types` |
 //! | `http` | `engine`, `bindings`, `limits` |
-//! | `call` | `engine`, `state`, `limits`, `rules`, `types` |
-//! | `engine` | `state`, `bindings`, `limits` |
+//! | `call` | `engine`, `warm`, `state`, `limits`, `rules`, `types` |
+//! | `engine` | `warm`, `state`, `bindings`, `limits` |
+//! | `warm` | `state`, `rules` |
 //! | `state` | `bindings`, `limits`, `rules`, `types` |
 //! | `bindings`, `limits`, `types` | none: the leaves |
 //!
@@ -54,8 +58,8 @@ pub mod limits;
 pub mod policy;
 mod state;
 mod types;
+mod warm;
 
-pub use call::with_warm;
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
 pub use limits::{Failure, FailureKind, Limits};
 /// A tenant's rules: their own crate (`host/rules`), free of wasmtime, so

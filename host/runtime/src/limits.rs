@@ -1,8 +1,10 @@
 //! What bounds every call into a component, policy or HTTP alike: the
-//! limits, the memory limiter, the epoch deadline, and what a failure was.
+//! limits, the memory limiter, the epoch deadline (trapping, for HTTP
+//! components' synchronous calls; a `Clock` that yields at every tick
+//! until it passes, for policy calls), and what a failure was.
 //! A leaf: the other modules share this one deadline and trap path.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
@@ -112,33 +114,74 @@ fn ticks(d: Duration) -> u64 {
     (d.as_millis() / TICK.as_millis()).max(1) as u64 + 1
 }
 
-/// Arms `store`'s deadline: `deadline` from now, to the next tick, then a
-/// trap ([`Trap::Interrupt`]).
+/// Arms a synchronous call's deadline (an HTTP component's): `deadline`
+/// from now, to the next tick, then a trap ([`Trap::Interrupt`]).
 pub(crate) fn arm_deadline<T>(store: &mut Store<T>, deadline: Duration) {
-    set_deadline(store, deadline);
+    store.set_epoch_deadline(ticks(deadline));
     store.epoch_deadline_trap();
 }
 
-/// The deadline, `deadline` from now; what happens then is the store's
-/// ([`arm_deadline`] or [`spare_host_time`]).
-pub(crate) fn set_deadline<T>(store: &mut Store<T>, deadline: Duration) {
-    store.set_epoch_deadline(ticks(deadline));
+/// A policy call's deadline in wall-clock time, checked at each epoch tick.
+/// Until it passes, the call yields to the executor at every tick (so a
+/// looping component shares its thread, as `wasmtime serve` runs guests);
+/// then it traps ([`Trap::Interrupt`]). Time the host spent on the call's
+/// behalf (`owed`: the argon2 checks of `verify-secret`, whose number is
+/// bounded) moves the deadline on by as much, so a loaded machine slows a
+/// login's check without failing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Clock {
+    until: Instant,
+    owed: Duration,
 }
 
-/// Once per store: when its deadline comes, time the host spent on the
-/// call's behalf (`owed` takes what accumulated: the argon2 checks of
-/// `verify-secret`, whose number is bounded) moves it on by that much; once
-/// nothing is owed, it traps ([`Trap::Interrupt`]). A loaded machine then
-/// slows a login's check without failing it. Each call arms the deadline
-/// itself with [`set_deadline`].
-pub(crate) fn spare_host_time<T: 'static>(store: &mut Store<T>, owed: fn(&mut T) -> Duration) {
+impl Clock {
+    /// A deadline `deadline` after `now`.
+    pub(crate) fn start(now: Instant, deadline: Duration) -> Clock {
+        Clock {
+            until: now + deadline,
+            owed: Duration::ZERO,
+        }
+    }
+
+    /// The host spent `d` on the call's behalf.
+    pub(crate) fn owe(&mut self, d: Duration) {
+        self.owed += d;
+    }
+
+    /// What the call does at the tick that comes at `now`: yield and be
+    /// asked again at the next tick, or stop.
+    pub(crate) fn at_tick(&mut self, now: Instant) -> Tick {
+        self.until += std::mem::take(&mut self.owed);
+        match now >= self.until {
+            true => Tick::Interrupt,
+            false => Tick::Yield,
+        }
+    }
+}
+
+/// [`Clock::at_tick`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tick {
+    Yield,
+    Interrupt,
+}
+
+/// Arms `store` for its calls' [`Clock`]s (found by `clock` in its data):
+/// at every tick, yield to tokio's scheduler (`yield_now` lets the
+/// worker's other tasks run before this one is polled again) or trap. Each
+/// call starts its clock and asks for the next tick with [`next_tick`].
+pub(crate) fn watch_clock<T: 'static>(store: &mut Store<T>, clock: fn(&mut T) -> &mut Clock) {
     store.epoch_deadline_callback(move |mut cx| {
-        let owed = owed(cx.data_mut());
-        Ok(match owed.is_zero() {
-            true => UpdateDeadline::Interrupt,
-            false => UpdateDeadline::Continue(ticks(owed)),
+        Ok(match clock(cx.data_mut()).at_tick(Instant::now()) {
+            Tick::Interrupt => UpdateDeadline::Interrupt,
+            Tick::Yield => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
         })
     });
+}
+
+/// The store's epoch callback runs at the next tick.
+pub(crate) fn next_tick<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
 }
 
 /// What a call's error was: the deadline, the memory limit (`memory_hit`:
@@ -156,6 +199,28 @@ pub(crate) fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureK
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock yields at every tick before its deadline and stops at the
+    /// first tick at or after it; owed host time moves the deadline on
+    /// once, when the tick that finds it comes.
+    #[test]
+    fn a_clock_yields_until_its_deadline_and_owed_time_moves_it_on() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Clock::start(t0, ms(10));
+        assert_eq!(c.at_tick(t0 + ms(2)), Tick::Yield);
+        assert_eq!(c.at_tick(t0 + ms(9)), Tick::Yield);
+        assert_eq!(c.at_tick(t0 + ms(10)), Tick::Interrupt);
+        let mut c = Clock::start(t0, ms(10));
+        c.owe(ms(3));
+        c.owe(ms(2));
+        assert_eq!(c.at_tick(t0 + ms(12)), Tick::Yield);
+        // Taken once: nothing more is owed at the next tick.
+        assert_eq!(c.at_tick(t0 + ms(14)), Tick::Yield);
+        assert_eq!(c.at_tick(t0 + ms(15)), Tick::Interrupt);
+        // A zero deadline stops at the first tick.
+        assert_eq!(Clock::start(t0, ms(0)).at_tick(t0), Tick::Interrupt);
+    }
 
     /// A deadline is whole ticks plus the one under way: the call is
     /// interrupted at the epoch `ticks(d)` ticks after it started, between

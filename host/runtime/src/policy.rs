@@ -8,10 +8,7 @@
 use std::sync::Arc;
 
 use crate::bindings::mailwit::policy::types as t;
-use wasmtime::Store;
-use wasmtime::component::Instance;
-
-use crate::call::{self, State};
+use crate::call;
 use crate::engine::{Function, Runtime};
 use crate::limits::{Failure, FailureKind, Limits};
 use crate::rules::Rules;
@@ -121,6 +118,45 @@ pub struct Refusal {
     pub text: String,
 }
 
+/// Asks every function of `$set` exporting `$slot`, in order, each on its
+/// own instance under `$cx`: `$call` with the export `$g` and the store
+/// `$store`; the closure `$take` absorbs an acceptance of a function (an
+/// error ends the decision). The first refusal wins: the value is it, if any. A macro,
+/// not a function taking a closure: see [`call::Lease`].
+macro_rules! each {
+    ($set:expr, $rt:expr, $cx:expr, $slot:ident,
+     |$g:ident, $store:ident| $call:expr, $take:expr $(,)?) => {{
+        let cx = $cx;
+        #[allow(unused_mut)]
+        let mut take = $take;
+        let mut refused = None;
+        for f in $set.functions.iter() {
+            let Some(idx) = f.exports.$slot.as_ref() else {
+                continue;
+            };
+            let mut lease = call::lease($rt, f, &cx).await?;
+            let r = {
+                let (store, inst) = lease.parts();
+                match call::export(store, |l| &mut l.$slot, |s| idx.load(s, inst)) {
+                    Ok($g) => {
+                        let $store = &mut *store;
+                        $call.await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match lease.finish(r)? {
+                Ok(v) => take(f, v)?,
+                Err(reply) => {
+                    refused = Some($set.refusal(f, reply)?);
+                    break;
+                }
+            }
+        }
+        refused
+    }};
+}
+
 /// A tenant's functions and rules at one version.
 pub struct PolicySet {
     pub tenant: Arc<str>,
@@ -132,19 +168,8 @@ pub struct PolicySet {
     /// The tenant's limits. Each decision takes the limits of its calls as
     /// an argument: these, or tighter ones the embedder chooses.
     pub limits: Limits,
-    /// For the embedder's scheduling of calls; starts empty.
-    pub scheduling: Scheduling,
     /// [`PolicySet::label`], made on first use; starts empty.
     pub label: std::sync::OnceLock<String>,
-}
-
-/// What the embedder learns about a set's calls while it runs them.
-#[derive(Debug, Default)]
-pub struct Scheduling {
-    /// Until this time (ms since the Unix epoch) the calls are known slow.
-    pub slow_until_ms: std::sync::atomic::AtomicU64,
-    /// Calls in a row that overran the embedder's fast-path budget.
-    pub overruns: std::sync::atomic::AtomicU32,
 }
 
 fn message(m: MessageInfo) -> t::Message {
@@ -238,35 +263,9 @@ impl PolicySet {
         })
     }
 
-    /// Asks every function that `has` the decision point, in order, each
-    /// on its own instance, which answers `host.current-session` with `session`;
-    /// `take` absorbs an acceptance. The first refusal wins.
-    fn each<R>(
-        &self,
-        rt: &Runtime,
-        limits: Limits,
-        session: Option<&Session>,
-        has: impl Fn(&Function) -> bool,
-        mut call: impl FnMut(
-            &Function,
-            &mut Store<State>,
-            &Instance,
-        ) -> wasmtime::Result<Result<R, t::Reply>>,
-        mut take: impl FnMut(&Function, R) -> Result<(), Failure>,
-    ) -> Result<Option<Refusal>, Failure> {
-        let cx = self.cx(limits, session);
-        for f in self.functions.iter().filter(|f| has(f)) {
-            match call::run(rt, f, &cx, |store, inst| call(f, store, inst))? {
-                Ok(v) => take(f, v)?,
-                Err(reply) => return Ok(Some(self.refusal(f, reply)?)),
-            }
-        }
-        Ok(None)
-    }
-
     /// Authentication: every function exporting it must accept; the first
     /// refusal wins. With none, [`Decision::Unanswered`].
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         rt: &Runtime,
         limits: Limits,
@@ -281,17 +280,12 @@ impl PolicySet {
         };
         let info = client(c);
         let mut accepted = None;
-        let refused = self.each(
+        let refused = each!(
+            self,
             rt,
-            limits,
-            None,
-            |f| f.exports.authenticate.is_some(),
-            |f, store, inst| {
-                let idx = f.exports.authenticate.as_ref().expect("filtered");
-                call::export(store, |l| &mut l.authenticate, |s| idx.load(s, inst)).and_then(|g| {
-                    g.call_authenticate(&mut *store, &info, &self.tenant, mech, login, secret)
-                })
-            },
+            self.cx(limits, None),
+            authenticate,
+            |g, store| g.call_authenticate(store, &info, &self.tenant, mech, login, secret),
             |f, l: String| {
                 if l.len() > MAX_TEXT {
                     return Err(self.fail(f, FailureKind::Oversize("login")));
@@ -299,7 +293,7 @@ impl PolicySet {
                 accepted.get_or_insert(l);
                 Ok(())
             },
-        )?;
+        );
         Ok(match (refused, accepted) {
             (Some(r), _) => Decision::Refuse(r),
             (None, Some(l)) => Decision::Accept(l),
@@ -307,7 +301,7 @@ impl PolicySet {
         })
     }
 
-    pub fn check_sender(
+    pub async fn check_sender(
         &self,
         rt: &Runtime,
         limits: Limits,
@@ -317,22 +311,18 @@ impl PolicySet {
         eight_bit: bool,
     ) -> Result<Decision<()>, Failure> {
         let params = t::MailParams { size, eight_bit };
-        let refused = self.each(
+        let refused = each!(
+            self,
             rt,
-            limits,
-            Some(s),
-            |f| f.exports.check_sender.is_some(),
-            |f, store, inst| {
-                let idx = f.exports.check_sender.as_ref().expect("filtered");
-                call::export(store, |l| &mut l.check_sender, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_sender(&mut *store, sender, params))
-            },
+            self.cx(limits, Some(s)),
+            check_sender,
+            |g, store| g.call_check_sender(store, sender, params),
             |_, ()| Ok(()),
-        )?;
+        );
         Ok(refused.map_or(Decision::Accept(()), Decision::Refuse))
     }
 
-    pub fn check_recipient(
+    pub async fn check_recipient(
         &self,
         rt: &Runtime,
         limits: Limits,
@@ -340,24 +330,20 @@ impl PolicySet {
         sender: &str,
         recipient: &str,
     ) -> Result<Decision<()>, Failure> {
-        let refused = self.each(
+        let refused = each!(
+            self,
             rt,
-            limits,
-            Some(s),
-            |f| f.exports.check_recipient.is_some(),
-            |f, store, inst| {
-                let idx = f.exports.check_recipient.as_ref().expect("filtered");
-                call::export(store, |l| &mut l.check_recipient, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_check_recipient(&mut *store, sender, recipient))
-            },
+            self.cx(limits, Some(s)),
+            check_recipient,
+            |g, store| g.call_check_recipient(store, sender, recipient),
             |_, ()| Ok(()),
-        )?;
+        );
         Ok(refused.map_or(Decision::Accept(()), Decision::Refuse))
     }
 
     /// Inspection: every exporter in order; the first refusal wins;
     /// metadata and header removals accumulate.
-    pub fn inspect_message(
+    pub async fn inspect_message(
         &self,
         rt: &Runtime,
         limits: Limits,
@@ -366,16 +352,12 @@ impl PolicySet {
     ) -> Result<Decision<Inspection>, Failure> {
         let (envelope, message) = (&*m.envelope, &*m.message);
         let mut out = Inspection::default();
-        let refused = self.each(
+        let refused = each!(
+            self,
             rt,
-            limits,
-            Some(s),
-            |f| f.exports.inspect_message.is_some(),
-            |f, store, inst| {
-                let idx = f.exports.inspect_message.as_ref().expect("filtered");
-                call::export(store, |l| &mut l.inspect_message, |s| idx.load(s, inst))
-                    .and_then(|g| g.call_inspect_message(&mut *store, envelope, message))
-            },
+            self.cx(limits, Some(s)),
+            inspect_message,
+            |g, store| g.call_inspect_message(store, envelope, message),
             |f, found: t::Inspection| {
                 if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
                     return Err(self.fail(f, FailureKind::Oversize("inspection list")));
@@ -394,13 +376,13 @@ impl PolicySet {
                 }
                 Ok(())
             },
-        )?;
+        );
         Ok(refused.map_or(Decision::Accept(out), Decision::Refuse))
     }
 
     /// Routing: the first function exporting `route` decides; with none,
     /// `relay:default`.
-    pub fn route(
+    pub async fn route(
         &self,
         rt: &Runtime,
         limits: Limits,
@@ -420,13 +402,15 @@ impl PolicySet {
                 value: v.clone(),
             })
             .collect();
-        let r = call::run(rt, f, &self.cx(limits, Some(s)), |store, inst| {
-            call::export(store, |l| &mut l.route, |s| idx.load(s, inst))?.call_route(
-                &mut *store,
-                envelope,
-                &md,
-            )
-        })?;
+        let mut lease = call::lease(rt, f, &self.cx(limits, Some(s))).await?;
+        let r = {
+            let (store, inst) = lease.parts();
+            match call::export(store, |l| &mut l.route, |s| idx.load(s, inst)) {
+                Ok(g) => g.call_route(&mut *store, envelope, &md).await,
+                Err(e) => Err(e),
+            }
+        };
+        let r = lease.finish(r)?;
         match r {
             Ok(t::Destination::Relay(target)) if target.len() > MAX_TEXT => {
                 Err(self.fail(f, FailureKind::Oversize("relay target")))
@@ -465,9 +449,11 @@ impl PolicySet {
 
     /// Instantiates every function once and calls nothing: what the
     /// per-call setup costs (for the benchmark).
-    pub fn instantiate_each(&self, rt: &Runtime) -> Result<(), Failure> {
+    pub async fn instantiate_each(&self, rt: &Runtime) -> Result<(), Failure> {
         for f in &self.functions {
-            call::run(rt, f, &self.cx(self.limits, None), |_, _| Ok(()))?;
+            call::lease(rt, f, &self.cx(self.limits, None))
+                .await?
+                .finish(Ok(()))?;
         }
         Ok(())
     }

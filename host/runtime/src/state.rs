@@ -3,7 +3,7 @@
 //! whose linker is typed by it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::bindings::mailwit::policy::types as t;
-use crate::limits::Limiter;
+use crate::limits::{Clock, Limiter, next_tick, watch_clock};
 use crate::rules::Rules;
 use crate::types::{Client, SessionInfo};
 
@@ -34,9 +34,9 @@ pub struct State {
     function: Arc<str>,
     version: u64,
     logs: u32,
-    /// Time the host spent in this call's secret checks, not yet added to
-    /// its deadline (see `limits::arm_deadline_sparing`).
-    host_time: Duration,
+    /// The current call's deadline, moved on by the time the host spends
+    /// in its secret checks.
+    clock: Clock,
     /// Secret checks this call asked for.
     secret_checks: u32,
     /// What `host.current-session` answers: the session of the
@@ -88,18 +88,26 @@ impl WasiView for State {
 impl im::types::Host for State {}
 
 impl State {
-    /// A new call on this store: the per-call counts start again, and
+    /// A new call on `store` (also its instantiation): a deadline
+    /// `deadline` from now, the per-call counts start again, and
     /// `host.current-session` answers with `session`.
-    pub(crate) fn begin_call(&mut self, session: Option<Arc<SessionInfo>>) {
-        self.logs = 0;
-        self.host_time = Duration::ZERO;
-        self.secret_checks = 0;
-        self.session = session;
+    pub(crate) fn begin_call(
+        store: &mut Store<State>,
+        deadline: std::time::Duration,
+        session: Option<Arc<SessionInfo>>,
+    ) {
+        let st = store.data_mut();
+        st.logs = 0;
+        st.clock = Clock::start(Instant::now(), deadline);
+        st.secret_checks = 0;
+        st.session = session;
+        next_tick(store);
     }
 
-    /// Takes the host time owed to the deadline (see `host_time`).
-    pub(crate) fn take_host_time(&mut self) -> Duration {
-        std::mem::take(&mut self.host_time)
+    /// Once per store: its calls yield at every tick until their deadline
+    /// (see `limits::Clock`).
+    pub(crate) fn watch_deadline(store: &mut Store<State>) {
+        watch_clock(store, |s| &mut s.clock);
     }
 
     /// A call's data: nothing granted by WASI, the tenant's rules, a memory
@@ -122,7 +130,7 @@ impl State {
             function: Arc::from(function),
             version,
             logs: 0,
-            host_time: Duration::ZERO,
+            clock: Clock::start(Instant::now(), std::time::Duration::ZERO),
             secret_checks: 0,
             session: None,
             loaded: Loaded::default(),
@@ -175,7 +183,7 @@ impl im::host::Host for State {
         }
         let start = Instant::now();
         let ok = self.rules.verify_secret(&key, &secret);
-        self.host_time += start.elapsed();
+        self.clock.owe(start.elapsed());
         ok
     }
 

@@ -5,10 +5,14 @@
 //! process and without sockets:
 //! - instantiation: a fresh instance of each function, nothing called;
 //! - a transaction: check-sender, one check-recipient, inspect-message (two
-//!   functions) and route, each on fresh instances, then on warm (reused)
-//!   instances as the server's async workers run them;
+//!   functions) and route, each on fresh instances (a runtime with
+//!   `warm_calls = 1`), then on warm (reused) instances as the server runs
+//!   them;
 //! - the host's parse of a 4 KB message before inspect-message;
 //! - authentication (an argon2 verification inside, by design).
+//!
+//! Calls are async, as on the server: each timing loop runs inside one
+//! `block_on` of a current-thread tokio runtime.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -23,7 +27,15 @@ use mailwit_runtime::{
 const N: u32 = 2000;
 
 fn main() {
-    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(bench());
+}
+
+/// The demo tenant's reference set, loaded into `rt`.
+fn demo_set(rt: &Runtime) -> PolicySet {
     let demo = mailwit::config::Config::load(None).unwrap();
     let rules = Rules::parse(&toml::to_string(&demo.tenants[0].rules).unwrap()).unwrap();
     let functions = ["auth", "sender", "content", "ib-headers", "router"]
@@ -34,16 +46,26 @@ fn main() {
             Arc::new(rt.load(name, i as u64 + 1, bytes).unwrap())
         })
         .collect();
-    let set = PolicySet {
+    PolicySet {
         tenant: Arc::from("demo"),
         generation: 1,
         functions,
         rules: Arc::new(rules),
         rules_version: 1,
         limits: Limits::default(),
-        scheduling: Default::default(),
         label: Default::default(),
-    };
+    }
+}
+
+async fn bench() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let set = demo_set(&rt);
+    let fresh_rt = Runtime::new(RuntimeConfig {
+        warm_calls: 1,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let fresh_set = demo_set(&fresh_rt);
     let client = Client {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port: 40000,
@@ -73,7 +95,7 @@ fn main() {
     };
     let rcpts = vec!["someone@example.net".to_string()];
 
-    let t = time(|| set.instantiate_each(&rt).unwrap());
+    let t = time(async || fresh_set.instantiate_each(&fresh_rt).await.unwrap()).await;
     println!(
         "instantiate: {:.1} µs per function ({} functions, {:.1} µs for all)",
         t.as_secs_f64() * 1e6 / set.functions.len() as f64,
@@ -84,42 +106,46 @@ fn main() {
     // As the server does: the session taken once per transaction (and
     // converted only for a component that asks), the envelope and summary
     // converted once per message (the summary is consumed).
-    let transaction = || {
+    let transaction = async |rt: &Runtime, set: &PolicySet| {
         let sender = "demo@mailwit.test";
         let session = Session::new(session.clone());
         assert_eq!(
-            set.check_sender(&rt, set.limits, &session, sender, Some(4096), false)
+            set.check_sender(rt, set.limits, &session, sender, Some(4096), false)
+                .await
                 .unwrap(),
             Decision::Accept(())
         );
         assert_eq!(
-            set.check_recipient(&rt, set.limits, &session, sender, &rcpts[0])
+            set.check_recipient(rt, set.limits, &session, sender, &rcpts[0])
+                .await
                 .unwrap(),
             Decision::Accept(())
         );
         let args = MessageArgs::new(sender, &rcpts, message.clone());
         let Decision::Accept(found) = set
-            .inspect_message(&rt, set.limits, &session, &args)
+            .inspect_message(rt, set.limits, &session, &args)
+            .await
             .unwrap()
         else {
             panic!("refused")
         };
         let Decision::Accept(_route) = set
-            .route(&rt, set.limits, &session, &args, &found.metadata)
+            .route(rt, set.limits, &session, &args, &found.metadata)
+            .await
             .unwrap()
         else {
             panic!("refused")
         };
     };
-    let t = time(transaction);
+    let t = time(async || transaction(&fresh_rt, &fresh_set).await).await;
     println!(
         "transaction (sender + 1 recipient + inspect x2 + route, 5 fresh instances): {:.1} µs",
         t.as_secs_f64() * 1e6
     );
-    // As `mailwit serve` runs them on its async workers.
-    let t = time(|| mailwit_runtime::with_warm(transaction));
+    // As `mailwit serve` runs them.
+    let t = time(async || transaction(&rt, &set).await).await;
     println!(
-        "transaction, warm instances (reused, as on the server's async workers): {:.1} µs",
+        "transaction, warm instances (reused, as on the server): {:.1} µs",
         t.as_secs_f64() * 1e6
     );
     // On the server a decision comes after network and disk work that has
@@ -128,17 +154,15 @@ fn main() {
     let mut junk = vec![0u8; 32 << 20];
     let mut cold = Duration::ZERO;
     let runs = N / 10;
-    mailwit_runtime::with_warm(|| {
-        transaction();
-        for i in 0..runs {
-            junk.iter_mut()
-                .step_by(64)
-                .for_each(|b| *b = b.wrapping_add(i as u8));
-            let start = Instant::now();
-            transaction();
-            cold += start.elapsed();
-        }
-    });
+    transaction(&rt, &set).await;
+    for i in 0..runs {
+        junk.iter_mut()
+            .step_by(64)
+            .for_each(|b| *b = b.wrapping_add(i as u8));
+        let start = Instant::now();
+        transaction(&rt, &set).await;
+        cold += start.elapsed();
+    }
     std::hint::black_box(&junk);
     println!(
         "transaction, warm instances, CPU caches flushed before each: {:.1} µs",
@@ -150,14 +174,15 @@ fn main() {
         "From: demo@mailwit.test\r\nTo: someone@example.net\r\nSubject: benchmark\r\nX-IB-bulk-id: bulk-1\r\n\r\n{}",
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(64)
     );
-    let t = time(|| {
+    let t = time(async || {
         std::hint::black_box(mailwit::message::summarize(raw.as_bytes()));
-    });
+    })
+    .await;
     println!(
         "parse a 4 KB message for inspect-message (mail-parser): {:.1} µs",
         t.as_secs_f64() * 1e6
     );
-    let login = |set: &PolicySet| {
+    let login = async |set: &PolicySet| {
         let d = set
             .authenticate(
                 &rt,
@@ -167,6 +192,7 @@ fn main() {
                 "demo",
                 "demo-password",
             )
+            .await
             .unwrap();
         assert_eq!(d, Decision::Accept("demo".into()));
     };
@@ -181,11 +207,10 @@ fn main() {
             rules: Arc::new(Rules::parse(set.rules.source()).unwrap()),
             rules_version: set.rules_version,
             limits: set.limits,
-            scheduling: Default::default(),
             label: Default::default(),
         };
         let start = Instant::now();
-        login(&fresh);
+        login(&fresh).await;
         cold += start.elapsed();
     }
     println!(
@@ -193,7 +218,7 @@ fn main() {
         cold.as_secs_f64() * 1e3 / n as f64
     );
     // The same login again: the verified secret is remembered.
-    let t = time(|| login(&set));
+    let t = time(async || login(&set).await).await;
     println!(
         "authenticate, repeated login (auth cache): {:.1} µs",
         t.as_secs_f64() * 1e6
@@ -201,13 +226,13 @@ fn main() {
 }
 
 /// Mean time of `f` over N runs, after N/10 warm-up runs.
-fn time(mut f: impl FnMut()) -> Duration {
+async fn time(mut f: impl AsyncFnMut()) -> Duration {
     for _ in 0..N / 10 {
-        f();
+        f().await;
     }
     let start = Instant::now();
     for _ in 0..N {
-        f();
+        f().await;
     }
     start.elapsed() / N
 }

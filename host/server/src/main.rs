@@ -152,7 +152,6 @@ enum SpoolCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    mailwit::policy::install_panic_hook();
     match cli.command {
         Command::Serve {
             config,

@@ -367,7 +367,6 @@ impl Tenants {
             rules: Arc::new(rules),
             rules_version,
             limits,
-            scheduling: Default::default(),
             label: Default::default(),
         });
         write_durable(
