@@ -3,7 +3,10 @@
 //!
 //! - the outputs are the same however the input is split (up to STARTTLS,
 //!   after which pipelined bytes are discarded by design);
-//! - at most one message per `CRLF.CRLF` in the input;
+//! - at most one message per `LF.CRLF` in the input: a message ends at
+//!   `CRLF.CRLF`, or at a `.CRLF` right after the DATA command line, which
+//!   may end in a bare LF as every command line may (the data target
+//!   checks that inside the data only `CRLF.CRLF` ends it);
 //! - the bytes buffered never exceed the longest line plus one read;
 //! - every reply is well formed.
 #![no_main]
@@ -21,10 +24,12 @@ fuzz_target!(|data: &[u8]| {
         whole, split_run,
         "outputs depend on how the input was split"
     );
+    // Found by this target: "DATA\n.\r\n" is an empty message, with no
+    // CRLF.CRLF in the input (seed `corpus/session/data-after-bare-lf`).
     assert!(
-        whole.messages <= occurrences(input, b"\r\n.\r\n"),
-        "{} messages from {} CRLF.CRLF",
+        whole.messages <= occurrences(input, b"\n.\r\n"),
+        "{} messages from {} LF.CRLF",
         whole.messages,
-        occurrences(input, b"\r\n.\r\n")
+        occurrences(input, b"\n.\r\n")
     );
 });

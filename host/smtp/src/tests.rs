@@ -422,6 +422,22 @@ fn smuggling_never_yields_a_second_message() {
     }
 }
 
+/// Found by the session fuzz target: a command line may end in a bare LF,
+/// DATA's too, and its data starts right after it, so `DATA\n.\r\n` is an
+/// empty message with no `CRLF.CRLF` in the input. Inside the data only
+/// `CRLF.CRLF` ends it (above).
+#[test]
+fn a_data_command_ended_by_a_bare_lf_starts_the_data_at_once() {
+    let mut h = Harness::authed();
+    h.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\ndata\n.\r\n");
+    assert_eq!(
+        codes(&h.take()),
+        ["250 2.1.0", "250 2.1.5", "354 End d", "250 2.0.0"]
+    );
+    assert_eq!(h.queued.len(), 1);
+    assert_eq!(h.queued[0].1, b"");
+}
+
 #[test]
 fn help_vrfy_expn_rset_noop() {
     let mut h = Harness::authed();
