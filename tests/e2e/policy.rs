@@ -47,6 +47,54 @@ fn deploy_sandbox_router(s: &Server) -> (bool, String) {
     admin(s, &["deploy", "acme", "router", path.to_str().unwrap()])
 }
 
+/// IBM's client allow-list in both directions: an address inside a listed
+/// range logs in; with `network.default = "deny"` and no range, none does
+/// (IBM's default for a new instance). The ranges' arithmetic, IPv4 and
+/// IPv6, is the auth component's unit test.
+#[test]
+fn an_address_inside_the_allowed_range_logs_in_and_deny_refuses_until_one_is_listed() {
+    let open = tenant(
+        "loopnet",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.network]\nallowed = [\"10.0.0.0/8\", \"127.0.0.0/8\", \"2001:db8::/32\"]\ndefault = \"deny\"\n[tenants.rules.senders]\naddresses = [\"in@loopnet.example\"]\n{}",
+            users("in@loopnet.example")
+        ),
+    );
+    let shut = tenant(
+        "shut",
+        STOCK_FUNCTIONS,
+        &format!(
+            "[tenants.rules.network]\ndefault = \"deny\"\n{}",
+            users("out@shut.example")
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: open + &shut,
+        ..Options::default()
+    });
+    let out = swaks(
+        &s,
+        "in@loopnet.example",
+        PASSWORD,
+        "in@loopnet.example",
+        "a@example.net",
+        &[],
+    );
+    assert!(queue_id(&out).is_some(), "not accepted:\n{out}");
+    assert_eq!(
+        refusal(&swaks(
+            &s,
+            "out@shut.example",
+            PASSWORD,
+            "out@shut.example",
+            "a@example.net",
+            &[]
+        )),
+        "535 5.7.1"
+    );
+}
+
 #[test]
 fn reference_functions_accept_and_refuse_with_their_codes() {
     let strict = tenant(

@@ -6,7 +6,10 @@
 //! - `api-keys.<key-id>`: hash of an API key, for the Infobip-style login
 //!   `App` with the API key as the password. A key is `<key-id>.<secret>`;
 //! - `network.allowed`: CIDRs the client address must be in, when any
-//!   (IBM's context-based restrictions).
+//!   (IBM's context-based restrictions);
+//! - `network.default`: `"deny"` refuses every client address until a range
+//!   is listed (IBM's default for a new instance); otherwise, with no list,
+//!   any address may log in.
 //!
 //! Replies: `535 5.7.8` for any unknown login or wrong secret (alike), and
 //! `535 5.7.1` for a client address outside the allowed networks.
@@ -38,7 +41,8 @@ impl Guest for Auth {
         secret: String,
     ) -> Result<String, Reply> {
         let allowed = host::rule_list("network.allowed");
-        if !allowed.is_empty() {
+        let deny_unlisted = host::rule("network.default").as_deref() == Some("deny");
+        if !allowed.is_empty() || deny_unlisted {
             let inside = client
                 .ip
                 .parse::<IpAddr>()
@@ -70,19 +74,26 @@ impl Guest for Auth {
 }
 
 /// `ip` inside `cidr` ("10.0.0.0/8", "2001:db8::/32", or a bare address).
+/// A prefix length that is not a number, or longer than the address,
+/// matches nothing.
 fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
     let (net, len) = match cidr.split_once('/') {
-        Some((n, l)) => (n, l.parse::<u32>().ok()),
+        Some((n, l)) => match l.trim().parse::<u32>() {
+            Ok(l) => (n, Some(l)),
+            Err(_) => return false,
+        },
         None => (cidr, None),
     };
     match (ip, net.trim().parse::<IpAddr>()) {
+        (IpAddr::V4(_), Ok(IpAddr::V4(_))) if len.is_some_and(|l| l > 32) => false,
+        (IpAddr::V6(_), Ok(IpAddr::V6(_))) if len.is_some_and(|l| l > 128) => false,
         (IpAddr::V4(a), Ok(IpAddr::V4(n))) => {
-            let len = len.unwrap_or(32).min(32);
+            let len = len.unwrap_or(32);
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), Ok(IpAddr::V6(n))) => {
-            let len = len.unwrap_or(128).min(128);
+            let len = len.unwrap_or(128);
             let mask = if len == 0 {
                 0
             } else {
@@ -95,3 +106,47 @@ fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
 }
 
 export!(Auth);
+
+/// Run natively: `cargo test -p mailwit-auth --target x86_64-unknown-linux-gnu`
+/// in `components/` (the host's `./test` does).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_inside_and_outside_a_range_v4_and_v6() {
+        for (addr, cidr, inside) in [
+            ("10.1.2.3", "10.0.0.0/8", true),
+            ("11.0.0.1", "10.0.0.0/8", false),
+            ("192.168.1.7", "192.168.1.0/24", true),
+            ("192.168.2.7", "192.168.1.0/24", false),
+            ("127.0.0.1", "127.0.0.1", true),
+            ("127.0.0.2", "127.0.0.1", false),
+            ("127.0.0.2", "127.0.0.1/32", false),
+            ("8.8.8.8", "0.0.0.0/0", true),
+            ("2001:db8::1", "2001:db8::/32", true),
+            ("2001:db9::1", "2001:db8::/32", false),
+            ("::1", "::1", true),
+            ("::2", "::1/128", false),
+            ("fe80::1", "::/0", true),
+            // Families never match each other, mapped or not.
+            ("10.1.2.3", "::ffff:10.0.0.0/104", false),
+            ("::ffff:10.1.2.3", "10.0.0.0/8", false),
+            ("2001:db8::1", "10.0.0.0/8", false),
+            // Malformed ranges match nothing.
+            ("10.1.2.3", "10.1.2.3/abc", false),
+            ("10.1.2.3", "10.1.2.3/33", false),
+            ("2001:db8::1", "2001:db8::1/129", false),
+            ("10.1.2.3", "not-an-address/8", false),
+            ("10.1.2.3", "", false),
+        ] {
+            assert_eq!(in_cidr(ip(addr), cidr), inside, "{addr} in {cidr}");
+        }
+        // Spaces around the parts are tolerated, as rules files have them.
+        assert!(in_cidr(ip("10.1.2.3"), " 10.0.0.0 / 8 "));
+    }
+}
