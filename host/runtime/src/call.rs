@@ -188,47 +188,21 @@ async fn typecheck(rt: &Runtime, f: &Function) -> Result<(), LoadError> {
     )
     .await
     .map_err(|failure| LoadError::Link(format!("instantiating failed: {:?}", failure.kind)))?;
-    let e = &f.exports;
-    let store = &mut store;
-    let checks = [
-        (
-            "authenticate",
-            e.authenticate
-                .as_ref()
-                .map(|i| i.load(&mut *store, &inst).map(drop)),
-        ),
-        (
-            "check-sender",
-            e.check_sender
-                .as_ref()
-                .map(|i| i.load(&mut *store, &inst).map(drop)),
-        ),
-        (
-            "check-recipient",
-            e.check_recipient
-                .as_ref()
-                .map(|i| i.load(&mut *store, &inst).map(drop)),
-        ),
-        (
-            "inspect-message",
-            e.inspect_message
-                .as_ref()
-                .map(|i| i.load(&mut *store, &inst).map(drop)),
-        ),
-        (
-            "route",
-            e.route
-                .as_ref()
-                .map(|i| i.load(&mut *store, &inst).map(drop)),
-        ),
-    ];
-    for (iface, r) in checks {
-        if let Some(Err(e)) = r {
-            return Err(LoadError::Mismatch {
-                interface: format!("mailwit:policy/{iface}@0.2.0"),
-                why: format!("{e:#}"),
-            });
-        }
+    // Each export found by name must also load with the contract's type.
+    macro_rules! check {
+        ($slot:ident, $iface:literal) => {
+            if let Some(Err(e)) = f.exports.$slot.as_ref().map(|i| i.load(&mut store, &inst)) {
+                return Err(LoadError::Mismatch {
+                    interface: concat!("mailwit:policy/", $iface, "@0.2.0").into(),
+                    why: format!("{e:#}"),
+                });
+            }
+        };
     }
+    check!(authenticate, "authenticate");
+    check!(check_sender, "check-sender");
+    check!(check_recipient, "check-recipient");
+    check!(inspect_message, "inspect-message");
+    check!(route, "route");
     Ok(())
 }

@@ -126,43 +126,26 @@ const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$
 /// A call runs on the session's own task: wasmtime polls it on a fiber, and
 /// at every epoch tick it yields to the other tasks of its worker until its
 /// deadline passes (the runtime's `limits::Clock`), so a slow or looping
-/// component delays its own session, not its worker's others.
-/// Authentication is the exception: its secret checks are argon2, tens of
-/// ms of CPU by design, inside one host call that cannot yield; it runs on
-/// a blocking thread (few at a time: [`crate::authgate`]). A decision no
-/// function answers costs nothing: `f` calls no component.
-async fn decide<T, F>(
+/// component delays its own session, not its worker's others. (Logins are
+/// moved to a blocking thread by [`on_blocking_thread`] before they get
+/// here.) A decision no function answers costs nothing: `call` calls no
+/// component.
+async fn decide<T>(
     metrics: &Metrics,
-    set: &Arc<PolicySet>,
+    set: &PolicySet,
     decision: &'static str,
-    f: impl FnOnce(Arc<PolicySet>) -> F,
-) -> Result<T, Reply>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<Decision<T>, Failure>> + Send + 'static,
-{
+    call: impl Future<Output = Result<Decision<T>, Failure>>,
+) -> Result<T, Reply> {
     if decision != "authenticate" && !set.answers(decision) {
-        return match f(set.clone()).await {
+        return match call.await {
             Ok(Decision::Accept(v)) => Ok(v),
             _ => Err(policy_failed()),
         };
     }
     let start = Instant::now();
-    let call = f(set.clone());
-    let result = match decision {
-        "authenticate" => {
-            let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || runtime.block_on(call))
-                .await
-                .map_err(|e| e.to_string())
-        }
-        // A panic in the host's half of a call (a bug) costs the
-        // transaction a 451, not the session's task.
-        _ => std::panic::AssertUnwindSafe(call)
-            .catch_unwind()
-            .await
-            .map_err(|p| panic_text(&*p)),
-    };
+    // A panic in the host's half of a call (a bug) costs the transaction a
+    // 451, not the session's task.
+    let result = std::panic::AssertUnwindSafe(call).catch_unwind().await;
     metrics.call(&set.tenant, decision, start.elapsed());
     match result {
         Ok(Ok(Decision::Accept(v))) => Ok(v),
@@ -170,10 +153,24 @@ where
         // No function answers authentication: every login is refused.
         Ok(Ok(Decision::Unanswered)) => Err(rejected(metrics, set, decision, auth_failed())),
         Ok(Err(failure)) => Err(failed(metrics, set, failure)),
-        Err(cause) => {
-            tracing::error!(event = "policy.panic", tenant = %set.tenant, cause);
+        Err(p) => {
+            tracing::error!(event = "policy.panic", tenant = %set.tenant, cause = panic_text(&*p));
             Err(policy_failed())
         }
+    }
+}
+
+/// Runs `call` on a blocking thread: a login's secret checks are argon2,
+/// tens of ms of CPU by design, inside one host call that cannot yield (few
+/// at a time: [`crate::authgate`]). A panic there is raised again here, for
+/// [`decide`] to catch.
+async fn on_blocking_thread<R: Send + 'static>(
+    call: impl Future<Output = R> + Send + 'static,
+) -> R {
+    let runtime = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || runtime.block_on(call)).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -287,11 +284,12 @@ impl Policy for WasmPolicy {
             Mechanism::Plain => mailwit_runtime::Mechanism::Plain,
             Mechanism::Login => mailwit_runtime::Mechanism::Login,
         };
-        let result = decide(&self.metrics, &set, "authenticate", move |s| async move {
+        let s = set.clone();
+        let login_call = on_blocking_thread(async move {
             s.authenticate(&rt, s.limits, &c, mechanism, &login2, &secret)
                 .await
-        })
-        .await;
+        });
+        let result = decide(&self.metrics, &set, "authenticate", login_call).await;
         // A refusal counts against the address; a temporary failure (a
         // trapping component) is not the client's doing. A cached success
         // went around the gate and is not recorded (recording it too would
@@ -344,64 +342,34 @@ impl TxnPolicy for WasmTxn {
         size: Option<u64>,
         eight_bit: bool,
     ) -> Result<(), Reply> {
-        let (rt, s, sender) = (self.rt.clone(), self.session.clone(), sender.to_string());
-        decide(
-            &self.metrics,
-            &self.set,
-            "check-sender",
-            move |p| async move {
-                p.check_sender(&rt, p.limits, &s, &sender, size, eight_bit)
-                    .await
-            },
-        )
-        .await
+        let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
+        let call = set.check_sender(rt, set.limits, s, sender, size, eight_bit);
+        decide(&self.metrics, set, "check-sender", call).await
     }
 
     async fn check_recipient(&self, sender: &str, recipient: &str) -> Result<(), Reply> {
-        let (rt, s, sender, rcpt) = (
-            self.rt.clone(),
-            self.session.clone(),
-            sender.to_string(),
-            recipient.to_string(),
-        );
-        decide(
-            &self.metrics,
-            &self.set,
-            "check-recipient",
-            move |p| async move { p.check_recipient(&rt, p.limits, &s, &sender, &rcpt).await },
-        )
-        .await
+        let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
+        let call = set.check_recipient(rt, set.limits, s, sender, recipient);
+        decide(&self.metrics, set, "check-recipient", call).await
     }
 
     async fn message(&self, envelope: &Envelope, content: &[u8]) -> Result<MessageVerdict, Reply> {
+        let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
         // Parsed only for a function that will see it (route does not).
-        let summary = match self.set.answers("inspect-message") {
+        let summary = match set.answers("inspect-message") {
             true => crate::message::summarize(content),
             false => MessageInfo::default(),
         };
         let args = MessageArgs::new(&envelope.sender, &envelope.recipients, summary);
-        let (rt, s, m) = (self.rt.clone(), self.session.clone(), args.clone());
-        let inspection = decide(
-            &self.metrics,
-            &self.set,
-            "inspect-message",
-            move |p| async move { p.inspect_message(&rt, p.limits, &s, &m).await },
-        )
-        .await?;
-        let (rt, s, md) = (
-            self.rt.clone(),
-            self.session.clone(),
-            inspection.metadata.clone(),
-        );
-        let route = decide(&self.metrics, &self.set, "route", move |p| async move {
-            p.route(&rt, p.limits, &s, &args, &md).await
-        })
-        .await?;
+        let call = set.inspect_message(rt, set.limits, s, &args);
+        let inspection = decide(&self.metrics, set, "inspect-message", call).await?;
+        let call = set.route(rt, set.limits, s, &args, &inspection.metadata);
+        let route = decide(&self.metrics, set, "route", call).await?;
         Ok(MessageVerdict {
             metadata: inspection.metadata,
             remove_headers: inspection.remove_headers,
             route,
-            policy: self.set.label().to_string(),
+            policy: set.label().to_string(),
         })
     }
 }
