@@ -12,7 +12,7 @@ use crate::harness::*;
 /// refused as by a host that is down. A Python service is handed the
 /// socket itself (see [`python_service`]) and listens on it: the port is
 /// never free in between.
-struct Reserved {
+pub(crate) struct Reserved {
     port: u16,
     socket: socket2::Socket,
 }
@@ -90,15 +90,15 @@ fn python_service(script: &str, port: Reserved, dir: &Path, extra: &[&str]) -> C
 }
 
 /// The next hop: tests/e2e/upstream.py on a free port.
-struct Upstream {
+pub(crate) struct Upstream {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl Upstream {
     /// On `port` (held since the test began), or on a new one.
-    fn start(dir: &Path, port: Option<Reserved>) -> Upstream {
+    pub(crate) fn start(dir: &Path, port: Option<Reserved>) -> Upstream {
         Upstream::start_with(dir, port, &[])
     }
 
@@ -114,7 +114,7 @@ impl Upstream {
     }
 
     /// Messages received so far: (envelope JSON, content).
-    fn received(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+    pub(crate) fn received(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
         let mut out = Vec::new();
         for n in 1.. {
             let eml = self.dir.join(format!("{n}.eml"));
@@ -401,7 +401,6 @@ fn sigkill_during_delivery_loses_nothing() {
 /// for every recipient, and is not delivered again.
 #[test]
 fn a_lost_done_record_delivers_nothing_again() {
-    use mailwit::spool::record::{Kind, encode};
     let mut s = Server::start_with(Options {
         acme_rules: route_rules("discard"),
         ..Options::default()
@@ -414,19 +413,7 @@ fn a_lost_done_record_delivers_nothing_again() {
     s.kill9();
     // Cut the Done record off the end of its segment, as a power loss
     // before the next fsync would.
-    let done = encode(Kind::Done, &[id.as_bytes()]);
-    let segment = std::fs::read_dir(s.data_dir().join("spool"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::read(p).unwrap().ends_with(&done))
-        .expect("a segment ending with the Done record");
-    let len = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap()
-        .set_len(len - done.len() as u64)
-        .unwrap();
+    mailwit::queue::file::lose_done_record(&s.data_dir().join("spool"), &id).unwrap();
     assert_eq!(s.pending().len(), 1);
     s.restart();
     wait_for("the recovery", || {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use mailwit::spool::{Spooled, read_accepted, read_pending};
+use mailwit::queue::{Spooled, file};
 
 /// The demo tenant's password hash (password "demo-password"), reused for
 /// the test tenant so tests need no hashing of their own.
@@ -211,7 +211,7 @@ impl Server {
     /// Every message accepted into the spool (delivered ones included),
     /// read from disk.
     pub fn spool(&self) -> Vec<Spooled> {
-        read_accepted(&self.data_dir().join("spool")).unwrap()
+        file::accepted(&self.data_dir().join("spool")).unwrap()
     }
 
     /// After a kill, cuts the spool back to what a power cut would have
@@ -225,12 +225,12 @@ impl Server {
             dir.join("directory.synced").exists(),
             "no directory.synced: was the server started with power-loss?"
         );
-        mailwit::spool::power_cut(&dir).unwrap()
+        file::power_cut(&dir).unwrap()
     }
 
     /// The messages still waiting for delivery.
     pub fn pending(&self) -> Vec<Spooled> {
-        read_pending(&self.data_dir().join("spool")).unwrap()
+        file::pending(&self.data_dir().join("spool")).unwrap()
     }
 
     /// The spooled message queued under `id`.

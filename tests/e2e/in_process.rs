@@ -38,7 +38,7 @@ fn a_server_started_in_process_takes_mail_and_stops_gracefully() {
         (id, dir.path().join("data/spool"))
     });
     // Stopped: the message is in the spool, as from the binary.
-    let spooled = mailwit::spool::read_accepted(&spool_dir).unwrap();
+    let spooled = mailwit::queue::file::accepted(&spool_dir).unwrap();
     assert_eq!(spooled.len(), 1);
     assert_eq!(spooled[0].meta.id, id);
     assert_eq!(spooled[0].meta.helo, "in-process.test");

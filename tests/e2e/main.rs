@@ -3,6 +3,7 @@
 
 mod auth_flood;
 mod clients;
+mod cluster;
 mod delivery;
 mod durability;
 mod first_day;

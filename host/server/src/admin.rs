@@ -143,6 +143,8 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let status_api = admin.status_api.clone();
     let data_dir = admin.data_dir.clone();
     let reload = admin.reload.clone();
+    // The status store's reads are async: run from the blocking thread.
+    let handle = tokio::runtime::Handle::current();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
     // Deploys compile: keep them off the async workers.
     let result = tokio::task::spawn_blocking(move || {
@@ -186,7 +188,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 let recipient = query
                     .split('&')
                     .find_map(|kv| kv.strip_prefix("recipient="));
-                let events = status.message(None, id, recipient);
+                let events = handle
+                    .block_on(status.message(None, id, recipient))
+                    .map_err(|e| {
+                        AdminError::Storage(
+                            anyhow::Error::new(e).context("reading the status store"),
+                        )
+                    })?;
                 if events.is_empty() {
                     Err(AdminError::NotFound(format!("no events for message {id}")))
                 } else {

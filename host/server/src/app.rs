@@ -20,16 +20,19 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::delivery::status::jetstream::JetStreamStatusStore;
 use crate::delivery::status::{FileStatusStore, StatusStore};
 use crate::metrics::Metrics;
 use crate::policy::{NoopPolicy, Policy, WasmPolicy};
+use crate::queue::{Queue, file::FileQueue, jetstream::JetStreamQueue};
 use crate::reload::Reloader;
 use crate::server::{self, Shared};
 use crate::statusapi::{self, StatusApi};
 use crate::tenants::Tenants;
-use crate::{spool, tls};
+use crate::tls;
 
 /// How to start.
 #[derive(Debug, Default, Clone)]
@@ -85,10 +88,8 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let spool_dir = config.data_dir.join("spool");
-    let (spool, committer, pending) = spool::Spool::open(&spool_dir, &config.spool)
-        .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
-    tracing::info!(event = "spool.recovered", dir = %spool_dir.display(), pending = pending.len());
+    let stores = stores(&config).await?;
+    let queue = stores.queue.clone();
     let metrics = Arc::new(Metrics::default());
     let rc = &config.runtime;
     let rt = Arc::new(Runtime::new(RuntimeConfig {
@@ -135,25 +136,18 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             auth_gate.clone(),
         ))
     };
-    let status: Arc<dyn StatusStore> = Arc::new(
-        FileStatusStore::open(&config.data_dir.join("status"))
-            .context("opening the status store")?,
-    );
+    let status = stores.status.clone();
     let budget = Arc::new(crate::budget::ContentBudget::new(config.memory.budget()));
-    let delivery = {
-        let d = Delivery::start(
-            spool.clone(),
-            status.clone(),
-            tenants.clone(),
-            config.delivery.clone(),
-            config.hostname.clone(),
-            &config.data_dir,
-            budget.clone(),
-        )
-        .context("starting delivery")?;
-        d.recover(pending);
-        d
-    };
+    let delivery = Delivery::start(
+        queue.clone(),
+        status.clone(),
+        tenants.clone(),
+        config.delivery.clone(),
+        config.hostname.clone(),
+        &config.data_dir,
+        budget.clone(),
+    )
+    .context("starting delivery")?;
     let listeners = server::bind(&config).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
         .await
@@ -190,8 +184,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let services = Arc::new(crate::submission::Services {
         policy,
         metrics: metrics.clone(),
-        spool,
-        delivery,
+        queue: queue.clone(),
     });
     let shared = Arc::new(Shared::new(config.clone(), services, tls, budget.clone()));
     let reloader = Arc::new(Reloader::new(config_path, certs, shared.clone()));
@@ -203,7 +196,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         metrics,
         status,
         status_api: status_api.clone(),
-        delivery: shared.services.delivery.clone(),
+        delivery,
         reload: reloader.clone(),
         auth_gate,
         budget,
@@ -215,7 +208,6 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         status_listener,
         stopped.clone(),
     ));
-    let spool_handle = shared.services.spool.clone();
     let mut addrs = Vec::new();
     for (l, sock) in &listeners {
         addrs.push((l.name.clone(), sock.local_addr()?));
@@ -224,16 +216,14 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     addrs.push(("status-api".to_string(), status_addr));
     let done = tokio::spawn(async move {
         server::run(shared, listeners, stopped).await;
-        // Delivery keeps its own handle; the committer stops after what is
-        // already queued (unfinished deliveries resume at the next start).
-        spool_handle.close();
+        // The queue stores what was already sent to it, then stops
+        // (unfinished deliveries resume at the next start).
+        queue.close();
         let _ = admin_task.await;
         let _ = status_task.await;
-        // All sessions are gone, so is every spool handle: the committer
-        // drains and stops.
-        tokio::task::spawn_blocking(move || committer.join())
-            .await
-            .ok();
+        if let Some(q) = stores.file_queue {
+            q.closed().await;
+        }
         tracing::info!(event = "stopped");
         anyhow::Ok(())
     });
@@ -242,6 +232,41 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         reloader,
         stop,
         done,
+    })
+}
+
+/// Where the state lives: files under `data_dir`, or the cluster.
+struct Stores {
+    queue: Arc<dyn Queue>,
+    status: Arc<dyn StatusStore>,
+    /// The embedded queue, to wait for its committer at shutdown.
+    file_queue: Option<Arc<FileQueue>>,
+}
+
+async fn stores(config: &Config) -> anyhow::Result<Stores> {
+    if let Some(c) = &config.cluster {
+        let cluster = Cluster::connect(c, &config.hostname).await?;
+        tracing::info!(event = "cluster.connected", servers = %c.servers.join(","), replicas = c.replicas);
+        let retention = Duration::from_secs(config.delivery.retention_secs);
+        let queue = JetStreamQueue::open(&cluster, config.delivery.workers).await;
+        let status = JetStreamStatusStore::open(&cluster, retention).await;
+        return Ok(Stores {
+            queue: Arc::new(queue),
+            status: Arc::new(status),
+            file_queue: None,
+        });
+    }
+    let spool_dir = config.data_dir.join("spool");
+    let file_queue = Arc::new(
+        FileQueue::open(&spool_dir, &config.spool, config.delivery.in_memory_queue)
+            .with_context(|| format!("opening the spool {}", spool_dir.display()))?,
+    );
+    let status = FileStatusStore::open(&config.data_dir.join("status"))
+        .context("opening the status store")?;
+    Ok(Stores {
+        queue: file_queue.clone(),
+        status: Arc::new(Arc::new(status)),
+        file_queue: Some(file_queue),
     })
 }
 

@@ -42,6 +42,65 @@ pub struct Config {
     pub memory: MemoryConfig,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
+    /// Several hosts sharing their state over NATS JetStream. Without it,
+    /// everything is in files under `data_dir`.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The NATS JetStream cluster that several mailwit hosts share (see the
+/// README's "Several hosts").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:4222`, or `tls://` to require TLS);
+    /// the client reconnects to whichever is up.
+    pub servers: Vec<String>,
+    /// Replicas of every stream and bucket: 1, or 3 for a cluster that
+    /// keeps a quorum's copy of each acknowledged message. Default 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`: a user JWT and its nkey seed).
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// A user name and password, instead of a credentials file.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A CA certificate (PEM) to trust for the servers' TLS, beside the
+    /// system's roots.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Prefix of every stream, bucket and subject, so several mailwit
+    /// installations can share one NATS account. Default "mailwit".
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// How long a submission waits for JetStream's acknowledgement before
+    /// it answers `451 4.3.0`, in milliseconds. Default 5000.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// How long a delivery worker may hold a message without telling the
+    /// cluster it is still working on it, after which another host takes
+    /// it (a host that died). Default 30.
+    #[serde(default = "default_ack_wait_secs")]
+    pub ack_wait_secs: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_cluster_name() -> String {
+    "mailwit".into()
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_ack_wait_secs() -> u64 {
+    30
 }
 
 /// The ceiling on message content held in memory (see `budget`).
@@ -513,6 +572,7 @@ impl Config {
                 "status_api" => section::<StatusApiConfig>(key, value, p),
                 "auth" => section::<AuthConfig>(key, value, p),
                 "memory" => section::<MemoryConfig>(key, value, p),
+                "cluster" => section::<ClusterConfig>(key, value, p),
                 "listeners" => sections::<Listener>(key, value, p),
                 "tenants" => sections::<Tenant>(key, value, p),
                 _ => p.push(problem(key, "unknown key")),
@@ -553,6 +613,31 @@ impl Config {
                     format!("listeners[{i}].addr"),
                     format!("{} is used twice", l.addr),
                 ));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.servers.is_empty() {
+                out.push(problem("cluster.servers", "name at least one NATS server"));
+            }
+            if !(1..=5).contains(&c.replicas) {
+                out.push(problem(
+                    "cluster.replicas",
+                    "JetStream keeps 1 to 5 replicas",
+                ));
+            }
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                out.push(problem(
+                    "cluster.name",
+                    "letters, digits, '-' and '_' only (it names streams and subjects)",
+                ));
+            }
+            if c.user.is_some() != c.password.is_some() {
+                out.push(problem("cluster.user", "user and password go together"));
             }
         }
         let mut ids = std::collections::HashSet::new();

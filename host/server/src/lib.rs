@@ -30,13 +30,19 @@
 //! - [`admin`]: the admin HTTP API (deploy, rules, rollback, list,
 //!   metrics) and the CLI's client for it.
 //! - [`metrics`]: per-tenant Prometheus metrics.
-//! - [`spool`]: the durable, group-committed message spool.
+//! - [`queue`]: the delivery queue's interface ([`queue::Queue`]: enqueue,
+//!   next due, load, finish, retry later, behind opaque tickets) and its
+//!   embedded implementation over the spool.
+//! - [`spool`]: the durable, group-committed message spool of one host
+//!   (the file queue's storage).
 //! - [`delivery`]: the job's lifecycle (retries, DSN, reports), one module
 //!   per route (relay with DKIM, sandbox, discard), and the status store
 //!   of every step.
 //! - [`statusapi`]: the status API listener, answered in-process by the
 //!   status HTTP component (`components/status`) over a per-account,
 //!   read-only view of the status store, rules and sandbox.
+//! - [`cluster`]: the connection to NATS JetStream (`[cluster]`), shared
+//!   by the queue's and the status store's cluster implementations.
 //! - [`tls`]: the certificates handshakes present (the server's, tenants'
 //!   by SNI), loading and self-signed generation.
 //! - [`reload`]: `SIGHUP` and `mailwit reload`: `[limits]` and the
@@ -54,16 +60,18 @@
 //!
 //! | module | imports |
 //! |---|---|
-//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `tenants`, `config`, `authgate`, `budget` |
+//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
 //! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `authgate`, `budget`, `httpd` |
 //! | `reload` | `server`, `config`, `tls` |
 //! | `server` | `driver`, `submission`, `config`, `budget` |
 //! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
-//! | `submission` | `policy`, `delivery`, `metrics`, `spool`, `replies`, `wallclock` |
+//! | `submission` | `policy`, `metrics`, `queue`, `spool`, `replies`, `wallclock` |
 //! | `policy` | `metrics`, `tenants`, `authgate`, `message`, `replies`, `wallclock` |
 //! | `statusapi` | `delivery`, `metrics`, `tenants`, `config`, `authgate`, `fsutil`, `httpd` |
-//! | `delivery` | `metrics`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
-//! | `metrics` | `tenants` |
+//! | `delivery` | `cluster`, `queue`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
+//! | `metrics` | `queue`, `tenants` |
+//! | `queue` | `cluster`, `spool`, `config`, `budget` |
+//! | `cluster` | `config` |
 //! | `spool` | `config` |
 //! | `tenants` | `config`, `fsutil`, `tls` |
 //! | `config` | `authgate`, `budget`, `tls` |
@@ -77,6 +85,7 @@ pub mod admin;
 pub mod app;
 pub mod authgate;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod driver;
@@ -85,10 +94,11 @@ pub mod httpd;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod queue;
 pub mod reload;
 pub mod replies;
 pub mod server;
-pub mod spool;
+pub(crate) mod spool;
 pub mod statusapi;
 pub mod submission;
 pub mod tenants;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use mailwit::config::Config;
-use mailwit::{admin, spool, tls};
+use mailwit::{admin, queue, tls};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -270,7 +270,7 @@ fn main() -> anyhow::Result<()> {
         Command::Spool { config, command } => {
             let config = Config::load(config.as_deref())?;
             let messages =
-                spool::read_pending(&config.data_dir.join("spool")).with_context(|| {
+                queue::file::pending(&config.data_dir.join("spool")).with_context(|| {
                     format!("reading the spool under {}", config.data_dir.display())
                 })?;
             match command {

@@ -11,6 +11,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::queue::Gauges as QueueGauges;
 use crate::tenants::TenantSummary;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -32,21 +33,6 @@ struct Histogram {
 struct PolicyCalls {
     calls: BTreeMap<&'static str, u64>,
     latency: Histogram,
-}
-
-/// The delivery queue at one moment (gauges).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeliveryGauges {
-    /// Jobs waiting for a delivery worker.
-    pub waiting: usize,
-    /// Messages waiting for their next retry.
-    pub retrying: usize,
-    /// Messages in the spool not yet done.
-    pub spooled: usize,
-    /// Spool segment files.
-    pub segments: usize,
-    /// Spool fsyncs so far (one per committed batch).
-    pub fsyncs: u64,
 }
 
 #[derive(Default)]
@@ -130,7 +116,7 @@ impl Metrics {
 
     /// The text exposition, with the active versions of `tenants` and the
     /// delivery queue.
-    pub fn render(&self, tenants: &[TenantSummary], delivery: DeliveryGauges) -> String {
+    pub fn render(&self, tenants: &[TenantSummary], delivery: QueueGauges) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE mailwit_delivery_waiting gauge");
         let _ = writeln!(out, "mailwit_delivery_waiting {}", delivery.waiting);
@@ -142,6 +128,8 @@ impl Metrics {
         let _ = writeln!(out, "mailwit_spool_segments {}", delivery.segments);
         let _ = writeln!(out, "# TYPE mailwit_spool_fsyncs_total counter");
         let _ = writeln!(out, "mailwit_spool_fsyncs_total {}", delivery.fsyncs);
+        let _ = writeln!(out, "# TYPE mailwit_queue_redelivered gauge");
+        let _ = writeln!(out, "mailwit_queue_redelivered {}", delivery.redelivered);
         let mut last = "";
         for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
             if *name != last {

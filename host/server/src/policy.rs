@@ -538,7 +538,7 @@ mod tests {
     }
 
     fn rendered(m: &Metrics) -> String {
-        m.render(&[], crate::metrics::DeliveryGauges::default())
+        m.render(&[], crate::queue::Gauges::default())
     }
 
     #[tokio::test]

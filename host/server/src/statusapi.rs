@@ -238,6 +238,7 @@ impl StatusApi {
             account,
             rules,
             status: self.status.clone(),
+            runtime: tokio::runtime::Handle::current(),
             data_dir: self.data_dir.clone(),
             retention_secs: self.retention_secs,
         });
@@ -293,6 +294,8 @@ struct AccountView {
     account: Option<String>,
     rules: Option<Arc<Rules>>,
     status: Arc<dyn StatusStore>,
+    /// Runs the store's async reads from the component's blocking thread.
+    runtime: tokio::runtime::Handle,
     data_dir: PathBuf,
     retention_secs: u64,
 }
@@ -323,7 +326,11 @@ impl HostData for AccountView {
             Some(("users", login)) => secret("users", login),
             Some(("api-keys", id)) => secret("api-keys", id),
             Some(("notifications", id)) => {
-                let events = self.status.message(Some(account), id, None);
+                // The component's call runs on a blocking thread.
+                let events = self
+                    .runtime
+                    .block_on(self.status.message(Some(account), id, None))
+                    .map_err(|e| format!("reading the status store: {e}"))?;
                 if events.is_empty() {
                     return Ok(None);
                 }

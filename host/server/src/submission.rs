@@ -1,12 +1,11 @@
 //! Answers the protocol core's questions for one session: the seam between
-//! the bytes (the driver) and the decisions (policy, spool, delivery).
+//! the bytes (the driver) and the decisions (policy, queue).
 //!
 //! A [`Submission`] holds the session's principal (after AUTH) and the
 //! transaction's policy (from MAIL FROM to the end of DATA, so every
 //! question of a transaction is answered by the policy version it started
 //! with). At the end of DATA it builds the one typed spool record
-//! ([`Meta`]), spools it, hands it to delivery and says `250 ... queued as
-//! ID`. The driver reaches it only through [`Submission::answer`].
+//! ([`Meta`]), queues it for delivery and says `250 ... queued as ID`. The driver reaches it only through [`Submission::answer`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,19 +14,18 @@ use mailwit_runtime::SessionInfo;
 use mailwit_smtp::{BodyType, Question, Reply, Verdict};
 use tracing::{info, warn};
 
-use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::policy::{ClientInfo, Policy, Principal, TxnPolicy};
+use crate::queue::{Queue, QueueError};
 use crate::replies;
-use crate::spool::{Meta, Spool, SpoolError};
+use crate::spool::Meta;
 
 /// What answering needs, shared by every session.
 pub struct Services {
     pub policy: Arc<dyn Policy>,
     pub metrics: Arc<Metrics>,
-    pub spool: Spool,
-    /// Takes each queued message on from here.
-    pub delivery: Arc<Delivery>,
+    /// Where each accepted message waits for delivery.
+    pub queue: Arc<dyn Queue>,
 }
 
 /// One session's side of the decisions.
@@ -158,25 +156,23 @@ impl Submission {
         }
     }
 
-    /// Spools the message, then hands it to delivery: `250` only once it is
-    /// durable.
+    /// Queues the message for delivery: `250` only once it is durable.
     async fn queue(&self, meta: Meta, content: Vec<u8>) -> Verdict {
-        match self.services.spool.enqueue(&meta, &content).await {
-            Ok(at) => {
+        let size = content.len();
+        match self.services.queue.enqueue(&meta, content).await {
+            Ok(()) => {
                 self.services.metrics.queued(&meta.tenant);
                 info!(
                     event = "smtp.queued",
                     route = %meta.route,
                     queue_id = %meta.id,
                     session = %self.session_id,
-                    size = content.len(),
+                    size,
                     recipients = meta.recipients.len()
                 );
-                let reply = replies::queued(&meta.id);
-                self.services.delivery.submit(meta, content, at);
-                Verdict::AcceptWith(reply)
+                Verdict::AcceptWith(replies::queued(&meta.id))
             }
-            Err(SpoolError::DiskFull) => {
+            Err(QueueError::Full) => {
                 warn!(event = "smtp.spool_full");
                 Verdict::Reject(replies::spool_full())
             }
@@ -202,15 +198,15 @@ pub fn printable(s: &str) -> String {
 }
 
 /// The submission between a recording policy (a test double of the seam:
-/// it accepts everything and notes what it was asked) and a real spool
-/// and delivery (discard route).
+/// it accepts everything and notes what it was asked) and a real file
+/// queue (no delivery: what it queued stays in the spool to be read).
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use mailwit_runtime::{Limits, Route, Runtime, RuntimeConfig};
+    use mailwit_runtime::Route;
     use mailwit_smtp::{Envelope, Mechanism};
 
     use super::*;
@@ -297,32 +293,17 @@ mod tests {
 
     fn fixture(spool_config: SpoolConfig) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::load(None).unwrap();
-        config.data_dir = dir.path().to_path_buf();
-        config.tenants.clear();
-        let (spool, _committer, _) = Spool::open(&dir.path().join("spool"), &spool_config).unwrap();
-        let rt = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
-        let tenants =
-            Arc::new(crate::tenants::Tenants::open(rt, &config, Limits::default()).unwrap());
-        let status = Arc::new(
-            crate::delivery::status::FileStatusStore::open(&dir.path().join("status")).unwrap(),
-        );
-        let delivery = Delivery::start(
-            spool.clone(),
-            status,
-            tenants,
-            config.delivery.clone(),
-            "mx.test".into(),
-            dir.path(),
-            Arc::new(crate::budget::ContentBudget::new(config.memory.budget())),
+        let queue = crate::queue::file::FileQueue::open(
+            &dir.path().join("spool"),
+            &spool_config,
+            Config::load(None).unwrap().delivery.in_memory_queue,
         )
         .unwrap();
         let policy = Arc::new(Recording::default());
         let services = Arc::new(Services {
             policy: policy.clone(),
             metrics: Arc::default(),
-            spool,
-            delivery,
+            queue: Arc::new(queue),
         });
         Fixture {
             policy,
@@ -503,7 +484,7 @@ mod tests {
             ..SpoolConfig::default()
         });
         let closed = fixture(SpoolConfig::default());
-        closed.services.spool.close();
+        closed.services.queue.close();
         for (f, want) in [
             (&full, replies::spool_full()),
             (&closed, replies::spool_failed()),

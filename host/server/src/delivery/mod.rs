@@ -12,17 +12,17 @@
 //! `max_age_secs`; permanent failures and expiry fail the recipient and,
 //! unless the message is itself a bounce (null sender), queue a DSN
 //! ([`dsn`]) for the sender through the same machinery. A message leaves
-//! the spool (`Done` record) only once every recipient has a final event;
+//! the queue only once every recipient has a final event;
 //! after a crash the recipients without one are delivered again (at least
 //! once). Each event may also become a delivery report to the tenant's
 //! callback server ([`reports`]).
 //!
-//! A message's content is in memory only while it is being delivered, or
-//! while it is among the first `in_memory_queue` messages waiting for a
-//! worker: any other waiting message (queued behind those, waiting for its
-//! next retry, or found in the spool at start-up) keeps its envelope and
-//! spool location and is read back when its turn comes, so a backlog costs
-//! little memory.
+//! Messages come from the [`Queue`] (due now, or due again after a retry's
+//! delay); a message the queue has handed out before (a retry, a recovery
+//! after a restart, a redelivery by a shared queue) is delivered only to
+//! its recipients without a final event in the status store. Its content
+//! is read back from the queue, with room reserved in the memory budget,
+//! unless the queue still held it.
 //!
 //! | module | imports (within `delivery`) |
 //! |---|---|
@@ -41,35 +41,30 @@ pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::budget::{ContentBudget, Refused, Reservation, SMALL};
 use mailwit_runtime::Route;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
 use crate::config::DeliveryConfig;
-use crate::spool::{Location, Meta, Pending, Spool, Spooled};
+use crate::queue::{Due, Queue};
+use crate::spool::{Meta, Spooled};
 use crate::tenants::Tenants;
 use crate::wallclock::now_ms;
 pub use attempt::Outcome;
 use status::{Event, Status, StatusStore};
 
+/// A message being delivered.
 struct Job {
-    /// The content is empty until loaded (see `loaded`).
-    msg: Arc<Spooled>,
-    /// Where the message is in the spool.
-    at: Location,
-    /// Whether `msg.content` holds the content.
-    loaded: bool,
+    due: Due,
     /// Recipients without a final event.
     pending: Vec<String>,
-    attempts: u32,
     record_received: bool,
 }
 
 pub struct Delivery {
-    spool: Spool,
+    queue: Arc<dyn Queue>,
     reports: Arc<reports::Reports>,
     status: Arc<dyn StatusStore>,
     tenants: Arc<Tenants>,
@@ -77,19 +72,15 @@ pub struct Delivery {
     hostname: String,
     /// The sandbox lives under it.
     data_dir: PathBuf,
-    tx: mpsc::UnboundedSender<Job>,
     /// A large message's content is loaded only with room reserved here.
     budget: Arc<ContentBudget>,
-    /// Jobs queued and not yet started.
-    waiting: AtomicUsize,
-    /// Messages waiting for their next retry.
-    retrying: AtomicUsize,
 }
 
 impl Delivery {
-    /// Starts the dispatcher and the retention purge.
+    /// Starts the workers (taking due messages from `queue`) and the
+    /// retention purge.
     pub fn start(
-        spool: Spool,
+        queue: Arc<dyn Queue>,
         status: Arc<dyn StatusStore>,
         tenants: Arc<Tenants>,
         config: DeliveryConfig,
@@ -97,31 +88,31 @@ impl Delivery {
         data_dir: &std::path::Path,
         budget: Arc<ContentBudget>,
     ) -> std::io::Result<Arc<Delivery>> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let d = Arc::new(Delivery {
-            spool,
+            queue,
             reports: reports::Reports::start(&data_dir.join("reports"))?,
             status,
             tenants,
             config,
             hostname,
             data_dir: data_dir.to_path_buf(),
-            tx,
             budget,
-            waiting: AtomicUsize::new(0),
-            retrying: AtomicUsize::new(0),
         });
         let workers = Arc::new(Semaphore::new(d.config.workers.max(1)));
         let this = d.clone();
         tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
+            // A worker's permit first, then a message: a shared queue hands
+            // a message only to a host with a worker free for it.
+            loop {
                 let Ok(permit) = workers.clone().acquire_owned().await else {
                     return;
                 };
-                this.waiting.fetch_sub(1, Ordering::Relaxed);
+                let Some(due) = this.queue.next().await else {
+                    return;
+                };
                 let this = this.clone();
                 tokio::spawn(async move {
-                    this.process(job).await;
+                    this.process(due).await;
                     drop(permit);
                 });
             }
@@ -133,11 +124,10 @@ impl Delivery {
             loop {
                 tokio::time::sleep(every).await;
                 let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-                let status = this.status.clone();
-                match tokio::task::spawn_blocking(move || status.purge(cutoff)).await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(event = "status.purged", events = n),
-                    Ok(Err(e)) => tracing::error!(event = "status.purge_failed", cause = %e),
-                    _ => {}
+                match this.status.purge(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(event = "status.purged", events = n),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(event = "status.purge_failed", cause = %e),
                 }
             }
         });
@@ -145,72 +135,47 @@ impl Delivery {
     }
 
     /// The queue, for `/metrics`.
-    pub fn gauges(&self) -> crate::metrics::DeliveryGauges {
-        let (spooled, segments) = self.spool.gauges();
-        crate::metrics::DeliveryGauges {
-            waiting: self.waiting.load(Ordering::Relaxed),
-            retrying: self.retrying.load(Ordering::Relaxed),
-            spooled,
-            segments,
-            fsyncs: self.spool.syncs(),
-        }
+    pub fn gauges(&self) -> crate::queue::Gauges {
+        self.queue.gauges()
     }
 
-    /// Queues a job for a worker.
-    fn queue(&self, job: Job) {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(job);
-    }
-
-    /// A message just acknowledged with 250, spooled at `at`.
-    pub fn submit(&self, meta: Meta, content: Vec<u8>, at: Location) {
-        let pending = meta.recipients.clone();
-        // Behind a long queue, and when it is large, the content waits in
-        // the spool, not here: the worker reads it back with room reserved.
-        let loaded = self.waiting.load(Ordering::Relaxed) < self.config.in_memory_queue
-            && content.len() <= SMALL;
-        let content = if loaded { content } else { Vec::new() };
-        self.queue(Job {
-            msg: Arc::new(Spooled { meta, content }),
-            at,
-            loaded,
-            pending,
-            attempts: 0,
-            record_received: true,
-        });
-    }
-
-    /// Messages found in the spool at start-up: each recipient without a
-    /// final event is delivered (again).
-    pub fn recover(&self, pending: Vec<Pending>) {
-        for m in pending {
-            let events = self.status.message(Some(&m.meta.tenant), &m.meta.id, None);
-            let done: Vec<&str> = events
-                .iter()
-                .filter(|e| e.status.is_final())
-                .map(|e| e.recipient.as_str())
-                .collect();
-            let todo: Vec<String> = m
-                .meta
-                .recipients
-                .iter()
-                .filter(|r| !done.contains(&r.as_str()))
-                .cloned()
-                .collect();
-            let record_received = !events.iter().any(|e| e.status == Status::Received);
-            tracing::info!(event = "delivery.recovered", queue_id = %m.meta.id, recipients = todo.len());
-            self.queue(Job {
-                msg: Arc::new(Spooled {
-                    meta: m.meta,
-                    content: Vec::new(),
-                }),
-                at: m.at,
-                loaded: false,
-                pending: todo,
-                attempts: 0,
-                record_received,
+    /// The job for a due message: every recipient when it is fresh, else
+    /// those without a final event. `Err` when the status store cannot
+    /// say which those are.
+    async fn job(&self, due: Due) -> Result<Job, (Due, std::io::Error)> {
+        let meta = &due.message.meta;
+        if due.fresh {
+            return Ok(Job {
+                pending: meta.recipients.clone(),
+                record_received: true,
+                due,
             });
         }
+        let events = match self
+            .status
+            .message(Some(&meta.tenant), &meta.id, None)
+            .await
+        {
+            Ok(events) => events,
+            Err(e) => return Err((due, e)),
+        };
+        let done: Vec<&str> = events
+            .iter()
+            .filter(|e| e.status.is_final())
+            .map(|e| e.recipient.as_str())
+            .collect();
+        let pending: Vec<String> = meta
+            .recipients
+            .iter()
+            .filter(|r| !done.contains(&r.as_str()))
+            .cloned()
+            .collect();
+        let record_received = !events.iter().any(|e| e.status == Status::Received);
+        Ok(Job {
+            pending,
+            record_received,
+            due,
+        })
     }
 
     /// Records events in the status store, then queues the delivery
@@ -230,33 +195,27 @@ impl Delivery {
         // The store takes the events; a copy only for a message that asked
         // for reports.
         let for_reports = reports::wanted(meta).then(|| steps.clone());
-        let status = self.status.clone();
         let events: Vec<Event> = steps.into_iter().flatten().collect();
-        match tokio::task::spawn_blocking(move || status.record(events)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(event = "status.write_failed", cause = %e),
-            Err(e) => tracing::error!(event = "status.write_failed", cause = %e),
+        if let Err(e) = self.status.record(events).await {
+            tracing::error!(event = "status.write_failed", cause = %e);
         }
         for events in for_reports.into_iter().flatten() {
             self.reports.events(meta, &events).await;
         }
     }
 
-    /// Reads the job's content back from the spool, unless it is loaded.
+    /// Reads the job's content back from the queue, unless it is loaded.
     async fn load(&self, job: &mut Job) -> Result<(), String> {
-        if job.loaded {
+        if job.due.loaded {
             return Ok(());
         }
-        let (spool, at) = (self.spool.clone(), job.at);
-        let m = tokio::task::spawn_blocking(move || spool.load(&at))
+        let m = self
+            .queue
+            .load(&job.due.ticket)
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        if m.meta.id != job.msg.meta.id {
-            return Err(format!("spool record at {at:?} is {}", m.meta.id));
-        }
-        job.msg = Arc::new(m);
-        job.loaded = true;
+        job.due.message = Arc::new(m);
+        job.due.loaded = true;
         Ok(())
     }
 
@@ -265,12 +224,16 @@ impl Delivery {
     /// takes, since delivery is not in a hurry and the sessions' share
     /// comes first.
     async fn room_for(&self, job: &Job) -> Option<Reservation> {
-        let len = job.at.len() as usize;
-        if job.loaded || len <= SMALL {
+        let len = job.due.size as usize;
+        if job.due.loaded || len <= SMALL {
             return None;
         }
         loop {
-            match self.budget.reserve(&job.msg.meta.tenant, 2 * len).await {
+            match self
+                .budget
+                .reserve(&job.due.message.meta.tenant, 2 * len)
+                .await
+            {
                 Ok(r) => return Some(r),
                 Err(Refused::Busy) => continue,
                 // Larger than the budget now allows (it was lowered since
@@ -280,17 +243,32 @@ impl Delivery {
         }
     }
 
-    async fn process(self: Arc<Self>, mut job: Job) {
-        // Read back from the spool (with room for it) only when there is
+    async fn process(self: Arc<Self>, due: Due) {
+        let mut job = match self.job(due).await {
+            Ok(job) => job,
+            // Which recipients are done is unknown: try again later rather
+            // than deliver twice or not at all.
+            Err((due, e)) => {
+                let id = due.message.meta.id.clone();
+                tracing::error!(event = "status.read_failed", queue_id = %id, cause = %e);
+                let delay = Duration::from_secs(self.config.retry_initial_secs);
+                if let Err(e) = self.queue.retry_later(due, delay).await {
+                    tracing::error!(event = "queue.retry_failed", queue_id = %id, cause = %e);
+                }
+                return;
+            }
+        };
+        // Read back from the queue (with room for it) only when there is
         // something to deliver.
         let (_room, loaded) = match job.pending.is_empty() {
             true => (None, Ok(())),
             false => (self.room_for(&job).await, self.load(&mut job).await),
         };
         if let Err(e) = &loaded {
-            tracing::error!(event = "delivery.load_failed", queue_id = %job.msg.meta.id, cause = %e);
+            tracing::error!(event = "delivery.load_failed", queue_id = %job.due.message.meta.id, cause = %e);
         }
-        let meta = &job.msg.meta;
+        let msg = job.due.message.clone();
+        let meta = &msg.meta;
         // A local route (sandbox, discard) finishes at once: its Received
         // events are recorded with the outcomes, in one status write. A
         // relay attempt may take minutes, so Received is recorded first.
@@ -316,7 +294,7 @@ impl Delivery {
             }
         }
         if job.pending.is_empty() {
-            self.done(meta).await;
+            self.done(&job.due).await;
             return;
         }
         let outcomes = match &loaded {
@@ -324,7 +302,7 @@ impl Delivery {
             Err(e) => job
                 .pending
                 .iter()
-                .map(|_| Outcome::Deferred(format!("reading the message from the spool: {e}")))
+                .map(|_| Outcome::Deferred(format!("reading the message from the queue: {e}")))
                 .collect(),
         };
         let now = now_ms();
@@ -343,7 +321,7 @@ impl Delivery {
                 Outcome::Deferred(why) if expired => {
                     let text = format!(
                         "retries exhausted after {} attempts; last: {why}",
-                        job.attempts + 1
+                        job.due.attempts + 1
                     );
                     events.push(Event::new(meta, rcpt, Status::Failed, text.clone(), now));
                     failed.push((rcpt.clone(), "4.4.7".to_string(), text));
@@ -363,48 +341,38 @@ impl Delivery {
         }
         self.record_steps(meta, vec![received, events]).await;
         if !failed.is_empty() {
-            self.bounce(&job.msg, &failed).await;
+            self.bounce(&msg, &failed).await;
         }
         if still.is_empty() {
-            self.done(meta).await;
+            self.done(&job.due).await;
             return;
         }
         let delay = self
             .config
             .retry_initial_secs
-            .saturating_mul(1u64 << job.attempts.min(20))
+            .saturating_mul(1u64 << job.due.attempts.min(20))
             .min(self.config.retry_max_secs);
-        // The content is dropped while the message waits: read back then.
-        let next = Job {
-            msg: Arc::new(Spooled {
-                meta: job.msg.meta.clone(),
-                content: Vec::new(),
-            }),
-            at: job.at,
-            loaded: false,
-            pending: still,
-            attempts: job.attempts + 1,
-            record_received: false,
-        };
-        let this = self.clone();
-        self.retrying.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(delay)).await;
-            this.retrying.fetch_sub(1, Ordering::Relaxed);
-            this.queue(next);
-        });
+        let id = meta.id.clone();
+        if let Err(e) = self
+            .queue
+            .retry_later(job.due, Duration::from_secs(delay))
+            .await
+        {
+            // It stays queued: the queue delivers it again when it can.
+            tracing::error!(event = "queue.retry_failed", queue_id = %id, cause = %e);
+        }
     }
 
-    async fn done(&self, meta: &Meta) {
-        if let Err(e) = self.spool.mark_done(&meta.id) {
-            tracing::error!(event = "spool.done_failed", queue_id = %meta.id, cause = %e);
+    async fn done(&self, due: &Due) {
+        if let Err(e) = self.queue.finish(&due.ticket).await {
+            tracing::error!(event = "queue.finish_failed", queue_id = %due.message.meta.id, cause = %e);
         }
     }
 
     /// One attempt for the pending recipients, in the home of the
     /// message's route; one outcome each, in order.
     async fn attempt(&self, job: &Job) -> Vec<Outcome> {
-        let (m, pending) = (&*job.msg, &job.pending);
+        let (m, pending) = (&*job.due.message, &job.pending);
         match &m.meta.route {
             Route::Relay(name) => {
                 let relay = relay::Relay {
@@ -441,8 +409,8 @@ impl Delivery {
             &original.content,
         );
         let dsn_meta = dsn::meta(meta, &self.hostname, now_ms());
-        match self.spool.enqueue(&dsn_meta, &content).await {
-            Ok(at) => {
+        match self.queue.enqueue(&dsn_meta, content).await {
+            Ok(()) => {
                 let now = now_ms();
                 let events = failed
                     .iter()
@@ -457,9 +425,8 @@ impl Delivery {
                     })
                     .collect();
                 self.record(meta, events).await;
-                self.submit(dsn_meta, content, at);
             }
-            Err(e) => tracing::error!(event = "dsn.spool_failed", queue_id = %meta.id, cause = %e),
+            Err(e) => tracing::error!(event = "dsn.queue_failed", queue_id = %meta.id, cause = %e),
         }
     }
 }

@@ -146,6 +146,26 @@ pub fn power_cut(dir: &Path) -> io::Result<u64> {
     Ok(dropped)
 }
 
+/// Cuts the `Done` record of message `id` off the end of its segment, as
+/// a power loss before the next fsync would (a `Done` record gets no fsync
+/// of its own). For tests only, with the server dead.
+pub fn lose_done_record(dir: &Path, id: &str) -> io::Result<()> {
+    let done = super::record::encode(super::record::Kind::Done, &[id.as_bytes()]);
+    for (_, path) in super::segments(dir)? {
+        let len = std::fs::metadata(&path)?.len();
+        if std::fs::read(&path)?.ends_with(&done) {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_len(len - done.len() as u64);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no segment ends with the Done record of {id}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

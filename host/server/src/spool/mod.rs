@@ -29,13 +29,13 @@
 //! reads it back: delivery keeps a message's content in memory only while
 //! it is being delivered.
 //!
-//! Storage stays behind this small interface (`enqueue`, `load`,
-//! `read_pending`, `mark_done`) so a shared backend can replace it later.
+//! The rest of the server reaches it only through the file queue
+//! ([`crate::queue::file`]), one implementation of the queue's interface.
 
 mod faults;
 pub mod record;
 
-pub use faults::power_cut;
+pub use faults::{lose_done_record, power_cut};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};

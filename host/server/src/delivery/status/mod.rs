@@ -2,7 +2,8 @@
 //! retention period (7 days by default, as the Sinch seed says) and then
 //! purged.
 //!
-//! [`StatusStore`] is the interface a shared backend can implement later.
+//! [`StatusStore`] is the interface (async, fallible);
+//! [`jetstream::JetStreamStatusStore`] is the cluster's.
 //! [`FileStatusStore`] is the embedded default: an append-only JSON-lines
 //! file (`<data_dir>/status/events.jsonl`), indexed in memory by message
 //! id. Appends are group-committed: events recorded while another caller's
@@ -11,6 +12,8 @@
 //! spool); a caller returns once its own events are durable. A purge rewrites
 //! the file without the expired events (write, fsync, rename). This suits
 //! one machine's volume; it holds the retained events in memory.
+
+pub mod jetstream;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -82,15 +85,68 @@ impl Event {
     }
 }
 
+/// Where events are kept. An error is an error: a store that cannot be
+/// read says so, never "no events".
+#[async_trait::async_trait]
 pub trait StatusStore: Send + Sync {
     /// Records events durably.
-    fn record(&self, events: Vec<Event>) -> std::io::Result<()>;
+    async fn record(&self, events: Vec<Event>) -> std::io::Result<()>;
     /// A message's events (optionally one recipient's), oldest first. With
     /// a tenant, another tenant's message yields nothing; without one (the
     /// operator's view), any tenant's.
-    fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event>;
+    async fn message(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        recipient: Option<&str>,
+    ) -> std::io::Result<Vec<Event>>;
     /// Drops events older than `cutoff_ms`; returns how many.
-    fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize>;
+    async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize>;
+}
+
+/// The file store's blocking I/O, each call on a blocking thread.
+#[async_trait::async_trait]
+impl StatusStore for Arc<FileStatusStore> {
+    async fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
+        let s = self.clone();
+        blocking(move || FileStatusStore::record(&s, events)).await
+    }
+
+    async fn message(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        recipient: Option<&str>,
+    ) -> std::io::Result<Vec<Event>> {
+        let s = self.clone();
+        let (tenant, id, recipient) = (
+            tenant.map(str::to_string),
+            id.to_string(),
+            recipient.map(str::to_string),
+        );
+        blocking(move || {
+            Ok(FileStatusStore::message(
+                &s,
+                tenant.as_deref(),
+                &id,
+                recipient.as_deref(),
+            ))
+        })
+        .await
+    }
+
+    async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
+        let s = self.clone();
+        blocking(move || FileStatusStore::purge(&s, cutoff_ms)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 pub struct FileStatusStore {
@@ -160,8 +216,9 @@ fn ends_inside_a_line(path: &Path) -> std::io::Result<bool> {
     Ok(last[0] != b'\n')
 }
 
-impl StatusStore for FileStatusStore {
-    fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
+impl FileStatusStore {
+    /// Records events durably (blocking: waits for the fsync).
+    pub fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
         let mut buf = Vec::new();
         for e in &events {
             serde_json::to_writer(&mut buf, e)?;
@@ -206,7 +263,9 @@ impl StatusStore for FileStatusStore {
         }
     }
 
-    fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event> {
+    /// A message's events, as [`StatusStore::message`] (blocking: waits
+    /// for a commit in progress).
+    pub fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event> {
         let inner = self.inner.lock().expect("status lock");
         inner
             .by_id
@@ -224,7 +283,8 @@ impl StatusStore for FileStatusStore {
             .unwrap_or_default()
     }
 
-    fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
+    /// Drops events older than `cutoff_ms` (blocking: rewrites the file).
+    pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
         let mut inner = self.inner.lock().expect("status lock");
         let before: usize = inner.by_id.values().map(Vec::len).sum();
         inner.by_id.retain(|_, events| {
@@ -325,6 +385,8 @@ mod tests {
             .map(|t| {
                 let s = s.clone();
                 std::thread::spawn(move || {
+                    // The blocking methods, not the async trait's.
+                    let s: &FileStatusStore = &s;
                     for i in 0..100 {
                         let id = format!("T{t}M{i}");
                         s.record(vec![ev(&id, "a", "x@e.example", 1, Status::Received)])

@@ -1,0 +1,130 @@
+//! The connection to the NATS JetStream cluster that several hosts share
+//! (`[cluster]` in the configuration), and the streams and buckets on it.
+//!
+//! Every name starts with the configured prefix (`mailwit` by default):
+//!
+//! | what | JetStream | name |
+//! |---|---|---|
+//! | the delivery queue | stream, work-queue retention | `<P>_QUEUE`, subjects `<p>.queue.>` |
+//! | delivery workers | durable pull consumer, explicit acks | `delivery` on `<P>_QUEUE` |
+//! | content too large for one NATS message | object store | `<p>-content` |
+//!
+//! The client reconnects by itself: while no server answers, a submission
+//! waits at most `ack_timeout_ms` for its acknowledgement and gets
+//! `451 4.3.0`, and delivery workers wait; when a server answers again,
+//! both go on.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+
+use crate::config::ClusterConfig;
+
+/// A connected cluster: the client and its JetStream context.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub config: ClusterConfig,
+}
+
+impl Cluster {
+    /// Connects (retrying until a server answers, in the background: the
+    /// first requests wait for it) as `host`.
+    pub async fn connect(config: &ClusterConfig, host: &str) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(
+            !config.servers.is_empty(),
+            "[cluster] servers: name at least one NATS server"
+        );
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("mailwit {host}"))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                tracing::info!(event = "cluster.connection", what = %event);
+            });
+        if let Some(path) = &config.credentials {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("reading the NATS credentials {}", path.display()))?;
+        }
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let client = options
+            .connect(config.servers.clone())
+            .await
+            .context("connecting to NATS")?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_millis(config.ack_timeout_ms.max(1)));
+        Ok(Cluster {
+            client,
+            js,
+            config: config.clone(),
+        })
+    }
+
+    /// A stream's or bucket's name: `<PREFIX>_<WHAT>`.
+    pub fn stream_name(&self, what: &str) -> String {
+        format!("{}_{what}", self.config.name.to_uppercase())
+    }
+
+    /// A subject under the prefix: `<prefix>.<rest>`.
+    pub fn subject(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.config.name)
+    }
+
+    /// Runs `make` until it succeeds (JetStream may still be electing a
+    /// leader, or no server be up yet), logging each failure.
+    pub async fn until_ready<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        what: &str,
+        mut make: impl FnMut() -> F,
+    ) -> T {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match make().await {
+                Ok(t) => return t,
+                Err(e) => {
+                    tracing::warn!(event = "cluster.not_ready", what, cause = %e);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// A subject token for a name that may hold characters NATS reserves
+/// (`.`, `*`, `>`, white space): those and `%` become `%XX`.
+pub fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '.' | '*' | '>' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
+            c if c.is_whitespace() || c.is_control() => {
+                for b in c.to_string().bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() { "%00".into() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token;
+
+    #[test]
+    fn subject_tokens_escape_what_nats_reserves() {
+        assert_eq!(token("acme"), "acme");
+        assert_eq!(token("a.b*c>d%e f"), "a%2Eb%2Ac%3Ed%25e%20f");
+        assert_eq!(token(""), "%00");
+    }
+}

@@ -1,0 +1,126 @@
+//! The cluster's status store: a JetStream stream every host writes each
+//! event to and any host's status API reads, kept `retention_secs` (the
+//! stream's `max_age`, so JetStream itself purges).
+//!
+//! One subject per message, `<p>.status.<tenant>.<queue id>`: a message's
+//! events are read back by subject (from the stream's leader, so a read
+//! after a write on another host sees it).
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
+use async_trait::async_trait;
+
+use super::{Event, StatusStore};
+use crate::cluster::{Cluster, token};
+
+pub struct JetStreamStatusStore {
+    cluster: Cluster,
+    stream: stream::Stream,
+    subject: String,
+}
+
+impl JetStreamStatusStore {
+    /// Creates (or finds) the stream, waiting until JetStream answers.
+    pub async fn open(cluster: &Cluster, retention: Duration) -> JetStreamStatusStore {
+        let subject = cluster.subject("status");
+        let config = stream::Config {
+            name: cluster.stream_name("STATUS"),
+            subjects: vec![format!("{subject}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: cluster.config.replicas,
+            max_age: retention,
+            ..Default::default()
+        };
+        let js = cluster.js.clone();
+        let stream = Cluster::until_ready("the status stream", || {
+            js.get_or_create_stream(config.clone())
+        })
+        .await;
+        JetStreamStatusStore {
+            cluster: cluster.clone(),
+            stream,
+            subject,
+        }
+    }
+}
+
+fn other(what: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl StatusStore for JetStreamStatusStore {
+    async fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
+        // Every event in flight at once, then every acknowledgement.
+        let mut acks = Vec::with_capacity(events.len());
+        for e in &events {
+            let subject = format!(
+                "{}.{}.{}",
+                self.subject,
+                token(&e.tenant),
+                token(&e.message_id)
+            );
+            let body = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+            let ack = self
+                .cluster
+                .js
+                .publish(subject, body.into())
+                .await
+                .map_err(|e| other("publishing a status event", e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| other("waiting for a status event's acknowledgement", e))?;
+        }
+        Ok(())
+    }
+
+    async fn message(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        recipient: Option<&str>,
+    ) -> std::io::Result<Vec<Event>> {
+        let subject = format!(
+            "{}.{}.{}",
+            self.subject,
+            tenant.map(token).unwrap_or_else(|| "*".into()),
+            token(id)
+        );
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let m = match self
+                .stream
+                .raw_message_builder()
+                .sequence(from)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(other("reading status events", e)),
+            };
+            from = m.sequence + 1;
+            // An event this version cannot read is skipped, as the file
+            // store skips a line it cannot read.
+            if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
+                events.push(e);
+            }
+        }
+        if let Some(r) = recipient {
+            events.retain(|e| e.recipient.eq_ignore_ascii_case(r));
+        }
+        // In the stream's order: the order they were recorded in.
+        Ok(events)
+    }
+
+    /// JetStream drops events older than the stream's `max_age` itself.
+    async fn purge(&self, _cutoff_ms: u64) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
