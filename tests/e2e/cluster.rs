@@ -458,3 +458,103 @@ fn killing_one_nats_server_of_three_under_load_loses_nothing() {
         pause.as_secs_f64()
     );
 }
+
+/// The active version of `what` (a function's name, or "rules") of the
+/// acme tenant on `s`, from `mailwit tenant list --json`.
+fn active(s: &Server, what: &str) -> u64 {
+    let (ok, out) = s.cli("tenant", &["list", "--json"]);
+    assert!(ok, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let acme = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .unwrap_or_else(|| panic!("no acme: {out}"));
+    if what == "rules" {
+        return acme["rules_version"].as_u64().unwrap();
+    }
+    acme["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == what)
+        .and_then(|f| f["version"].as_u64())
+        .unwrap_or_else(|| panic!("no {what}: {out}"))
+}
+
+/// How long until `check` holds, polled every 20 ms (up to 30 s).
+fn time_until(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// A deploy, a rollback and new rules on host A reach host B (its next
+/// transactions use them), and a host started later loads what is current.
+#[test]
+fn a_deploy_on_one_host_reaches_the_others_and_a_later_host_loads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), 3);
+    let upstream = Upstream::start(dir.path(), None);
+    let a = host(&nats, 3, upstream.port);
+    let b = host(&nats, 3, upstream.port);
+    assert_eq!(active(&b, "router"), 1);
+    // A function: the sandbox router as acme's router.
+    let router = component("router_sandbox");
+    let (ok, out) = a.cli(
+        "tenant",
+        &["deploy", "acme", "router", router.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let deploy = time_until("B runs router 2", || active(&b, "router") == 2);
+    let id = submit(&b, "kept@example.net", &[]);
+    wait_for("B sandboxed it", || {
+        b.statuses(&id, "kept@example.net") == ["received", "delivered_to_sandbox"]
+    });
+    // A rollback.
+    let (ok, out) = a.cli("tenant", &["rollback", "acme", "router"]);
+    assert!(ok, "{out}");
+    let rollback = time_until("B back on router 1", || active(&b, "router") == 1);
+    let id = submit(&b, "relayed@example.net", &[]);
+    wait_for("B relayed it", || {
+        b.statuses(&id, "relayed@example.net") == ["received", "sent"]
+    });
+    // Rules: a second sender domain.
+    let other = "news@other.example";
+    let refused = swaks_plain(&b, LOGIN, PASSWORD, other, "r@example.net", &[]);
+    assert!(queue_id(&refused).is_none(), "{refused}");
+    let rules = write_file(
+        dir.path(),
+        "rules2.toml",
+        format!(
+            "revision = \"acme-2\"\n[users]\n\"{LOGIN}\" = \"{}\"\n[senders]\ndomains = [\"acme.example\", \"other.example\"]\n\
+             [upstreams.default]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+            demo_hash(),
+            upstream.port
+        )
+        .as_bytes(),
+    );
+    let (ok, out) = a.cli("tenant", &["rules", "acme", rules.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let rules_swap = time_until("B on rules 2", || active(&b, "rules") == 2);
+    let accepted = swaks_plain(&b, LOGIN, PASSWORD, other, "r@example.net", &[]);
+    assert!(queue_id(&accepted).is_some(), "{accepted}");
+    // A host started now loads the current versions from the cluster.
+    let c = host(&nats, 3, upstream.port);
+    assert_eq!((active(&c, "router"), active(&c, "rules")), (1, 2));
+    let accepted = swaks_plain(&c, LOGIN, PASSWORD, other, "r2@example.net", &[]);
+    assert!(queue_id(&accepted).is_some(), "{accepted}");
+    eprintln!(
+        "until host B swapped (polled every 20 ms through its admin API): deploy {} ms, rollback {} ms, rules {} ms",
+        deploy.as_millis(),
+        rollback.as_millis(),
+        rules_swap.as_millis()
+    );
+}

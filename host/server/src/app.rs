@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::artifacts::{ArtifactStore, FileArtifacts, jetstream::JetStreamArtifacts};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -102,11 +103,12 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         deadline: Duration::from_millis(rc.deadline_ms),
         memory_bytes: rc.memory_bytes,
     };
-    let rt2 = rt.clone();
-    let config2 = config.clone();
+    let (rt2, config2, store) = (rt.clone(), config.clone(), stores.artifacts.clone());
     let tenants = Arc::new(
-        tokio::task::spawn_blocking(move || Tenants::open(rt2, &config2, defaults)).await??,
+        tokio::task::spawn_blocking(move || Tenants::open(rt2, &config2, defaults, store))
+            .await??,
     );
+    tokio::spawn(tenants.clone().follow());
     for t in tenants.list() {
         let functions: Vec<String> = t
             .functions
@@ -165,11 +167,16 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             config.status_api.clone(),
         );
         let retention = config.delivery.retention_secs;
-        Arc::new(
-            tokio::task::spawn_blocking(move || StatusApi::open(rt, dir, t, s, m, c, retention))
-                .await?
-                .context("loading the status API component")?,
-        )
+        let store = stores.artifacts.clone();
+        let api = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                StatusApi::open(rt, dir, t, s, m, c, retention, store)
+            })
+            .await?
+            .context("loading the status API component")?,
+        );
+        tokio::spawn(api.clone().follow());
+        api
     };
     let status_listener = tokio::net::TcpListener::bind(config.status_api.addr)
         .await
@@ -239,6 +246,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
 struct Stores {
     queue: Arc<dyn Queue>,
     status: Arc<dyn StatusStore>,
+    artifacts: Arc<dyn ArtifactStore>,
     /// The embedded queue, to wait for its committer at shutdown.
     file_queue: Option<Arc<FileQueue>>,
 }
@@ -250,9 +258,11 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
         let retention = Duration::from_secs(config.delivery.retention_secs);
         let queue = JetStreamQueue::open(&cluster, config.delivery.workers).await;
         let status = JetStreamStatusStore::open(&cluster, retention).await;
+        let artifacts = JetStreamArtifacts::open(&cluster).await;
         return Ok(Stores {
             queue: Arc::new(queue),
             status: Arc::new(status),
+            artifacts: Arc::new(artifacts),
             file_queue: None,
         });
     }
@@ -266,6 +276,7 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
     Ok(Stores {
         queue: file_queue.clone(),
         status: Arc::new(Arc::new(status)),
+        artifacts: Arc::new(FileArtifacts::new(&config.data_dir)),
         file_queue: Some(file_queue),
     })
 }

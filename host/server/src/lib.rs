@@ -25,7 +25,10 @@
 //! - [`budget`]: the ceiling on message content held in memory, server-wide
 //!   and per tenant.
 //! - [`tenants`]: tenants' function sets and rules: durable versions,
-//!   atomic swap, rollback, tenant resolution.
+//!   atomic swap, rollback, tenant resolution, following another host's
+//!   changes.
+//! - [`artifacts`]: where deployed versions and their states are stored
+//!   (files, or the cluster's key-value bucket and object store).
 //! - [`message`]: the parsed summary of a message that the policy sees.
 //! - [`admin`]: the admin HTTP API (deploy, rules, rollback, list,
 //!   metrics) and the CLI's client for it.
@@ -60,20 +63,21 @@
 //!
 //! | module | imports |
 //! |---|---|
-//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
+//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `artifacts`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
 //! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `authgate`, `budget`, `httpd` |
 //! | `reload` | `server`, `config`, `tls` |
 //! | `server` | `driver`, `submission`, `config`, `budget` |
 //! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
 //! | `submission` | `policy`, `metrics`, `queue`, `spool`, `replies`, `wallclock` |
 //! | `policy` | `metrics`, `tenants`, `authgate`, `message`, `replies`, `wallclock` |
-//! | `statusapi` | `delivery`, `metrics`, `tenants`, `config`, `authgate`, `fsutil`, `httpd` |
+//! | `statusapi` | `artifacts`, `delivery`, `metrics`, `tenants`, `config`, `authgate`, `httpd` |
 //! | `delivery` | `cluster`, `queue`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
 //! | `metrics` | `queue`, `tenants` |
 //! | `queue` | `cluster`, `spool`, `config`, `budget` |
 //! | `cluster` | `config` |
 //! | `spool` | `config` |
-//! | `tenants` | `config`, `fsutil`, `tls` |
+//! | `tenants` | `artifacts`, `config`, `tls` |
+//! | `artifacts` | `cluster`, `fsutil` |
 //! | `config` | `authgate`, `budget`, `tls` |
 //! | `authgate`, `budget`, `fsutil`, `httpd`, `message`, `replies`, `tls`, `wallclock` | none: the leaves |
 //!
@@ -83,6 +87,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod artifacts;
 pub mod authgate;
 pub mod budget;
 pub mod cluster;

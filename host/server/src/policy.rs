@@ -441,6 +441,8 @@ mod tests {
         rt: Arc<Runtime>,
         tenants: Arc<Tenants>,
         _dir: tempfile::TempDir,
+        /// Where the tenants' store calls run (theirs, not a test's).
+        _io: tokio::runtime::Runtime,
     }
 
     static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
@@ -454,11 +456,28 @@ mod tests {
             })
             .unwrap(),
         );
-        let tenants = Arc::new(Tenants::open(rt.clone(), &config, Limits::default()).unwrap());
+        let io = tokio::runtime::Runtime::new().unwrap();
+        let store = Arc::new(crate::artifacts::FileArtifacts::new(dir.path()));
+        let rt2 = rt.clone();
+        // On a thread of its own: the first test to get here runs inside
+        // its own runtime, where blocking on another is refused.
+        let tenants = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    io.block_on(io.spawn_blocking(move || {
+                        Tenants::open(rt2, &config, Limits::default(), store)
+                    }))
+                })
+                .join()
+        })
+        .unwrap()
+        .unwrap()
+        .unwrap();
         Fixture {
             rt,
-            tenants,
+            tenants: Arc::new(tenants),
             _dir: dir,
+            _io: io,
         }
     });
 
@@ -511,8 +530,16 @@ mod tests {
     /// bytes), with these rules.
     fn tenant(name: &str, function: (&str, &[u8]), rules: &str) {
         let f = &*FIXTURE;
-        f.tenants.deploy(name, function.0, function.1).unwrap();
-        f.tenants.set_rules(name, rules).unwrap();
+        // Admin changes run on a blocking thread, as the admin API's do.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    f.tenants.deploy(name, function.0, function.1).unwrap();
+                    f.tenants.set_rules(name, rules).unwrap();
+                })
+                .join()
+                .unwrap()
+        });
     }
 
     fn hostile_component() -> Vec<u8> {

@@ -19,9 +19,10 @@
 //!
 //! Variables: `retention_secs` (from `[delivery] retention_secs`).
 //!
-//! The component is versioned like a policy function, under
-//! `<data_dir>/status-api/` (`state.json`, `<v>.wasm`); version 1 is the
-//! embedded build of `components/status`. A deploy swaps it for the next
+//! The component is versioned like a policy function, in the artifact
+//! store as owner `status-api` (`state.json`, `<v>.wasm`; on one host under
+//! `<data_dir>/status-api/`); version 1 is the embedded build of
+//! `components/status`. In a cluster every host follows another's deploy. A deploy swaps it for the next
 //! request; requests under way finish on the version they started with.
 
 use std::path::PathBuf;
@@ -35,10 +36,10 @@ use mailwit_runtime::{Limits, Rules, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::artifacts::ArtifactStore;
 use crate::authgate::{AuthGate, GateConfig, Refusal};
 use crate::config::StatusApiConfig;
 use crate::delivery::status::StatusStore;
-use crate::fsutil::write_durable;
 use crate::httpd::Peer;
 use crate::metrics::Metrics;
 use crate::tenants::{AdminError, STATUS_COMPONENT, Tenants, Track};
@@ -46,7 +47,9 @@ use crate::tenants::{AdminError, STATUS_COMPONENT, Tenants, Track};
 /// The status API: its component versions and what its store reads.
 pub struct StatusApi {
     rt: Arc<Runtime>,
-    dir: PathBuf,
+    store: Arc<dyn ArtifactStore>,
+    /// Runs the store's calls from the blocking threads deploys run on.
+    handle: tokio::runtime::Handle,
     data_dir: PathBuf,
     tenants: Arc<Tenants>,
     status: Arc<dyn StatusStore>,
@@ -65,7 +68,8 @@ pub struct StatusApi {
 
 impl StatusApi {
     /// Loads the active version, or stores the embedded component as
-    /// version 1.
+    /// version 1. Call from a blocking thread of a tokio runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         rt: Arc<Runtime>,
         data_dir: PathBuf,
@@ -74,28 +78,30 @@ impl StatusApi {
         metrics: Arc<Metrics>,
         config: StatusApiConfig,
         retention_secs: u64,
+        store: Arc<dyn ArtifactStore>,
     ) -> anyhow::Result<StatusApi> {
-        let dir = data_dir.join("status-api");
-        let state = dir.join("state.json");
-        let track: Track = if state.exists() {
-            serde_json::from_slice(&std::fs::read(&state)?)?
-        } else {
-            write_durable(&dir.join("1.wasm"), STATUS_COMPONENT)?;
-            let t = Track {
-                latest: 1,
-                history: vec![1],
-            };
-            write_durable(&state, &serde_json::to_vec_pretty(&t)?)?;
-            t
+        let handle = tokio::runtime::Handle::current();
+        let track: Track = match handle.block_on(store.state(OWNER))? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => {
+                handle.block_on(store.put_blob(OWNER, &blob(1), STATUS_COMPONENT))?;
+                let t = Track {
+                    latest: 1,
+                    history: vec![1],
+                };
+                handle.block_on(store.put_state(OWNER, &serde_json::to_vec_pretty(&t)?))?;
+                t
+            }
         };
         let v = track.active().unwrap_or(1);
-        let bytes = std::fs::read(dir.join(format!("{v}.wasm")))?;
+        let bytes = handle.block_on(store.blob(OWNER, &blob(v)))?;
         let f = rt
             .load_http(v, &bytes)
             .map_err(|e| anyhow::anyhow!("status API component v{v}: {e}"))?;
         Ok(StatusApi {
             rt,
-            dir,
+            store,
+            handle,
             data_dir,
             tenants,
             status,
@@ -126,8 +132,8 @@ impl StatusApi {
             .rt
             .load_http(version, bytes)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        write_durable(&self.dir.join(format!("{version}.wasm")), bytes)
-            .map_err(anyhow::Error::from)?;
+        self.handle
+            .block_on(self.store.put_blob(OWNER, &blob(version), bytes))?;
         let mut next = track.clone();
         next.latest = version;
         next.history.push(version);
@@ -146,8 +152,7 @@ impl StatusApi {
         let mut next = track.clone();
         next.history.pop();
         let v = next.active().expect("non-empty");
-        let bytes =
-            std::fs::read(self.dir.join(format!("{v}.wasm"))).map_err(anyhow::Error::from)?;
+        let bytes = self.handle.block_on(self.store.blob(OWNER, &blob(v)))?;
         let f = self
             .rt
             .load_http(v, &bytes)
@@ -157,13 +162,51 @@ impl StatusApi {
     }
 
     fn activate(&self, track: &mut Track, next: Track, f: HttpFunction) -> Result<(), AdminError> {
-        write_durable(
-            &self.dir.join("state.json"),
-            &serde_json::to_vec_pretty(&next).map_err(anyhow::Error::from)?,
-        )
-        .map_err(anyhow::Error::from)?;
+        let state = serde_json::to_vec_pretty(&next).map_err(anyhow::Error::from)?;
+        self.handle.block_on(self.store.put_state(OWNER, &state))?;
         *track = next;
         *self.active.write().expect("active lock") = Arc::new(f);
+        Ok(())
+    }
+
+    /// Follows another host's deploys and rollbacks (a cluster's store);
+    /// a no-op for the file store.
+    pub async fn follow(self: Arc<Self>) {
+        let Some(mut changes) = self.store.changes() else {
+            return;
+        };
+        loop {
+            match changes.recv().await {
+                Ok(owner) if owner == OWNER => {}
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+            let this = self.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || this.reload()).await {
+                tracing::error!(event = "status_api.follow_failed", cause = %format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Loads the stored active version when another host changed it.
+    fn reload(&self) -> anyhow::Result<()> {
+        let mut track = self.track.lock().expect("track lock");
+        let Some(bytes) = self.handle.block_on(self.store.state(OWNER))? else {
+            return Ok(());
+        };
+        let next: Track = serde_json::from_slice(&bytes)?;
+        if next.history == track.history && next.latest == track.latest {
+            return Ok(());
+        }
+        let v = next.active().unwrap_or(1);
+        let bytes = self.handle.block_on(self.store.blob(OWNER, &blob(v)))?;
+        let f = self
+            .rt
+            .load_http(v, &bytes)
+            .map_err(|e| anyhow::anyhow!("status API component v{v}: {e}"))?;
+        *track = next;
+        *self.active.write().expect("active lock") = Arc::new(f);
+        tracing::info!(event = "status_api.followed", version = v);
         Ok(())
     }
 
@@ -282,6 +325,13 @@ impl StatusApi {
             },
         }
     }
+}
+
+/// The artifact store's owner of the status API's versions.
+const OWNER: &str = "status-api";
+
+fn blob(version: u64) -> String {
+    format!("{version}.wasm")
 }
 
 /// Serves the status API until shutdown.

@@ -1,7 +1,8 @@
 //! Tenants: their function sets and rules, stored durably by version,
 //! swapped atomically, and the indexes that resolve a session's tenant.
 //!
-//! On disk, under `<data_dir>/tenants/<tenant>/`:
+//! Stored in the [artifact store](crate::artifacts), owner
+//! `tenants/<tenant>` (on one host: files under `<data_dir>/tenants/<tenant>/`):
 //!
 //! ```text
 //! state.json                   function order, each function's and the rules' version history
@@ -9,14 +10,13 @@
 //! rules/<v>.toml               every version of the rules
 //! ```
 //!
-//! Every change writes the new version's file, then `state.json` (write,
-//! fsync, rename, fsync the directory), then swaps the in-memory
-//! [`PolicySet`]. A transaction holds the `Arc<PolicySet>` it started with;
-//! the next one sees the new set. Rollback re-activates the previous
-//! version in the history.
+//! Every change stores the new version's blob, then the state, then swaps
+//! the in-memory [`PolicySet`]. A transaction holds the `Arc<PolicySet>` it
+//! started with; the next one sees the new set. Rollback re-activates the
+//! previous version in the history. In a cluster, every host hears of
+//! another's change ([`Tenants::follow`]) and loads the new state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use rustls::sign::CertifiedKey;
 
+use crate::artifacts::ArtifactStore;
 use crate::config::{Config, Tenant};
-use crate::fsutil::write_durable;
 
 /// The reference components, built from `components/` and embedded.
 pub const BUILTINS: &[(&str, &[u8])] = &[
@@ -80,6 +80,21 @@ pub const STATUS_COMPONENT: &[u8] = include_bytes!(concat!(
     env!("MAILWIT_COMPONENTS_DIR"),
     "/mailwit_status.wasm"
 ));
+
+/// The artifact store's owners of tenants: `tenants/<id>`.
+const OWNER: &str = "tenants/";
+
+fn owner(tenant: &str) -> String {
+    format!("{OWNER}{tenant}")
+}
+
+fn function_blob(name: &str, version: u64) -> String {
+    format!("functions/{name}/{version}.wasm")
+}
+
+fn rules_blob(version: u64) -> String {
+    format!("rules/{version}.toml")
+}
 
 /// The name `rollback` uses for a tenant's rules.
 pub const RULES: &str = "rules";
@@ -170,7 +185,9 @@ fn tenant_certificate(rules: &Rules) -> Result<Option<Arc<CertifiedKey>>, String
 /// All tenants.
 pub struct Tenants {
     rt: Arc<Runtime>,
-    dir: PathBuf,
+    store: Arc<dyn ArtifactStore>,
+    /// Runs the store's calls from the blocking threads Tenants runs on.
+    handle: tokio::runtime::Handle,
     defaults: Limits,
     sets: RwLock<HashMap<String, Arc<PolicySet>>>,
     index: RwLock<Index>,
@@ -190,13 +207,18 @@ fn valid_name(s: &str) -> bool {
 
 impl Tenants {
     /// Loads every stored tenant, and stores (as version 1) the tenants of
-    /// the configuration that are not stored yet.
-    pub fn open(rt: Arc<Runtime>, config: &Config, defaults: Limits) -> anyhow::Result<Tenants> {
-        let dir = config.data_dir.join("tenants");
-        std::fs::create_dir_all(&dir)?;
+    /// the configuration that are not stored yet. Call from a blocking
+    /// thread of a tokio runtime.
+    pub fn open(
+        rt: Arc<Runtime>,
+        config: &Config,
+        defaults: Limits,
+        store: Arc<dyn ArtifactStore>,
+    ) -> anyhow::Result<Tenants> {
         let tenants = Tenants {
             rt,
-            dir,
+            store,
+            handle: tokio::runtime::Handle::current(),
             defaults,
             sets: RwLock::default(),
             index: RwLock::default(),
@@ -204,17 +226,13 @@ impl Tenants {
             loaded: Mutex::default(),
             ops: Mutex::default(),
         };
-        for entry in std::fs::read_dir(&tenants.dir)? {
-            let entry = entry?;
-            let id = entry.file_name().to_string_lossy().into_owned();
-            let state_path = entry.path().join("state.json");
-            if !state_path.exists() {
-                continue;
-            }
-            let state: TenantState = serde_json::from_slice(&std::fs::read(&state_path)?)
-                .with_context(|| format!("reading {}", state_path.display()))?;
+        let stored = tenants.handle.block_on(tenants.store.states(OWNER))?;
+        for (owner, bytes) in stored {
+            let id = owner.strip_prefix(OWNER).unwrap_or(&owner).to_string();
+            let state: TenantState = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading the state of tenant {id}"))?;
             tenants
-                .activate(&id, state)
+                .load(&id, state)
                 .with_context(|| format!("loading tenant {id}"))?;
         }
         for t in &config.tenants {
@@ -312,8 +330,55 @@ impl Tenants {
         *self.index.write().expect("index lock") = index;
     }
 
-    fn tenant_dir(&self, tenant: &str) -> PathBuf {
-        self.dir.join(tenant)
+    /// Keeps this host's tenants in step with the cluster's: each state
+    /// another host stores is loaded here (within the watch's delay). Runs
+    /// until the store stops telling; a no-op for the file store.
+    pub async fn follow(self: Arc<Self>) {
+        let Some(mut changes) = self.store.changes() else {
+            return;
+        };
+        loop {
+            let owner = match changes.recv().await {
+                Ok(owner) => owner,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(event = "tenant.follow_lagged", missed = n);
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(id) = owner.strip_prefix(OWNER).map(str::to_string) else {
+                continue;
+            };
+            let this = self.clone();
+            let r = tokio::task::spawn_blocking(move || this.reload(&id)).await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(event = "tenant.follow_failed", owner = %owner, cause = %format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Loads a tenant's stored state when it is newer than the one active.
+    fn reload(&self, tenant: &str) -> anyhow::Result<()> {
+        let _op = self.ops.lock().expect("ops lock");
+        let Some(bytes) = self.handle.block_on(self.store.state(&owner(tenant)))? else {
+            return Ok(());
+        };
+        let state: TenantState = serde_json::from_slice(&bytes)?;
+        if self
+            .get(tenant)
+            .is_some_and(|s| s.generation >= state.generation)
+        {
+            return Ok(());
+        }
+        let set = self.load(tenant, state)?;
+        self.reindex();
+        tracing::info!(
+            event = "tenant.followed",
+            tenant,
+            generation = set.generation,
+            rules = set.rules_version
+        );
+        Ok(())
     }
 
     fn function(&self, tenant: &str, name: &str, version: u64) -> anyhow::Result<Arc<Function>> {
@@ -321,16 +386,15 @@ impl Tenants {
         if let Some(f) = self.loaded.lock().expect("loaded lock").get(&key) {
             return Ok(f.clone());
         }
-        let path = self
-            .tenant_dir(tenant)
-            .join("functions")
-            .join(name)
-            .join(format!("{version}.wasm"));
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let f =
-            Arc::new(self.rt.load(name, version, &bytes).with_context(|| {
-                format!("function {name} version {version} ({})", path.display())
-            })?);
+        let bytes = self.handle.block_on(
+            self.store
+                .blob(&owner(tenant), &function_blob(name, version)),
+        )?;
+        let f = Arc::new(
+            self.rt
+                .load(name, version, &bytes)
+                .with_context(|| format!("tenant {tenant}: function {name} version {version}"))?,
+        );
         self.loaded
             .lock()
             .expect("loaded lock")
@@ -340,39 +404,21 @@ impl Tenants {
 
     /// Builds the set a state describes, stores the state, swaps the set.
     fn activate(&self, tenant: &str, state: TenantState) -> anyhow::Result<Arc<PolicySet>> {
-        let rules_version = state.rules.active().unwrap_or(0);
-        let rules = if rules_version == 0 {
-            Rules::default()
-        } else {
-            let path = self
-                .tenant_dir(tenant)
-                .join("rules")
-                .join(format!("{rules_version}.toml"));
-            Rules::parse(
-                &std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-            )?
-        };
-        let mut functions = Vec::new();
-        for name in &state.order {
-            if let Some(v) = state.functions.get(name).and_then(Track::active) {
-                functions.push(self.function(tenant, name, v)?);
-            }
-        }
-        let limits = self.limits_from(&rules);
-        let set = Arc::new(PolicySet {
-            tenant: Arc::from(tenant),
-            generation: state.generation,
-            functions,
-            rules: Arc::new(rules),
-            rules_version,
-            limits,
-            label: Default::default(),
-        });
-        write_durable(
-            &self.tenant_dir(tenant).join("state.json"),
-            &serde_json::to_vec_pretty(&state)?,
+        let set = self.build(tenant, &state)?;
+        self.handle.block_on(
+            self.store
+                .put_state(&owner(tenant), &serde_json::to_vec_pretty(&state)?),
         )?;
+        Ok(self.swap(tenant, state, set))
+    }
+
+    /// Builds the set a stored state describes and swaps it in.
+    fn load(&self, tenant: &str, state: TenantState) -> anyhow::Result<Arc<PolicySet>> {
+        let set = self.build(tenant, &state)?;
+        Ok(self.swap(tenant, state, set))
+    }
+
+    fn swap(&self, tenant: &str, state: TenantState, set: Arc<PolicySet>) -> Arc<PolicySet> {
         self.changes
             .lock()
             .expect("changes lock")
@@ -381,7 +427,36 @@ impl Tenants {
             .write()
             .expect("sets lock")
             .insert(tenant.to_string(), set.clone());
-        Ok(set)
+        set
+    }
+
+    /// The set a state describes: its rules and functions loaded.
+    fn build(&self, tenant: &str, state: &TenantState) -> anyhow::Result<Arc<PolicySet>> {
+        let rules_version = state.rules.active().unwrap_or(0);
+        let rules = if rules_version == 0 {
+            Rules::default()
+        } else {
+            let bytes = self
+                .handle
+                .block_on(self.store.blob(&owner(tenant), &rules_blob(rules_version)))?;
+            Rules::parse(&String::from_utf8(bytes).context("rules are UTF-8")?)?
+        };
+        let mut functions = Vec::new();
+        for name in &state.order {
+            if let Some(v) = state.functions.get(name).and_then(Track::active) {
+                functions.push(self.function(tenant, name, v)?);
+            }
+        }
+        let limits = self.limits_from(&rules);
+        Ok(Arc::new(PolicySet {
+            tenant: Arc::from(tenant),
+            generation: state.generation,
+            functions,
+            rules: Arc::new(rules),
+            rules_version,
+            limits,
+            label: Default::default(),
+        }))
     }
 
     /// Per-tenant limits: `runtime.deadline-ms` and `runtime.memory-bytes`
@@ -435,12 +510,11 @@ impl Tenants {
                 .load(name, version, bytes)
                 .map_err(|e| AdminError::Invalid(e.to_string()))?,
         );
-        let path = self
-            .tenant_dir(tenant)
-            .join("functions")
-            .join(name)
-            .join(format!("{version}.wasm"));
-        write_durable(&path, bytes).map_err(anyhow::Error::from)?;
+        self.handle.block_on(self.store.put_blob(
+            &owner(tenant),
+            &function_blob(name, version),
+            bytes,
+        ))?;
         self.loaded
             .lock()
             .expect("loaded lock")
@@ -480,14 +554,11 @@ impl Tenants {
         }
         let mut state = self.state_of(tenant);
         let version = state.rules.latest + 1;
-        write_durable(
-            &self
-                .tenant_dir(tenant)
-                .join("rules")
-                .join(format!("{version}.toml")),
+        self.handle.block_on(self.store.put_blob(
+            &owner(tenant),
+            &rules_blob(version),
             text.as_bytes(),
-        )
-        .map_err(anyhow::Error::from)?;
+        ))?;
         state.rules.latest = version;
         state.rules.history.push(version);
         state.generation += 1;
