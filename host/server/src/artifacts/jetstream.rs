@@ -44,22 +44,7 @@ impl JetStreamArtifacts {
             }
         })
         .await;
-        let blobs_config = object_store::Config {
-            bucket: cluster.stream_name("BLOBS"),
-            storage: stream::StorageType::File,
-            num_replicas: cluster.config.replicas,
-            ..Default::default()
-        };
-        let blobs = Cluster::until_ready("the blobs object store", || async {
-            match js.get_object_store(&blobs_config.bucket).await {
-                Ok(o) => Ok(o),
-                Err(_) => js
-                    .create_object_store(blobs_config.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        })
-        .await;
+        let blobs = cluster.object_store("BLOBS").await;
         let (changes, _) = broadcast::channel(1024);
         tokio::spawn(watch(kv.clone(), changes.clone()));
         JetStreamArtifacts { kv, blobs, changes }

@@ -79,6 +79,28 @@ impl Cluster {
         format!("{}.{rest}", self.config.name)
     }
 
+    /// The object store `<PREFIX>_<WHAT>`, created when missing (waiting
+    /// until JetStream answers).
+    pub async fn object_store(&self, what: &str) -> jetstream::object_store::ObjectStore {
+        let config = jetstream::object_store::Config {
+            bucket: self.stream_name(what),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        let js = &self.js;
+        Cluster::until_ready(&config.bucket, || async {
+            match js.get_object_store(&config.bucket).await {
+                Ok(o) => Ok(o),
+                Err(_) => js
+                    .create_object_store(config.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        })
+        .await
+    }
+
     /// Runs `make` until it succeeds (JetStream may still be electing a
     /// leader, or no server be up yet), logging each failure.
     pub async fn until_ready<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(

@@ -116,22 +116,7 @@ impl JetStreamQueue {
             stream.get_or_create_consumer("delivery", consumer_config.clone())
         })
         .await;
-        let objects_config = object_store::Config {
-            bucket: cluster.stream_name("CONTENT"),
-            storage: stream::StorageType::File,
-            num_replicas: c.replicas,
-            ..Default::default()
-        };
-        let objects = Cluster::until_ready("the content object store", || async {
-            match js.get_object_store(&objects_config.bucket).await {
-                Ok(o) => Ok(o),
-                Err(_) => js
-                    .create_object_store(objects_config.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        })
-        .await;
+        let objects = cluster.object_store("CONTENT").await;
         let q = JetStreamQueue {
             cluster: cluster.clone(),
             subject,
