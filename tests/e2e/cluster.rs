@@ -191,6 +191,27 @@ fn a_message_accepted_by_one_host_is_delivered_and_its_status_read_on_another() 
     });
     // Exactly once, whichever host took it.
     assert_eq!(copies(&upstream, "one@example.net"), 1);
+    // What an operator sees: both hosts alive, nothing left in the queue.
+    let (ok, out) = run(a.command("cluster").args(["status", "--json"]));
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["hosts"].as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(status["queue"]["pending"], 0, "{out}");
+    let queue = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "MAILWIT_QUEUE")
+        .unwrap_or_else(|| panic!("{out}"))
+        .clone();
+    assert_eq!(queue["replicas"], 3, "{out}");
+    wait_for("the queue stream emptied", || {
+        let (_, out) = run(a.command("cluster").args(["status", "--json"]));
+        out.contains("\"MAILWIT_QUEUE\"") && {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["streams"][0]["messages"] == 0
+        }
+    });
 }
 
 #[test]
@@ -513,7 +534,13 @@ fn a_deploy_on_one_host_reaches_the_others_and_a_later_host_loads_it() {
         &["deploy", "acme", "router", router.to_str().unwrap()],
     );
     assert!(ok, "{out}");
-    let deploy = time_until("B runs router 2", || active(&b, "router") == 2);
+    let deploy = time_until("B runs router 2", || {
+        let n = active(&b, "router");
+        if n != 2 && b.log_text().contains("follow_failed") {
+            panic!("{}", b.log_text());
+        }
+        n == 2
+    });
     let id = submit(&b, "kept@example.net", &[]);
     wait_for("B sandboxed it", || {
         b.statuses(&id, "kept@example.net") == ["received", "delivered_to_sandbox"]
@@ -557,4 +584,15 @@ fn a_deploy_on_one_host_reaches_the_others_and_a_later_host_loads_it() {
         rollback.as_millis(),
         rules_swap.as_millis()
     );
+}
+
+/// The NATS configuration the README ships for the strong setting is one
+/// nats-server 2.15 accepts.
+#[test]
+fn the_shipped_nats_configuration_is_valid() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/nats-server.conf");
+    let (ok, out) = run(Command::new("nats-server").arg("-t").arg("-c").arg(&conf));
+    assert!(ok && out.contains("is valid"), "{out}");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("sync_interval: always"), "{text}");
 }

@@ -111,7 +111,7 @@ impl Server {
     }
 
     /// The `mailwit` command, in the server's directory, with its `--config`.
-    fn command(&self, subcommand: &str) -> Command {
+    pub fn command(&self, subcommand: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailwit"));
         cmd.current_dir(self.dir.path()).arg(subcommand);
         if !self.embedded {

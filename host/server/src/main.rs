@@ -93,6 +93,14 @@ enum Command {
         #[command(subcommand)]
         command: StatusApiCommand,
     },
+    /// The cluster a configuration's `[cluster]` names: hosts alive,
+    /// the delivery queue's counts, the streams.
+    Cluster {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect the spool of a configuration.
     Spool {
         #[arg(long)]
@@ -136,6 +144,17 @@ enum StatusApiCommand {
     },
     /// Go back to the previous version.
     Rollback,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Hosts seen in the last 15 s; pending, in-flight and redelivered
+    /// messages; each stream's size, replicas and leader.
+    Status {
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,8 +286,16 @@ fn main() -> anyhow::Result<()> {
             println!("{hash}");
             Ok(())
         }
+        Command::Cluster {
+            config,
+            command: ClusterCommand::Status { json },
+        } => cluster_status(&Config::load(config.as_deref())?, json),
         Command::Spool { config, command } => {
             let config = Config::load(config.as_deref())?;
+            anyhow::ensure!(
+                config.cluster.is_none(),
+                "this configuration's queue is in the cluster: see `mailwit cluster status`"
+            );
             let messages =
                 queue::file::pending(&config.data_dir.join("spool")).with_context(|| {
                     format!("reading the spool under {}", config.data_dir.display())
@@ -397,6 +424,64 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("{}: {p}", path.display());
     }
     anyhow::bail!("{} problem(s) in {}", problems.len(), path.display())
+}
+
+fn cluster_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let c = config
+        .cluster
+        .as_ref()
+        .context("this configuration has no [cluster] section")?;
+    let status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let cluster = mailwit::cluster::Cluster::connect(c, "cli").await?;
+            tokio::time::timeout(std::time::Duration::from_secs(10), cluster.status())
+                .await
+                .context("NATS did not answer within 10 s")?
+        })?;
+    if json {
+        return print_json(&status);
+    }
+    let q = &status["queue"];
+    println!(
+        "queue: {} pending, {} in flight, {} redelivered",
+        q["pending"], q["in_flight"], q["redelivered"]
+    );
+    let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
+    print_table(
+        &["HOST", "PID", "VERSION", "SEEN"],
+        hosts
+            .iter()
+            .map(|h| {
+                let ago =
+                    mailwit::wallclock::now_ms().saturating_sub(h["seen_ms"].as_u64().unwrap_or(0));
+                vec![
+                    h["host"].as_str().unwrap_or("").to_string(),
+                    h["pid"].to_string(),
+                    h["version"].as_str().unwrap_or("").to_string(),
+                    format!("{:.0}s ago", ago as f64 / 1000.0),
+                ]
+            })
+            .collect(),
+    );
+    let streams = status["streams"].as_array().cloned().unwrap_or_default();
+    print_table(
+        &["STREAM", "MESSAGES", "BYTES", "REPLICAS", "LEADER"],
+        streams
+            .iter()
+            .map(|s| {
+                vec![
+                    s["stream"].as_str().unwrap_or("").to_string(),
+                    s["messages"].to_string(),
+                    s["bytes"].to_string(),
+                    s["replicas"].to_string(),
+                    s["leader"].as_str().unwrap_or("-").to_string(),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

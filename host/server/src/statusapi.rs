@@ -176,25 +176,22 @@ impl StatusApi {
             return;
         };
         loop {
-            match changes.recv().await {
-                Ok(owner) if owner == OWNER => {}
+            let state = match changes.recv().await {
+                Ok((owner, state)) if owner == OWNER => state,
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
-            }
+            };
             let this = self.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || this.reload()).await {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || this.reload(&state)).await {
                 tracing::error!(event = "status_api.follow_failed", cause = %format!("{e:#}"));
             }
         }
     }
 
-    /// Loads the stored active version when another host changed it.
-    fn reload(&self) -> anyhow::Result<()> {
+    /// Loads a state just stored when another host changed it.
+    fn reload(&self, state: &[u8]) -> anyhow::Result<()> {
         let mut track = self.track.lock().expect("track lock");
-        let Some(bytes) = self.handle.block_on(self.store.state(OWNER))? else {
-            return Ok(());
-        };
-        let next: Track = serde_json::from_slice(&bytes)?;
+        let next: Track = serde_json::from_slice(state)?;
         if next.history == track.history && next.latest == track.latest {
             return Ok(());
         }

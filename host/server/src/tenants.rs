@@ -338,8 +338,8 @@ impl Tenants {
             return;
         };
         loop {
-            let owner = match changes.recv().await {
-                Ok(owner) => owner,
+            let (owner, state) = match changes.recv().await {
+                Ok(change) => change,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(event = "tenant.follow_lagged", missed = n);
                     continue;
@@ -350,20 +350,18 @@ impl Tenants {
                 continue;
             };
             let this = self.clone();
-            let r = tokio::task::spawn_blocking(move || this.reload(&id)).await;
+            let r = tokio::task::spawn_blocking(move || this.reload(&id, &state)).await;
             if let Ok(Err(e)) = r {
                 tracing::error!(event = "tenant.follow_failed", owner = %owner, cause = %format!("{e:#}"));
             }
         }
     }
 
-    /// Loads a tenant's stored state when it is newer than the one active.
-    fn reload(&self, tenant: &str) -> anyhow::Result<()> {
+    /// Loads a tenant's state, just stored, when it is newer than the one
+    /// active (this host's own change comes back too).
+    fn reload(&self, tenant: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let _op = self.ops.lock().expect("ops lock");
-        let Some(bytes) = self.handle.block_on(self.store.state(&owner(tenant)))? else {
-            return Ok(());
-        };
-        let state: TenantState = serde_json::from_slice(&bytes)?;
+        let state: TenantState = serde_json::from_slice(bytes)?;
         if self
             .get(tenant)
             .is_some_and(|s| s.generation >= state.generation)

@@ -19,7 +19,7 @@ use crate::cluster::Cluster;
 pub struct JetStreamArtifacts {
     kv: kv::Store,
     blobs: object_store::ObjectStore,
-    changes: broadcast::Sender<String>,
+    changes: broadcast::Sender<(String, Vec<u8>)>,
 }
 
 impl JetStreamArtifacts {
@@ -51,19 +51,28 @@ impl JetStreamArtifacts {
     }
 }
 
-/// Passes every state change on, watching again after a failure.
-async fn watch(kv: kv::Store, out: broadcast::Sender<String>) {
+/// Passes every state change on, with the state as the watch saw it (a
+/// read of the key could reach a replica a moment behind), watching again
+/// from the next revision after a failure.
+async fn watch(kv: kv::Store, out: broadcast::Sender<(String, Vec<u8>)>) {
+    let mut next: Option<u64> = None;
     loop {
-        match kv.watch("s.>").await {
+        let w = match next {
+            Some(rev) => kv.watch_from_revision("s.>", rev).await,
+            None => kv.watch("s.>").await,
+        };
+        match w {
             Ok(mut w) => {
                 while let Some(entry) = w.next().await {
                     match entry {
-                        Ok(e) if e.operation == kv::Operation::Put => {
-                            if let Some(owner) = e.key.strip_prefix("s.") {
-                                let _ = out.send(owner.to_string());
+                        Ok(e) => {
+                            next = Some(e.revision + 1);
+                            if e.operation == kv::Operation::Put
+                                && let Some(owner) = e.key.strip_prefix("s.")
+                            {
+                                let _ = out.send((owner.to_string(), e.value.to_vec()));
                             }
                         }
-                        Ok(_) => {}
                         Err(e) => {
                             tracing::warn!(event = "artifacts.watch_failed", cause = %e);
                             break;
@@ -172,7 +181,7 @@ impl ArtifactStore for JetStreamArtifacts {
         Ok(bytes)
     }
 
-    fn changes(&self) -> Option<broadcast::Receiver<String>> {
+    fn changes(&self) -> Option<broadcast::Receiver<(String, Vec<u8>)>> {
         Some(self.changes.subscribe())
     }
 }

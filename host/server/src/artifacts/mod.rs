@@ -35,9 +35,9 @@ pub trait ArtifactStore: Send + Sync {
     async fn put_blob(&self, owner: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()>;
     /// A blob's bytes.
     async fn blob(&self, owner: &str, name: &str) -> anyhow::Result<Vec<u8>>;
-    /// The owners whose state another host changed, as they change; `None`
-    /// for a store only this host writes.
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+    /// Each state stored (by any host) as it is stored: the owner and the
+    /// state. `None` for a store only this host writes.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Vec<u8>)>> {
         None
     }
 }

@@ -7,7 +7,10 @@
 //! |---|---|---|
 //! | the delivery queue | stream, work-queue retention | `<P>_QUEUE`, subjects `<p>.queue.>` |
 //! | delivery workers | durable pull consumer, explicit acks | `delivery` on `<P>_QUEUE` |
-//! | content too large for one NATS message | object store | `<p>-content` |
+//! | content too large for one NATS message | object store | `<P>_CONTENT` |
+//! | status events | stream | `<P>_STATUS`, subjects `<p>.status.<tenant>.<id>` |
+//! | deployed versions | key-value bucket, object store | `<P>_ARTIFACTS`, `<P>_BLOBS` |
+//! | hosts alive | key-value bucket, entries expire after 15 s | `<P>_HOSTS` |
 //!
 //! The client reconnects by itself: while no server answers, a submission
 //! waits at most `ack_timeout_ms` for its acknowledgement and gets
@@ -118,6 +121,109 @@ impl Cluster {
                 }
             }
         }
+    }
+}
+
+/// How often a host says it is alive, and how long the cluster remembers.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+const HOST_TTL: Duration = Duration::from_secs(15);
+
+impl Cluster {
+    async fn hosts_bucket(&self) -> anyhow::Result<jetstream::kv::Store> {
+        let name = self.stream_name("HOSTS");
+        if let Ok(kv) = self.js.get_key_value(&name).await {
+            return Ok(kv);
+        }
+        Ok(self
+            .js
+            .create_key_value(jetstream::kv::Config {
+                bucket: name,
+                history: 1,
+                max_age: HOST_TTL,
+                num_replicas: self.config.replicas,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Says every few seconds that this host is alive (for `mailwit
+    /// cluster status`), until the process ends.
+    pub async fn announce(self, host: String) {
+        let key = format!("h.{}-{}", host, std::process::id());
+        let started = crate::wallclock::now_ms();
+        loop {
+            let entry = serde_json::json!({
+                "host": host,
+                "pid": std::process::id(),
+                "started_ms": started,
+                "seen_ms": crate::wallclock::now_ms(),
+                "version": env!("CARGO_PKG_VERSION"),
+            });
+            let put = async {
+                self.hosts_bucket()
+                    .await?
+                    .put(&key, entry.to_string().into())
+                    .await?;
+                anyhow::Ok(())
+            };
+            if let Err(e) = put.await {
+                tracing::warn!(event = "cluster.announce_failed", cause = %format!("{e:#}"));
+            }
+            tokio::time::sleep(ANNOUNCE_EVERY).await;
+        }
+    }
+
+    /// The cluster as `mailwit cluster status` shows it: the hosts seen in
+    /// the last 15 s, the delivery consumer's counts, each stream's size.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        use futures::StreamExt;
+        let hosts_kv = self.hosts_bucket().await.context("the hosts bucket")?;
+        let mut hosts = Vec::new();
+        let mut keys = hosts_kv.keys().await?;
+        while let Some(k) = keys.next().await {
+            if let Some(v) = hosts_kv.get(k?).await? {
+                hosts.push(serde_json::from_slice::<serde_json::Value>(&v)?);
+            }
+        }
+        let queue = self
+            .js
+            .get_stream(self.stream_name("QUEUE"))
+            .await
+            .context("the queue stream")?;
+        let mut consumer: jetstream::consumer::PullConsumer = queue
+            .get_consumer("delivery")
+            .await
+            .map_err(|e| anyhow::anyhow!("the delivery consumer: {e}"))?;
+        let c = consumer.info().await?.clone();
+        let mut streams = Vec::new();
+        for what in ["QUEUE", "STATUS", "ARTIFACTS", "BLOBS", "CONTENT", "HOSTS"] {
+            let name = match what {
+                "ARTIFACTS" | "HOSTS" => format!("KV_{}", self.stream_name(what)),
+                "BLOBS" | "CONTENT" => format!("OBJ_{}", self.stream_name(what)),
+                _ => self.stream_name(what),
+            };
+            let Ok(mut st) = self.js.get_stream(&name).await else {
+                continue;
+            };
+            let info = st.info().await?;
+            streams.push(serde_json::json!({
+                "stream": name,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "replicas": info.config.num_replicas,
+                "leader": info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            }));
+        }
+        Ok(serde_json::json!({
+            "hosts": hosts,
+            "queue": {
+                "pending": c.num_pending,
+                "in_flight": c.num_ack_pending,
+                "redelivered": c.num_redelivered,
+                "waiting_pulls": c.num_waiting,
+            },
+            "streams": streams,
+        }))
     }
 }
 
