@@ -37,8 +37,9 @@
 //! of all of these together, not of WebAssembly alone. Both runs do the
 //! same SMTP, spool, status and (discard) delivery work.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -107,65 +108,10 @@ fn main() {
     }
 }
 
-/// The demo tenant's function set, under the login `bench`.
-fn config(data_dir: &std::path::Path) -> String {
-    let demo = mailwit::config::Config::load(None).unwrap();
-    let hash = demo.tenants[0].rules["users"]["demo"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    format!(
-        r#"data_dir = "{}"
-[admin]
-addr = "127.0.0.1:0"
-token = "bench"
-[status_api]
-addr = "127.0.0.1:0"
-[[listeners]]
-name = "bench"
-addr = "127.0.0.1:0"
-tls = "starttls"
-plaintext_auth = true
-[[tenants]]
-id = "bench"
-functions = [
-    {{ name = "auth", component = "builtin:auth" }},
-    {{ name = "sender", component = "builtin:sender" }},
-    {{ name = "content", component = "builtin:content" }},
-    {{ name = "ib-headers", component = "builtin:ib-headers" }},
-    {{ name = "router", component = "builtin:router" }},
-]
-[tenants.rules.users]
-bench = "{hash}"
-[tenants.rules.senders]
-domains = ["bench.example"]
-[tenants.rules.route]
-default = "discard"
-"#,
-        data_dir.display()
-    )
-}
-
-/// The server's CPU time so far (user + system), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th of the whole line, in clock ticks (100 per second on
-    // Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
-}
-
 /// Accepted and delivered msg/s, and server CPU per message.
 fn run(clients: usize, noop: bool) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir.path().join("data"));
+    let config = common::config(&dir.path().join("data"), "");
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailwit"));
@@ -218,11 +164,11 @@ fn run(clients: usize, noop: bool) -> Run {
         "Subject: bench\r\n\r\n{}",
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(64)
     );
-    let cpu_before = cpu_seconds(child.id());
+    let cpu_before = common::cpu_seconds(child.id());
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let body = body.clone();
-            std::thread::spawn(move || submit(port, per_client, &body))
+            std::thread::spawn(move || common::submit(port, per_client, &body).0)
         })
         .collect();
     let greeted: Vec<Instant> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -232,7 +178,7 @@ fn run(clients: usize, noop: bool) -> Run {
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("every message delivered")
         - start;
-    let cpu_us = (cpu_seconds(child.id()) - cpu_before) * 1e6 / total as f64;
+    let cpu_us = (common::cpu_seconds(child.id()) - cpu_before) * 1e6 / total as f64;
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -263,41 +209,4 @@ fn run(clients: usize, noop: bool) -> Run {
         delivered: delivered_rate,
         cpu_us,
     }
-}
-
-/// One session's `n` messages; returns when its greeting arrived.
-fn submit(port: u16, n: usize, body: &str) -> Instant {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let expect = |r: &mut BufReader<TcpStream>, code: &str| loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with(code), "expected {code}, got {line}");
-        if line.as_bytes()[3] == b' ' {
-            break;
-        }
-    };
-    expect(&mut r, "220");
-    let greeted = Instant::now();
-    s.write_all(b"EHLO bench\r\n").unwrap();
-    expect(&mut r, "250");
-    s.write_all(b"AUTH PLAIN AGJlbmNoAGRlbW8tcGFzc3dvcmQ=\r\n")
-        .unwrap();
-    expect(&mut r, "235");
-    for _ in 0..n {
-        for (cmd, code) in [
-            ("MAIL FROM:<b@bench.example>\r\n", "250"),
-            ("RCPT TO:<x@example.net>\r\n", "250"),
-            ("DATA\r\n", "354"),
-        ] {
-            s.write_all(cmd.as_bytes()).unwrap();
-            expect(&mut r, code);
-        }
-        s.write_all(body.as_bytes()).unwrap();
-        s.write_all(b".\r\n").unwrap();
-        expect(&mut r, "250");
-    }
-    s.write_all(b"QUIT\r\n").unwrap();
-    greeted
 }
