@@ -191,6 +191,28 @@ fn a_message_accepted_by_one_host_is_delivered_and_its_status_read_on_another() 
     });
     // Exactly once, whichever host took it.
     assert_eq!(copies(&upstream, "one@example.net"), 1);
+    // Host B's status API (the status component, in-process) shows the
+    // events recorded by whichever host delivered it.
+    let url = format!(
+        "http://127.0.0.1:{}/v1/acme/notifications/id/{id}",
+        b.port("status-api")
+    );
+    let (ok, body) = run(Command::new("curl")
+        .args(["-s", "-m", "30", "-u", &format!("{LOGIN}:{PASSWORD}")])
+        .arg(&url));
+    assert!(ok, "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let codes: Vec<&str> = v["Notification"]["status"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .filter_map(|e| e["statusCode"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"CAAS_RECEIVED") && codes.contains(&"CH_SENT"),
+        "{body}"
+    );
     // What an operator sees: both hosts alive, nothing left in the queue.
     let (ok, out) = run(a.command("cluster").args(["status", "--json"]));
     assert!(ok, "{out}");
