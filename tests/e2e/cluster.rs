@@ -567,6 +567,19 @@ fn a_deploy_on_one_host_reaches_the_others_and_a_later_host_loads_it() {
     wait_for("B sandboxed it", || {
         b.statuses(&id, "kept@example.net") == ["received", "delivered_to_sandbox"]
     });
+    // Kept in the cluster's sandbox: host A's status API lists and serves it.
+    let curl = |path: &str| {
+        let url = format!("http://127.0.0.1:{}{path}", a.port("status-api"));
+        let (ok, body) = run(Command::new("curl")
+            .args(["-s", "-m", "30", "-u", &format!("{LOGIN}:{PASSWORD}")])
+            .arg(&url));
+        assert!(ok, "{body}");
+        body
+    };
+    let listing = curl("/v1/acme/sandbox");
+    assert!(listing.contains(&id), "{listing}");
+    let raw = curl(&format!("/v1/acme/sandbox/{id}"));
+    assert!(raw.contains("kept@example.net"), "{raw}");
     // A rollback.
     let (ok, out) = a.cli("tenant", &["rollback", "acme", "router"]);
     assert!(ok, "{out}");

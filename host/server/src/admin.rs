@@ -34,7 +34,7 @@ use crate::tenants::{AdminError, Tenants};
 const MAX_BODY: usize = 32 << 20;
 
 pub struct Admin {
-    pub data_dir: std::path::PathBuf,
+    pub sandbox: Arc<dyn crate::delivery::sandbox::SandboxStore>,
     pub tenants: Arc<Tenants>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<dyn StatusStore>,
@@ -120,11 +120,14 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         );
     }
     if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
-        return match crate::delivery::sandbox::message(&admin.data_dir, t, id) {
-            Some(raw) => reply(StatusCode::OK, raw, "message/rfc822"),
-            None => error(AdminError::NotFound(format!(
+        return match admin.sandbox.message(t, id).await {
+            Ok(Some(raw)) => reply(StatusCode::OK, raw, "message/rfc822"),
+            Ok(None) => error(AdminError::NotFound(format!(
                 "no sandboxed message {id} for tenant {t}"
             ))),
+            Err(e) => error(AdminError::Storage(
+                anyhow::Error::new(e).context("reading the sandbox"),
+            )),
         };
     }
     let method = req.method().clone();
@@ -141,7 +144,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let tenants = admin.tenants.clone();
     let status = admin.status.clone();
     let status_api = admin.status_api.clone();
-    let data_dir = admin.data_dir.clone();
+    let sandbox = admin.sandbox.clone();
     let reload = admin.reload.clone();
     // The status store's reads are async: run from the blocking thread.
     let handle = tokio::runtime::Handle::current();
@@ -178,7 +181,11 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 .rollback(t, f)
                 .map(|v| serde_json::json!({ "tenant": t, "function": f, "active_version": v })),
             (Method::GET, ["v1", "tenants", t, "sandbox"]) => {
-                let list: Vec<serde_json::Value> = crate::delivery::sandbox::list(&data_dir, t)
+                let list: Vec<serde_json::Value> = handle
+                    .block_on(sandbox.list(t))
+                    .map_err(|e| {
+                        AdminError::Storage(anyhow::Error::new(e).context("reading the sandbox"))
+                    })?
                     .into_iter()
                     .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
                     .collect();

@@ -24,6 +24,7 @@ use crate::artifacts::{ArtifactStore, FileArtifacts, jetstream::JetStreamArtifac
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::delivery::sandbox::{FileSandbox, SandboxStore, jetstream::JetStreamSandbox};
 use crate::delivery::status::jetstream::JetStreamStatusStore;
 use crate::delivery::status::{FileStatusStore, StatusStore};
 use crate::metrics::Metrics;
@@ -143,6 +144,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let delivery = Delivery::start(
         queue.clone(),
         status.clone(),
+        stores.sandbox.clone(),
         tenants.clone(),
         config.delivery.clone(),
         config.hostname.clone(),
@@ -160,7 +162,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let status_api = {
         let (rt, dir, t, s, m, c) = (
             rt.clone(),
-            config.data_dir.clone(),
+            stores.sandbox.clone(),
             tenants.clone(),
             status.clone(),
             metrics.clone(),
@@ -198,7 +200,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
 
     let (stop, stopped) = watch::channel(false);
     let admin = Arc::new(admin::Admin {
-        data_dir: config.data_dir.clone(),
+        sandbox: stores.sandbox.clone(),
         tenants,
         metrics,
         status,
@@ -247,6 +249,7 @@ struct Stores {
     queue: Arc<dyn Queue>,
     status: Arc<dyn StatusStore>,
     artifacts: Arc<dyn ArtifactStore>,
+    sandbox: Arc<dyn SandboxStore>,
     /// The embedded queue, to wait for its committer at shutdown.
     file_queue: Option<Arc<FileQueue>>,
 }
@@ -260,7 +263,9 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
         let queue = JetStreamQueue::open(&cluster, config.delivery.workers).await;
         let status = JetStreamStatusStore::open(&cluster, retention).await;
         let artifacts = JetStreamArtifacts::open(&cluster).await;
+        let sandbox = JetStreamSandbox::open(&cluster).await;
         return Ok(Stores {
+            sandbox: Arc::new(sandbox),
             queue: Arc::new(queue),
             status: Arc::new(status),
             artifacts: Arc::new(artifacts),
@@ -278,6 +283,7 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
         queue: file_queue.clone(),
         status: Arc::new(Arc::new(status)),
         artifacts: Arc::new(FileArtifacts::new(&config.data_dir)),
+        sandbox: Arc::new(FileSandbox::new(&config.data_dir)),
         file_queue: Some(file_queue),
     })
 }

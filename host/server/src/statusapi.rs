@@ -25,7 +25,6 @@
 //! `components/status`. In a cluster every host follows another's deploy. A deploy swaps it for the next
 //! request; requests under way finish on the version they started with.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -39,6 +38,7 @@ use tokio::sync::watch;
 use crate::artifacts::ArtifactStore;
 use crate::authgate::{AuthGate, GateConfig, Refusal};
 use crate::config::StatusApiConfig;
+use crate::delivery::sandbox::SandboxStore;
 use crate::delivery::status::StatusStore;
 use crate::httpd::Peer;
 use crate::metrics::Metrics;
@@ -50,7 +50,7 @@ pub struct StatusApi {
     store: Arc<dyn ArtifactStore>,
     /// Runs the store's calls from the blocking threads deploys run on.
     handle: tokio::runtime::Handle,
-    data_dir: PathBuf,
+    sandbox: Arc<dyn SandboxStore>,
     tenants: Arc<Tenants>,
     status: Arc<dyn StatusStore>,
     metrics: Arc<Metrics>,
@@ -72,7 +72,7 @@ impl StatusApi {
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         rt: Arc<Runtime>,
-        data_dir: PathBuf,
+        sandbox: Arc<dyn SandboxStore>,
         tenants: Arc<Tenants>,
         status: Arc<dyn StatusStore>,
         metrics: Arc<Metrics>,
@@ -102,7 +102,7 @@ impl StatusApi {
             rt,
             store,
             handle,
-            data_dir,
+            sandbox,
             tenants,
             status,
             metrics,
@@ -279,7 +279,7 @@ impl StatusApi {
             rules,
             status: self.status.clone(),
             runtime: tokio::runtime::Handle::current(),
-            data_dir: self.data_dir.clone(),
+            sandbox: self.sandbox.clone(),
             retention_secs: self.retention_secs,
         });
         let request = Request::from_parts(parts, Full::new(body));
@@ -343,7 +343,7 @@ struct AccountView {
     status: Arc<dyn StatusStore>,
     /// Runs the store's async reads from the component's blocking thread.
     runtime: tokio::runtime::Handle,
-    data_dir: PathBuf,
+    sandbox: Arc<dyn SandboxStore>,
     retention_secs: u64,
 }
 
@@ -385,17 +385,18 @@ impl HostData for AccountView {
                     .map(Some)
                     .map_err(|e| e.to_string())
             }
-            Some(("sandbox", id)) => Ok(crate::delivery::sandbox::message(
-                &self.data_dir,
-                account,
-                id,
-            )),
+            Some(("sandbox", id)) => self
+                .runtime
+                .block_on(self.sandbox.message(account, id))
+                .map_err(|e| format!("reading the sandbox: {e}")),
             None if rest == "sandbox" => {
-                let list: Vec<serde_json::Value> =
-                    crate::delivery::sandbox::list(&self.data_dir, account)
-                        .into_iter()
-                        .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
-                        .collect();
+                let list: Vec<serde_json::Value> = self
+                    .runtime
+                    .block_on(self.sandbox.list(account))
+                    .map_err(|e| format!("reading the sandbox: {e}"))?
+                    .into_iter()
+                    .map(|(id, size)| serde_json::json!({ "id": id, "size": size }))
+                    .collect();
                 serde_json::to_vec(&list)
                     .map(Some)
                     .map_err(|e| e.to_string())

@@ -10,6 +10,7 @@
 //! | content too large for one NATS message | object store | `<P>_CONTENT` |
 //! | status events | stream | `<P>_STATUS`, subjects `<p>.status.<tenant>.<id>` |
 //! | deployed versions | key-value bucket, object store | `<P>_ARTIFACTS`, `<P>_BLOBS` |
+//! | the sandbox | object store | `<P>_SANDBOX` |
 //! | hosts alive | key-value bucket, entries expire after 15 s | `<P>_HOSTS` |
 //!
 //! The client reconnects by itself: while no server answers, a submission
@@ -196,10 +197,18 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("the delivery consumer: {e}"))?;
         let c = consumer.info().await?.clone();
         let mut streams = Vec::new();
-        for what in ["QUEUE", "STATUS", "ARTIFACTS", "BLOBS", "CONTENT", "HOSTS"] {
+        for what in [
+            "QUEUE",
+            "STATUS",
+            "ARTIFACTS",
+            "BLOBS",
+            "CONTENT",
+            "SANDBOX",
+            "HOSTS",
+        ] {
             let name = match what {
                 "ARTIFACTS" | "HOSTS" => format!("KV_{}", self.stream_name(what)),
-                "BLOBS" | "CONTENT" => format!("OBJ_{}", self.stream_name(what)),
+                "BLOBS" | "CONTENT" | "SANDBOX" => format!("OBJ_{}", self.stream_name(what)),
                 _ => self.stream_name(what),
             };
             let Ok(mut st) = self.js.get_stream(&name).await else {

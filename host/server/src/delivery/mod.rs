@@ -39,7 +39,6 @@ pub mod reports;
 pub mod sandbox;
 pub mod status;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +69,7 @@ pub struct Delivery {
     tenants: Arc<Tenants>,
     config: DeliveryConfig,
     hostname: String,
-    /// The sandbox lives under it.
-    data_dir: PathBuf,
+    sandbox: Arc<dyn sandbox::SandboxStore>,
     /// A large message's content is loaded only with room reserved here.
     budget: Arc<ContentBudget>,
 }
@@ -79,9 +77,11 @@ pub struct Delivery {
 impl Delivery {
     /// Starts the workers (taking due messages from `queue`) and the
     /// retention purge.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         queue: Arc<dyn Queue>,
         status: Arc<dyn StatusStore>,
+        sandbox: Arc<dyn sandbox::SandboxStore>,
         tenants: Arc<Tenants>,
         config: DeliveryConfig,
         hostname: String,
@@ -95,7 +95,7 @@ impl Delivery {
             tenants,
             config,
             hostname,
-            data_dir: data_dir.to_path_buf(),
+            sandbox,
             budget,
         });
         let workers = Arc::new(Semaphore::new(d.config.workers.max(1)));
@@ -382,7 +382,7 @@ impl Delivery {
                 };
                 relay.deliver(name, m, pending).await
             }
-            Route::Sandbox => sandbox::deliver(&self.data_dir, m, pending.len()).await,
+            Route::Sandbox => sandbox::deliver(&*self.sandbox, m, pending.len()).await,
             Route::Discard => discard::deliver(pending.len()),
         }
     }
