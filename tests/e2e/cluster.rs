@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::delivery::Upstream;
+use crate::delivery::{Receiver, Upstream, reserve_port};
 use crate::harness::*;
 
 /// A free loopback port, for a server that binds it itself (nats-server
@@ -630,4 +630,41 @@ fn the_shipped_nats_configuration_is_valid() {
     assert!(ok && out.contains("is valid"), "{out}");
     let text = std::fs::read_to_string(&conf).unwrap();
     assert!(text.contains("sync_interval: always"), "{text}");
+}
+
+/// A delivery report host A could not hand to its callback server is sent
+/// by host B once the server is up, although A is dead by then.
+#[test]
+fn a_report_queued_on_a_dead_host_is_sent_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), 3);
+    let upstream = Upstream::start(dir.path(), None);
+    let mut a = host(&nats, 3, upstream.port);
+    let b = host(&nats, 3, upstream.port);
+    let down = reserve_port();
+    let url = format!("X-IB-notify-url: http://127.0.0.1:{}/dlr", down.port);
+    let id = submit(&a, "cb@example.net", &["--header", &url]);
+    wait_for("sent", || {
+        b.statuses(&id, "cb@example.net") == ["received", "sent"]
+    });
+    wait_for("a deferred report", || {
+        a.log_text().contains("report.deferred") || b.log_text().contains("report.deferred")
+    });
+    a.kill9();
+    let receiver = Receiver::start(dir.path(), down);
+    // A report A held when it died comes back after the consumer's
+    // ack_wait (30 s): wait longer than wait_for does.
+    let start = Instant::now();
+    while receiver.reports().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(90), "no report");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, body) = &receiver.reports()[0];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["results"][0]["messageId"], id.as_str(), "{body}");
+    assert_eq!(v["results"][0]["status"], "SENT", "{body}");
+    assert!(
+        b.log_text().contains("report.sent"),
+        "host B did not send it"
+    );
 }

@@ -13,11 +13,11 @@ use crate::harness::*;
 /// socket itself (see [`python_service`]) and listens on it: the port is
 /// never free in between.
 pub(crate) struct Reserved {
-    port: u16,
+    pub(crate) port: u16,
     socket: socket2::Socket,
 }
 
-fn reserve_port() -> Reserved {
+pub(crate) fn reserve_port() -> Reserved {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     socket
@@ -428,13 +428,13 @@ fn a_lost_done_record_delivers_nothing_again() {
 }
 
 /// The HTTP receiver: tests/e2e/receiver.py.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     dir: PathBuf,
 }
 
 impl Receiver {
-    fn start(dir: &Path, port: Reserved) -> Receiver {
+    pub(crate) fn start(dir: &Path, port: Reserved) -> Receiver {
         Receiver::start_with(dir, port, &[])
     }
 
@@ -445,7 +445,7 @@ impl Receiver {
     }
 
     /// (content type, body) of every report received.
-    fn reports(&self) -> Vec<(String, String)> {
+    pub(crate) fn reports(&self) -> Vec<(String, String)> {
         (1..)
             .map_while(|n| {
                 let body = std::fs::read_to_string(self.dir.join(format!("{n}.body"))).ok()?;

@@ -24,6 +24,7 @@ use crate::artifacts::{ArtifactStore, FileArtifacts, jetstream::JetStreamArtifac
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::Delivery;
+use crate::delivery::reports::{FileReports, ReportStore, jetstream::JetStreamReports};
 use crate::delivery::sandbox::{FileSandbox, SandboxStore, jetstream::JetStreamSandbox};
 use crate::delivery::status::jetstream::JetStreamStatusStore;
 use crate::delivery::status::{FileStatusStore, StatusStore};
@@ -145,13 +146,12 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         queue.clone(),
         status.clone(),
         stores.sandbox.clone(),
+        stores.reports.clone(),
         tenants.clone(),
         config.delivery.clone(),
         config.hostname.clone(),
-        &config.data_dir,
         budget.clone(),
-    )
-    .context("starting delivery")?;
+    );
     let listeners = server::bind(&config).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin.addr)
         .await
@@ -250,6 +250,7 @@ struct Stores {
     status: Arc<dyn StatusStore>,
     artifacts: Arc<dyn ArtifactStore>,
     sandbox: Arc<dyn SandboxStore>,
+    reports: Arc<dyn ReportStore>,
     /// The embedded queue, to wait for its committer at shutdown.
     file_queue: Option<Arc<FileQueue>>,
 }
@@ -264,7 +265,9 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
         let status = JetStreamStatusStore::open(&cluster, retention).await;
         let artifacts = JetStreamArtifacts::open(&cluster).await;
         let sandbox = JetStreamSandbox::open(&cluster).await;
+        let reports = JetStreamReports::open(&cluster).await;
         return Ok(Stores {
+            reports: Arc::new(reports),
             sandbox: Arc::new(sandbox),
             queue: Arc::new(queue),
             status: Arc::new(status),
@@ -284,6 +287,9 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
         status: Arc::new(Arc::new(status)),
         artifacts: Arc::new(FileArtifacts::new(&config.data_dir)),
         sandbox: Arc::new(FileSandbox::new(&config.data_dir)),
+        reports: Arc::new(
+            FileReports::open(&config.data_dir.join("reports")).context("opening the reports")?,
+        ),
         file_queue: Some(file_queue),
     })
 }

@@ -11,6 +11,7 @@
 //! | status events | stream | `<P>_STATUS`, subjects `<p>.status.<tenant>.<id>` |
 //! | deployed versions | key-value bucket, object store | `<P>_ARTIFACTS`, `<P>_BLOBS` |
 //! | the sandbox | object store | `<P>_SANDBOX` |
+//! | delivery reports | stream, work queue; durable consumer `reports` | `<P>_REPORTS`, subject `<p>.reports` |
 //! | hosts alive | key-value bucket, entries expire after 15 s | `<P>_HOSTS` |
 //!
 //! The client reconnects by itself: while no server answers, a submission
@@ -120,6 +121,66 @@ impl Cluster {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
+            }
+        }
+    }
+}
+
+/// One host's pull subscription on a durable consumer, opened on first
+/// use and again after it failed (a server gone, missed heartbeats).
+pub struct Puller {
+    consumer: jetstream::consumer::PullConsumer,
+    batch: usize,
+    what: &'static str,
+    messages: tokio::sync::Mutex<Option<jetstream::consumer::pull::Stream>>,
+}
+
+impl Puller {
+    /// Fetching `batch` messages at a time (what this host can work on).
+    pub fn new(
+        consumer: jetstream::consumer::PullConsumer,
+        batch: usize,
+        what: &'static str,
+    ) -> Puller {
+        Puller {
+            consumer,
+            batch: batch.max(1),
+            what,
+            messages: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The next message, waiting as long as it takes.
+    pub async fn next(&self) -> jetstream::Message {
+        use futures::StreamExt;
+        let mut messages = self.messages.lock().await;
+        loop {
+            if messages.is_none() {
+                match self
+                    .consumer
+                    .stream()
+                    .max_messages_per_batch(self.batch)
+                    .heartbeat(Duration::from_secs(5))
+                    .expires(Duration::from_secs(30))
+                    .messages()
+                    .await
+                {
+                    Ok(m) => *messages = Some(m),
+                    Err(e) => {
+                        tracing::warn!(event = "cluster.pull_failed", what = self.what, cause = %e);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            match messages.as_mut().expect("opened above").next().await {
+                Some(Ok(m)) => return m,
+                Some(Err(e)) => {
+                    tracing::warn!(event = "cluster.pull_failed", what = self.what, cause = %e);
+                    *messages = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => *messages = None,
             }
         }
     }

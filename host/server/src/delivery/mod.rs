@@ -82,15 +82,15 @@ impl Delivery {
         queue: Arc<dyn Queue>,
         status: Arc<dyn StatusStore>,
         sandbox: Arc<dyn sandbox::SandboxStore>,
+        reports: Arc<dyn reports::ReportStore>,
         tenants: Arc<Tenants>,
         config: DeliveryConfig,
         hostname: String,
-        data_dir: &std::path::Path,
         budget: Arc<ContentBudget>,
-    ) -> std::io::Result<Arc<Delivery>> {
+    ) -> Arc<Delivery> {
         let d = Arc::new(Delivery {
             queue,
-            reports: reports::Reports::start(&data_dir.join("reports"))?,
+            reports: reports::Reports::start(reports),
             status,
             tenants,
             config,
@@ -131,7 +131,7 @@ impl Delivery {
                 }
             }
         });
-        Ok(d)
+        d
     }
 
     /// The queue, for `/metrics`.

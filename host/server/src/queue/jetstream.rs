@@ -32,11 +32,10 @@ use async_nats::jetstream::consumer::{self, PullConsumer, pull};
 use async_nats::jetstream::message::{Acker, PublishMessage};
 use async_nats::jetstream::{self, AckKind, object_store, stream};
 use async_trait::async_trait;
-use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{Due, Gauges, Queue, QueueError, Ticket};
-use crate::cluster::{Cluster, token};
+use crate::cluster::{Cluster, Puller, token};
 use crate::spool::record::{Kind, decode, decode_message, encode_message};
 use crate::spool::{Meta, Spooled};
 
@@ -56,11 +55,7 @@ pub struct JetStreamQueue {
     cluster: Cluster,
     subject: String,
     objects: object_store::ObjectStore,
-    consumer: PullConsumer,
-    /// The pull subscription, opened on first use and again after it
-    /// failed.
-    messages: tokio::sync::Mutex<Option<pull::Stream>>,
-    batch: usize,
+    puller: Puller,
     closed: std::sync::atomic::AtomicBool,
     gauges: Arc<Mutex<Gauges>>,
 }
@@ -121,9 +116,7 @@ impl JetStreamQueue {
             cluster: cluster.clone(),
             subject,
             objects,
-            consumer: consumer.clone(),
-            messages: tokio::sync::Mutex::new(None),
-            batch: batch.max(1),
+            puller: Puller::new(consumer.clone(), batch, "queue"),
             closed: Default::default(),
             gauges: Arc::default(),
         };
@@ -133,45 +126,6 @@ impl JetStreamQueue {
 
     fn unavailable(what: &str, e: impl std::fmt::Display) -> QueueError {
         QueueError::Unavailable(format!("{what}: {e}"))
-    }
-
-    /// The next message from the pull subscription, opening it if needed.
-    async fn pull(&self) -> Option<jetstream::Message> {
-        let mut messages = self.messages.lock().await;
-        loop {
-            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            if messages.is_none() {
-                match self
-                    .consumer
-                    .stream()
-                    .max_messages_per_batch(self.batch)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-                {
-                    Ok(m) => *messages = Some(m),
-                    Err(e) => {
-                        tracing::warn!(event = "cluster.pull_failed", cause = %e);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                }
-            }
-            match messages.as_mut().expect("opened above").next().await {
-                Some(Ok(m)) => return Some(m),
-                Some(Err(e)) => {
-                    // Missed heartbeats (a server gone) and the like: the
-                    // subscription is opened again.
-                    tracing::warn!(event = "cluster.pull_failed", cause = %e);
-                    *messages = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                None => *messages = None,
-            }
-        }
     }
 
     /// A stream message as a due message; `None` (and terminated, so it
@@ -296,7 +250,10 @@ impl Queue for JetStreamQueue {
 
     async fn next(&self) -> Option<Due> {
         loop {
-            let m = self.pull().await?;
+            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            let m = self.puller.next().await;
             if let Some(due) = self.due(m) {
                 return Some(due);
             }

@@ -4,16 +4,23 @@
 //! `X-IB-callback-data`. Final states always; intermediate ones (received,
 //! deferred, bounced) when `X-IB-intermediate-report: true`.
 //!
-//! Reports never ride the SMTP path. Each is written durably as a file
-//! under `<data_dir>/reports/` and a background sender POSTs it, retrying
-//! with backoff while the callback server is down, and deletes it once the
-//! server answers 2xx. `https://` URLs are verified against the system's
-//! trust store (`rustls-native-certs`, which honours `SSL_CERT_FILE`).
+//! Reports never ride the SMTP path. Each is stored durably in a
+//! [`ReportStore`] and a background sender POSTs it, retrying with backoff
+//! while the callback server is down, and drops it once the server answers
+//! 2xx. [`FileReports`] keeps them as files under `<data_dir>/reports/`;
+//! [`jetstream::JetStreamReports`] in a work-queue stream of the cluster,
+//! which any host's sender takes from. `https://` URLs are verified against
+//! the system's trust store (`rustls-native-certs`, which honours
+//! `SSL_CERT_FILE`).
+
+pub mod jetstream;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -22,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::status::{Event, Status};
+use crate::queue::Ticket;
 use crate::spool::Meta;
 
 /// Longest wait between two attempts of one report.
@@ -36,9 +44,22 @@ struct Pending {
     body: String,
 }
 
+/// Where reports wait until their callback server took them.
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Stores a report durably.
+    async fn push(&self, report: Vec<u8>) -> std::io::Result<()>;
+    /// The next report due (waiting until there is one): its ticket, its
+    /// bytes, and how many attempts it had.
+    async fn next(&self) -> (Ticket, Vec<u8>, u32);
+    /// Sent (or unreadable): dropped.
+    async fn done(&self, ticket: Ticket);
+    /// Not taken: due again after `delay`.
+    async fn later(&self, ticket: Ticket, delay: Duration);
+}
+
 pub struct Reports {
-    dir: PathBuf,
-    wake: Notify,
+    store: Arc<dyn ReportStore>,
 }
 
 fn meta_value<'a>(meta: &'a Meta, key: &str) -> Option<&'a str> {
@@ -68,16 +89,12 @@ fn xml_escape(s: &str) -> String {
 }
 
 impl Reports {
-    /// Starts the background sender over the reports kept in `dir`.
-    pub fn start(dir: &Path) -> std::io::Result<Arc<Reports>> {
-        std::fs::create_dir_all(dir)?;
-        let r = Arc::new(Reports {
-            dir: dir.to_path_buf(),
-            wake: Notify::new(),
-        });
+    /// Starts the background sender over the reports in `store`.
+    pub fn start(store: Arc<dyn ReportStore>) -> Arc<Reports> {
+        let r = Arc::new(Reports { store });
         let this = r.clone();
         tokio::spawn(async move { this.run().await });
-        Ok(r)
+        r
     }
 
     /// Queues the reports these events call for (none without a notify URL).
@@ -142,20 +159,67 @@ impl Reports {
             .into(),
             body,
         };
-        let path = self.dir.join(format!("{}.json", ulid::Ulid::new()));
         let bytes = serde_json::to_vec(&pending).expect("serializable");
-        let written =
-            tokio::task::spawn_blocking(move || crate::fsutil::write_durable(&path, &bytes)).await;
-        match written {
-            Ok(Ok(())) => self.wake.notify_one(),
-            Ok(Err(e)) => tracing::error!(event = "report.write_failed", cause = %e),
-            Err(e) => tracing::error!(event = "report.write_failed", cause = %e),
+        if let Err(e) = self.store.push(bytes).await {
+            tracing::error!(event = "report.write_failed", cause = %e);
         }
     }
 
     async fn run(self: Arc<Self>) {
-        // Per report file: attempts so far and when to try next.
-        let mut backoff: HashMap<PathBuf, (u32, Instant)> = HashMap::new();
+        loop {
+            let (ticket, bytes, attempts) = self.store.next().await;
+            let Ok(p) = serde_json::from_slice::<Pending>(&bytes) else {
+                tracing::warn!(event = "report.unreadable");
+                self.store.done(ticket).await;
+                continue;
+            };
+            match post(&p).await {
+                Ok(()) => {
+                    tracing::info!(event = "report.sent", url = %p.url);
+                    self.store.done(ticket).await;
+                }
+                Err(e) => {
+                    let wait = Duration::from_secs(1u64 << (attempts + 1).min(9)).min(MAX_BACKOFF);
+                    tracing::info!(event = "report.deferred", url = %p.url, cause = %e, retry_in = ?wait);
+                    self.store.later(ticket, wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// The embedded report store: one file per report under a directory, and
+/// this process's backoff for each.
+pub struct FileReports {
+    dir: PathBuf,
+    wake: Notify,
+    /// Per report file: attempts so far and when it is due again.
+    backoff: Mutex<HashMap<PathBuf, (u32, Instant)>>,
+}
+
+impl FileReports {
+    pub fn open(dir: &Path) -> std::io::Result<FileReports> {
+        std::fs::create_dir_all(dir)?;
+        Ok(FileReports {
+            dir: dir.to_path_buf(),
+            wake: Notify::new(),
+            backoff: Mutex::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl ReportStore for FileReports {
+    async fn push(&self, report: Vec<u8>) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{}.json", ulid::Ulid::new()));
+        tokio::task::spawn_blocking(move || crate::fsutil::write_durable(&path, &report))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn next(&self) -> (Ticket, Vec<u8>, u32) {
         loop {
             let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
                 Ok(rd) => rd
@@ -168,28 +232,19 @@ impl Reports {
             files.sort();
             let now = Instant::now();
             for path in files {
-                if backoff.get(&path).is_some_and(|(_, next)| *next > now) {
-                    continue;
-                }
-                let Ok(Ok(p)) = std::fs::read(&path).map(|b| serde_json::from_slice::<Pending>(&b))
-                else {
-                    tracing::warn!(event = "report.unreadable", path = %path.display());
-                    let _ = std::fs::remove_file(&path);
-                    continue;
+                let attempts = {
+                    let backoff = self.backoff.lock().expect("backoff lock");
+                    match backoff.get(&path) {
+                        Some((_, next)) if *next > now => continue,
+                        Some((n, _)) => *n,
+                        None => 0,
+                    }
                 };
-                match post(&p).await {
-                    Ok(()) => {
-                        tracing::info!(event = "report.sent", url = %p.url);
-                        let _ = std::fs::remove_file(&path);
-                        backoff.remove(&path);
-                    }
-                    Err(e) => {
-                        let entry = backoff.entry(path.clone()).or_insert((0, now));
-                        entry.0 += 1;
-                        let wait = Duration::from_secs(1u64 << entry.0.min(9)).min(MAX_BACKOFF);
-                        entry.1 = now + wait;
-                        tracing::info!(event = "report.deferred", url = %p.url, cause = %e, retry_in = ?wait);
-                    }
+                match std::fs::read(&path) {
+                    Ok(bytes) => return (Ticket::new(path), bytes, attempts),
+                    // Removed since it was listed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(_) => return (Ticket::new(path), Vec::new(), attempts),
                 }
             }
             tokio::select! {
@@ -197,6 +252,20 @@ impl Reports {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+
+    async fn done(&self, ticket: Ticket) {
+        let path = ticket.get::<PathBuf>();
+        let _ = std::fs::remove_file(path);
+        self.backoff.lock().expect("backoff lock").remove(path);
+    }
+
+    async fn later(&self, ticket: Ticket, delay: Duration) {
+        let path = ticket.get::<PathBuf>().clone();
+        let mut backoff = self.backoff.lock().expect("backoff lock");
+        let entry = backoff.entry(path).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.1 = Instant::now() + delay;
     }
 }
 
