@@ -668,3 +668,47 @@ fn a_report_queued_on_a_dead_host_is_sent_by_another() {
         "host B did not send it"
     );
 }
+
+/// A message larger than one NATS message (1 MiB by default): its content
+/// goes to the object store, its envelope to the stream, and the next hop
+/// gets it byte for byte.
+#[test]
+fn content_larger_than_a_nats_message_is_delivered_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path(), 1);
+    let upstream = Upstream::start(dir.path(), None);
+    let a = host(&nats, 1, upstream.port);
+    let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
+    let body = format!("Subject: large\r\n\r\n{}", line.repeat(48 * 1024));
+    assert!(body.len() > 3 << 20);
+    let mut r = Raw::logged_in(&a);
+    assert!(r.cmd(&format!("MAIL FROM:<{SENDER}>")).starts_with("250"));
+    assert!(r.cmd("RCPT TO:<large@example.net>").starts_with("250"));
+    assert!(r.cmd("DATA").starts_with("354"));
+    r.send(body.as_bytes());
+    let reply = r.cmd(".");
+    assert!(queue_id(&reply).is_some(), "{reply}");
+    wait_for("the large message", || {
+        copies(&upstream, "large@example.net") == 1
+    });
+    let (_, eml) = upstream
+        .received()
+        .into_iter()
+        .find(|(env, _)| env["rcpt_tos"][0] == "large@example.net")
+        .unwrap();
+    let text = String::from_utf8_lossy(&eml);
+    // The next hop's copy: the relay's DKIM signature first, then what was
+    // submitted (aiosmtpd keeps the final line break of the data).
+    let sent = &body[body.find("\r\n\r\n").unwrap()..];
+    assert!(
+        text.trim_end().ends_with(sent.trim_end()),
+        "the body arrived changed ({} octets, ending {:?})",
+        eml.len(),
+        &text[text.len().saturating_sub(80)..]
+    );
+    assert!(
+        a.log_text().contains("delivery") && !a.log_text().contains("queue.late"),
+        "{}",
+        a.log_text()
+    );
+}

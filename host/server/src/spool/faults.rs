@@ -84,7 +84,7 @@ impl Faults {
         if self.power_loss {
             let mut name = super::segment_path(dir, seq).into_os_string();
             name.push(".synced");
-            let _ = std::fs::write(name, len.to_string());
+            marker(Path::new(&name), len.to_string().as_bytes());
         }
     }
 
@@ -101,7 +101,18 @@ impl Faults {
             .filter(|n| n.ends_with(".seg"))
             .collect();
         names.sort();
-        let _ = std::fs::write(dir.join("directory.synced"), names.join("\n"));
+        marker(&dir.join("directory.synced"), names.join("\n").as_bytes());
+    }
+}
+
+/// Writes a crash record whole or not at all (a temporary file renamed
+/// over it): a SIGKILL between a plain write's truncation and its bytes
+/// would leave an empty record, and the cut would then take octets that
+/// were fsynced.
+fn marker(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("marker-tmp");
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
     }
 }
 
