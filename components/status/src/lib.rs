@@ -285,8 +285,13 @@ fn now_ms() -> u64 {
 }
 
 /// The first value of `name` in a query string, percent-decoded.
+/// A query parameter's first value. Pairs are separated by `&`, and also
+/// by `?` before a parameter name: the seed's own sample URL repeats its
+/// parameter that way (`?recipient=email:a@b?recipient=email:a@b`) and
+/// "gives the same result". A `?` elsewhere stays part of the value.
 fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
+    let seed_form = query.replace(&format!("?{name}="), &format!("&{name}="));
+    seed_form.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == name).then(|| percent_decode(v))
     })
@@ -326,4 +331,36 @@ fn json(status: u16, body: &impl Serialize) -> Response {
 
 fn not_found() -> Response {
     json(404, &serde_json::json!({ "error": "not found" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn the_recipient_is_read_from_both_url_forms() {
+        let want = Some("email:a@b.example".to_string());
+        assert_eq!(
+            query_param("recipient=email:a@b.example", "recipient"),
+            want
+        );
+        assert_eq!(
+            query_param("x=1&recipient=email:a%40b.example", "recipient"),
+            want
+        );
+        // The seed's sample: the parameter twice, joined by '?'.
+        assert_eq!(
+            query_param(
+                "recipient=email:a@b.example?recipient=email:a@b.example",
+                "recipient"
+            ),
+            want
+        );
+        // A '?' inside a value that is not another parameter stays.
+        assert_eq!(
+            query_param("recipient=email:who?@b.example", "recipient"),
+            Some("email:who?@b.example".to_string())
+        );
+        assert_eq!(query_param("other=1", "recipient"), None);
+    }
 }
