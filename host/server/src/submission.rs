@@ -159,18 +159,22 @@ impl Submission {
     /// Queues the message for delivery: `250` only once it is durable.
     async fn queue(&self, meta: Meta, content: Vec<u8>) -> Verdict {
         let size = content.len();
-        match self.services.queue.enqueue(&meta, content).await {
+        // What the log and the reply need; the queue takes the rest.
+        let (id, tenant, recipients) =
+            (meta.id.clone(), meta.tenant.clone(), meta.recipients.len());
+        let route = meta.route.to_string();
+        match self.services.queue.enqueue(meta, content).await {
             Ok(()) => {
-                self.services.metrics.queued(&meta.tenant);
+                self.services.metrics.queued(&tenant);
                 info!(
                     event = "smtp.queued",
-                    route = %meta.route,
-                    queue_id = %meta.id,
+                    route = %route,
+                    queue_id = %id,
                     session = %self.session_id,
                     size,
-                    recipients = meta.recipients.len()
+                    recipients
                 );
-                Verdict::AcceptWith(replies::queued(&meta.id))
+                Verdict::AcceptWith(replies::queued(&id))
             }
             Err(QueueError::Full) => {
                 warn!(event = "smtp.spool_full");

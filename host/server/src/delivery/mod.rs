@@ -409,7 +409,8 @@ impl Delivery {
             &original.content,
         );
         let dsn_meta = dsn::meta(meta, &self.hostname, now_ms());
-        match self.queue.enqueue(&dsn_meta, content).await {
+        let dsn_id = dsn_meta.id.clone();
+        match self.queue.enqueue(dsn_meta, content).await {
             Ok(()) => {
                 let now = now_ms();
                 let events = failed
@@ -419,7 +420,7 @@ impl Delivery {
                             meta,
                             r,
                             Status::Bounced,
-                            format!("DSN {} queued for {}", dsn_meta.id, meta.sender),
+                            format!("DSN {dsn_id} queued for {}", meta.sender),
                             now,
                         )
                     })

@@ -114,10 +114,10 @@ impl FileQueue {
 
 #[async_trait]
 impl Queue for FileQueue {
-    async fn enqueue(&self, meta: &Meta, content: Vec<u8>) -> Result<(), QueueError> {
+    async fn enqueue(&self, meta: Meta, content: Vec<u8>) -> Result<(), QueueError> {
         let at = self
             .spool
-            .enqueue(meta, &content)
+            .enqueue(&meta, &content)
             .await
             .map_err(|e| match e {
                 SpoolError::DiskFull => QueueError::Full,
@@ -128,8 +128,7 @@ impl Queue for FileQueue {
         // the spool, not here: the worker reads it back with room reserved.
         let keep = self.due.waiting.load(Ordering::Relaxed) < self.in_memory_queue
             && content.len() <= SMALL;
-        self.due
-            .push(meta.clone(), keep.then_some(content), at, 0, true);
+        self.due.push(meta, keep.then_some(content), at, 0, true);
         Ok(())
     }
 

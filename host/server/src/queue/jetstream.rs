@@ -210,7 +210,8 @@ impl JetStreamQueue {
 
 #[async_trait]
 impl Queue for JetStreamQueue {
-    async fn enqueue(&self, meta: &Meta, content: Vec<u8>) -> Result<(), QueueError> {
+    async fn enqueue(&self, meta: Meta, content: Vec<u8>) -> Result<(), QueueError> {
+        let meta = &meta;
         let max = self.cluster.client.server_info().max_payload;
         let inline = encode_message(meta, &content);
         let mut publish = PublishMessage::build().message_id(&meta.id);

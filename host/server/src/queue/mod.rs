@@ -107,8 +107,10 @@ pub struct Gauges {
 
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Stores a message durably; returns only once it is durable.
-    async fn enqueue(&self, meta: &Meta, content: Vec<u8>) -> Result<(), QueueError>;
+    /// Stores a message durably; returns only once it is durable. Takes
+    /// the envelope and content by value: a queue that hands the message
+    /// to this host's workers keeps them, without a copy.
+    async fn enqueue(&self, meta: Meta, content: Vec<u8>) -> Result<(), QueueError>;
     /// The next message due for delivery, waiting until there is one;
     /// `None` once the queue is closed.
     async fn next(&self) -> Option<Due>;
