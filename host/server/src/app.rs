@@ -259,7 +259,7 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
     if let Some(c) = &config.cluster {
         let cluster = Cluster::connect(c, &config.hostname).await?;
         tracing::info!(event = "cluster.connected", servers = %c.servers.join(","), replicas = c.replicas);
-        tokio::spawn(cluster.clone().announce(config.hostname.clone()));
+        cluster.announce(config.hostname.clone()).await;
         let retention = Duration::from_secs(config.delivery.retention_secs);
         let queue = JetStreamQueue::open(&cluster, config.delivery.workers).await;
         let status = JetStreamStatusStore::open(&cluster, retention).await;

@@ -208,31 +208,32 @@ impl Cluster {
             .await?)
     }
 
-    /// Says every few seconds that this host is alive (for `mailwit
-    /// cluster status`), until the process ends.
-    pub async fn announce(self, host: String) {
+    /// Says that this host is alive (for `mailwit cluster status`): once
+    /// before it returns, retrying until JetStream answers, so a host that
+    /// is serving is listed; then every few seconds, until the process ends.
+    pub async fn announce(&self, host: String) {
         let key = format!("h.{}-{}", host, std::process::id());
         let started = crate::wallclock::now_ms();
-        loop {
-            let entry = serde_json::json!({
+        let entry = move || {
+            serde_json::json!({
                 "host": host,
                 "pid": std::process::id(),
                 "started_ms": started,
                 "seen_ms": crate::wallclock::now_ms(),
                 "version": env!("CARGO_PKG_VERSION"),
-            });
-            let put = async {
-                self.hosts_bucket()
-                    .await?
-                    .put(&key, entry.to_string().into())
-                    .await?;
-                anyhow::Ok(())
-            };
-            if let Err(e) = put.await {
-                tracing::warn!(event = "cluster.announce_failed", cause = %format!("{e:#}"));
+            })
+            .to_string()
+        };
+        let kv = Cluster::until_ready("the hosts bucket", || self.hosts_bucket()).await;
+        Cluster::until_ready("the first announcement", || kv.put(&key, entry().into())).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ANNOUNCE_EVERY).await;
+                if let Err(e) = kv.put(&key, entry().into()).await {
+                    tracing::warn!(event = "cluster.announce_failed", cause = %e);
+                }
             }
-            tokio::time::sleep(ANNOUNCE_EVERY).await;
-        }
+        });
     }
 
     /// The cluster as `mailwit cluster status` shows it: the hosts seen in
