@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `mailwit` binary, real clients, loopback only.
 //! All compile into this one test binary to keep link times down.
 
+mod accounts;
 mod auth_flood;
 mod clients;
 mod cluster;

@@ -746,7 +746,7 @@ fn a_stored_version_that_does_not_link_stops_start_up_naming_it() {
 }
 
 #[test]
-fn tls_server_name_resolves_a_login_that_two_tenants_share() {
+fn tls_server_name_names_the_tenant_and_no_login_is_in_two() {
     let shared = "shared@login.example";
     let sni = tenant(
         "sni",
@@ -756,13 +756,13 @@ fn tls_server_name_resolves_a_login_that_two_tenants_share() {
             users(shared)
         ),
     );
-    let other = tenant("other", STOCK_FUNCTIONS, &users(shared));
+    let other = tenant("other", STOCK_FUNCTIONS, "");
     let s = Server::start_with(Options {
-        extra: sni + &other,
+        extra: sni.clone() + &other,
         ..Options::default()
     });
     let port = s.port("submission").to_string();
-    let send = |extra: &[&str]| {
+    let send = |login: &str, extra: &[&str]| {
         let (_, out) = run(Command::new("swaks")
             .args([
                 "--server",
@@ -773,16 +773,48 @@ fn tls_server_name_resolves_a_login_that_two_tenants_share() {
                 "--auth",
                 "PLAIN",
             ])
-            .args(["--auth-user", shared, "--auth-password", PASSWORD])
+            .args(["--auth-user", login, "--auth-password", PASSWORD])
             .args(["--from", "news@sni.example", "--to", "a@example.net"])
             .args(extra));
         out
     };
-    // Ambiguous without a server name: refused like a wrong password.
-    assert_eq!(refusal(&send(&[])), "535 5.7.8");
-    let out = send(&["--tls-sni", "mail.sni.example"]);
+    // The server name names the tenant: acme's login is not sni's.
+    assert_eq!(
+        refusal(&send(LOGIN, &["--tls-sni", "mail.sni.example"])),
+        "535 5.7.8"
+    );
+    let out = send(shared, &["--tls-sni", "mail.sni.example"]);
     let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
     assert_eq!(s.spooled(&id).meta.tenant, "sni");
+    // A login is in one tenant only (as IBM requires): another tenant's
+    // rules cannot claim it.
+    let rules = write_file(
+        s.dir.path(),
+        "claim.toml",
+        users(shared).replace("tenants.rules.", "").as_bytes(),
+    );
+    let (ok, out) = admin(&s, &["rules", "other", rules.to_str().unwrap()]);
+    assert!(!ok && out.contains("exists in another tenant"), "{out}");
+    // Nor can a configuration give one login to two tenants: the tenant
+    // that would share it is not set up, and the start-up says why.
+    let mut s = s;
+    s.kill9();
+    std::fs::remove_dir_all(s.data_dir().join("tenants/other")).unwrap();
+    let twice = tenant("other", STOCK_FUNCTIONS, &users(shared));
+    write_config(
+        s.dir.path(),
+        &Options {
+            extra: sni + &twice,
+            ..Options::default()
+        },
+    );
+    let (status, err) = s.serve_failing();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("tenant other") && err.contains("exists in another tenant"),
+        "{err}"
+    );
+    assert!(!s.data_dir().join("tenants/other").exists());
 }
 
 /// New rules for `evil`: `[hostile]` and `[runtime]` tables as given.

@@ -229,6 +229,8 @@ fn a_tenant_certificate_answers_its_own_server_name() {
         "claim.toml",
         b"[tls]\nserver-names = [\"smtp.acme.example\"]\n",
     );
+    let (ok, out) = s.cli("tenant", &["create", "other"]);
+    assert!(ok, "{out}");
     let (ok, out) = s.cli("tenant", &["rules", "other", rules.to_str().unwrap()]);
     assert!(!ok && out.contains("belongs to another tenant"), "{out}");
 }

@@ -190,6 +190,33 @@ impl Rules {
         Ok(rules)
     }
 
+    /// These rules with more credentials: `(key, PHC hash)` pairs under
+    /// `users.` or `api-keys.` (the logins and keys the host keeps for a
+    /// tenant beside its rules file; other keys are ignored). The result
+    /// has an auth cache of its own, so a credential removed since is not
+    /// remembered as verified.
+    pub fn with_hashes(&self, hashes: impl IntoIterator<Item = (String, String)>) -> Rules {
+        let mut rules = Rules {
+            verified: Arc::new(AuthCache::new()),
+            ..self.clone()
+        };
+        for (key, hash) in hashes {
+            if is_hash(&key) {
+                rules.scalars.insert(key, hash);
+            }
+        }
+        rules
+    }
+
+    /// How many users these rules allow (`max-users`, by default
+    /// [`DEFAULT_MAX_USERS`]).
+    pub fn max_users(&self) -> usize {
+        self.scalars
+            .get("max-users")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(DEFAULT_MAX_USERS)
+    }
+
     /// The TOML text the rules were parsed from.
     pub fn source(&self) -> &str {
         &self.source
@@ -305,6 +332,24 @@ mod tests {
     use super::*;
 
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$8U19Ookn9ZJOj6pUstzwEQ$VF+pMzfGh04Ulm1G6ksvUd86B/nT6r7azBD3i5j4PEs";
+
+    #[test]
+    fn credentials_kept_beside_the_rules_verify_with_a_cache_of_their_own() {
+        let hash = HASH.to_string();
+        let base = Rules::parse(&format!("[users]\n\"a@x\" = \"{hash}\"\n")).unwrap();
+        assert!(base.verify_secret("users.a@x", "demo-password"));
+        let more = base.with_hashes([
+            ("users.b@x".to_string(), hash.clone()),
+            ("plain".to_string(), "not a credential".to_string()),
+        ]);
+        assert!(!more.verified_recently("users.a@x", "demo-password"));
+        assert!(more.verify_secret("users.b@x", "demo-password"));
+        assert!(!more.verify_secret("users.b@x", "wrong"));
+        assert_eq!(more.keys_under("users").count(), 2);
+        assert_eq!(more.get("plain"), None);
+        assert_eq!(more.max_users(), DEFAULT_MAX_USERS);
+        assert_eq!(Rules::parse("max-users = 2").unwrap().max_users(), 2);
+    }
 
     #[test]
     fn flattens_and_hides_secrets() {

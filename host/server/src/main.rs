@@ -10,6 +10,9 @@ use mailwit::config::Config;
 use mailwit::{admin, queue, tls};
 use tokio::signal::unix::{SignalKind, signal};
 
+mod cli;
+use cli::tenant::TenantCommand;
+
 #[derive(Parser)]
 #[command(
     name = "mailwit",
@@ -56,13 +59,18 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Manage tenants' policy functions and rules on a running server.
+    /// Manage tenants on a running server: accounts, users, API keys,
+    /// tokens, limits, policy functions and rules.
     Tenant {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Admin listener address, when not the configuration's.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// A bearer token for the admin API (a tenant's, or the
+        /// operator's), instead of the configuration's admin token.
+        #[arg(long, env = "MAILWIT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(subcommand)]
         command: TenantCommand,
     },
@@ -75,6 +83,10 @@ enum Command {
         /// Admin listener address, when not the configuration's.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
+        /// A bearer token for the admin API (a tenant's, or the
+        /// operator's), instead of the configuration's admin token.
+        #[arg(long, env = "MAILWIT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Only this recipient's events.
         #[arg(long)]
         recipient: Option<String>,
@@ -108,27 +120,6 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Deploy a new version of a function (a .wasm component); it is
-    /// validated first and used from the next transaction on.
-    Deploy {
-        tenant: String,
-        function: String,
-        component: PathBuf,
-    },
-    /// Replace a tenant's rules (a TOML file).
-    Rules { tenant: String, rules: PathBuf },
-    /// Tenants, their functions and active versions.
-    List {
-        /// As JSON, for scripts.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Go back to the previous version of a function (`rules` for the rules).
-    Rollback { tenant: String, function: String },
 }
 
 #[derive(Subcommand)]
@@ -178,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         } => serve(Config::load(config.as_deref())?, config, unsafe_noop_policy),
         Command::CheckConfig { config } => check_config(&config),
         Command::Reload { config, admin } => {
-            let config = client_config(config, admin)?;
+            let config = client_config(config, admin, None)?;
             let answer = admin_call(&config, Method::POST, "/v1/reload", Vec::new())?;
             println!(
                 "reloaded: limits {}, certificate {}",
@@ -198,11 +189,12 @@ fn main() -> anyhow::Result<()> {
         Command::Status {
             config,
             admin,
+            token,
             recipient,
             json,
             message_id,
         } => {
-            let config = client_config(config, admin)?;
+            let config = client_config(config, admin, token)?;
             let mut path = format!("/v1/messages/{message_id}");
             if let Some(r) = recipient {
                 path.push_str(&format!("?recipient={r}"));
@@ -233,7 +225,7 @@ fn main() -> anyhow::Result<()> {
             admin,
             command,
         } => {
-            let config = client_config(config, admin)?;
+            let config = client_config(config, admin, None)?;
             let (method, path, body, json) = match command {
                 StatusApiCommand::Deploy { component } => (
                     Method::PUT,
@@ -267,8 +259,9 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant {
             config,
             admin,
+            token,
             command,
-        } => tenant(client_config(config, admin)?, command),
+        } => cli::tenant::run(client_config(config, admin, token)?, command),
         Command::HashPassword { password } => {
             let password = match password {
                 Some(p) => p,
@@ -349,62 +342,16 @@ fn main() -> anyhow::Result<()> {
 fn client_config(
     config: Option<PathBuf>,
     admin: Option<std::net::SocketAddr>,
+    token: Option<String>,
 ) -> anyhow::Result<Config> {
     let mut config = Config::load(config.as_deref())?;
     if let Some(a) = admin {
         config.admin.addr = a;
     }
+    if token.is_some() {
+        config.admin.token = token;
+    }
     Ok(config)
-}
-
-fn tenant(config: Config, command: TenantCommand) -> anyhow::Result<()> {
-    let (method, path, body) = match command {
-        TenantCommand::Deploy {
-            tenant,
-            function,
-            component,
-        } => (
-            Method::PUT,
-            format!("/v1/tenants/{tenant}/functions/{function}"),
-            std::fs::read(&component)
-                .with_context(|| format!("reading {}", component.display()))?,
-        ),
-        TenantCommand::Rules { tenant, rules } => (
-            Method::PUT,
-            format!("/v1/tenants/{tenant}/rules"),
-            std::fs::read(&rules).with_context(|| format!("reading {}", rules.display()))?,
-        ),
-        TenantCommand::List { json } => {
-            let answer = admin_call(&config, Method::GET, "/v1/tenants", Vec::new())?;
-            if json {
-                return print_json(&answer);
-            }
-            let mut rows = Vec::new();
-            for t in answer.as_array().map(Vec::as_slice).unwrap_or_default() {
-                let functions: Vec<String> = t["functions"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|f| format!("{}@{}", text(&f["name"]), f["version"]))
-                    .collect();
-                rows.push(vec![
-                    text(&t["tenant"]),
-                    t["rules_version"].to_string(),
-                    t["generation"].to_string(),
-                    functions.join(" "),
-                ]);
-            }
-            print_table(&["TENANT", "RULES", "GENERATION", "FUNCTIONS"], rows);
-            return Ok(());
-        }
-        TenantCommand::Rollback { tenant, function } => (
-            Method::POST,
-            format!("/v1/tenants/{tenant}/functions/{function}/rollback"),
-            Vec::new(),
-        ),
-    };
-    print_json(&admin_call(&config, method, &path, body)?)
 }
 
 /// `mailwit check-config FILE`: every problem, with its key, then the files

@@ -238,6 +238,16 @@ impl Policy for WasmPolicy {
         let tenant = self
             .tenants
             .resolve(login, secret, client.server_name.as_deref());
+        if let Some(why) = tenant.as_deref().and_then(|t| self.tenants.suspension(t)) {
+            tracing::info!(
+                event = "smtp.auth_refused",
+                tenant = tenant.as_deref().unwrap_or(""),
+                why = "the tenant is suspended",
+                reason = %why.reason
+            );
+            // Not a guess: no back-off for the address.
+            return Err(auth_failed());
+        }
         let set = tenant.as_deref().and_then(|t| self.tenants.get(t));
         // Credentials the tenant's auth cache verified lately cost no
         // argon2 run: they skip the gate, and so never wait behind a flood.
@@ -534,6 +544,9 @@ mod tests {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
+                    if f.tenants.get(name).is_none() {
+                        f.tenants.create(name).unwrap();
+                    }
                     f.tenants.deploy(name, function.0, function.1).unwrap();
                     f.tenants.set_rules(name, rules).unwrap();
                 })

@@ -67,10 +67,13 @@ async fn watch(kv: kv::Store, out: broadcast::Sender<(String, Vec<u8>)>) {
                     match entry {
                         Ok(e) => {
                             next = Some(e.revision + 1);
-                            if e.operation == kv::Operation::Put
-                                && let Some(owner) = e.key.strip_prefix("s.")
-                            {
-                                let _ = out.send((owner.to_string(), e.value.to_vec()));
+                            // A removed owner is told with an empty state.
+                            if let Some(owner) = e.key.strip_prefix("s.") {
+                                let state = match e.operation {
+                                    kv::Operation::Put => e.value.to_vec(),
+                                    _ => Vec::new(),
+                                };
+                                let _ = out.send((owner.to_string(), state));
                             }
                         }
                         Err(e) => {
@@ -131,6 +134,29 @@ impl ArtifactStore for JetStreamArtifacts {
             .put(format!("s.{owner}"), state.to_vec().into())
             .await
             .with_context(|| format!("storing the state of {owner}"))?;
+        Ok(())
+    }
+
+    /// The state and the names of the owner's blobs go; the blobs'
+    /// content stays in the object store (content-addressed, it may be
+    /// another owner's too).
+    async fn remove(&self, owner: &str) -> anyhow::Result<()> {
+        let prefix = format!("b.{owner}.");
+        let mut keys = self.kv.keys().await.context("listing the artifacts")?;
+        let mut names = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.context("listing the artifacts")?;
+            if k.starts_with(&prefix) {
+                names.push(k);
+            }
+        }
+        for k in names {
+            self.kv.purge(&k).await.context("removing a blob's name")?;
+        }
+        self.kv
+            .purge(format!("s.{owner}"))
+            .await
+            .with_context(|| format!("removing the state of {owner}"))?;
         Ok(())
     }
 

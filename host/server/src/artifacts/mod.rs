@@ -35,6 +35,9 @@ pub trait ArtifactStore: Send + Sync {
     async fn put_blob(&self, owner: &str, name: &str, bytes: &[u8]) -> anyhow::Result<()>;
     /// A blob's bytes.
     async fn blob(&self, owner: &str, name: &str) -> anyhow::Result<Vec<u8>>;
+    /// Removes an owner: its state and its blobs. Other hosts hear of it as
+    /// a change with an empty state.
+    async fn remove(&self, owner: &str) -> anyhow::Result<()>;
     /// Each state stored (by any host) as it is stored: the owner and the
     /// state. `None` for a store only this host writes.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Vec<u8>)>> {
@@ -107,6 +110,22 @@ impl ArtifactStore for FileArtifacts {
     async fn blob(&self, owner: &str, name: &str) -> anyhow::Result<Vec<u8>> {
         let path = self.dir.join(owner).join(name);
         std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+    }
+
+    /// The state goes first (durably), so a crash in between leaves blobs
+    /// that no state names, never a state naming missing blobs.
+    async fn remove(&self, owner: &str) -> anyhow::Result<()> {
+        let dir = self.dir.join(owner);
+        match std::fs::remove_file(self.state_path(owner)) {
+            Ok(()) => crate::fsutil::sync_dir(&dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -54,6 +54,10 @@ use crate::wallclock::now_ms;
 pub use attempt::Outcome;
 use status::{Event, Status, StatusStore};
 
+/// How often a suspended tenant's held mail is looked at again: at most
+/// this long after a resume, it is on its way.
+const HOLD_RECHECK: Duration = Duration::from_secs(2);
+
 /// A message being delivered.
 struct Job {
     due: Due,
@@ -244,6 +248,16 @@ impl Delivery {
     }
 
     async fn process(self: Arc<Self>, due: Due) {
+        // A suspended tenant's mail waits in the queue until it is resumed.
+        let tenant = &due.message.meta.tenant;
+        if self.tenants.suspension(tenant).is_some() {
+            let id = due.message.meta.id.clone();
+            tracing::debug!(event = "delivery.held", queue_id = %id, tenant = %tenant, why = "the tenant is suspended");
+            if let Err(e) = self.queue.retry_later(due, HOLD_RECHECK).await {
+                tracing::error!(event = "queue.retry_failed", queue_id = %id, cause = %e);
+            }
+            return;
+        }
         let mut job = match self.job(due).await {
             Ok(job) => job,
             // Which recipients are done is unknown: try again later rather

@@ -77,4 +77,15 @@ impl SandboxStore for JetStreamSandbox {
             .map_err(|e| other("reading the sandbox", e))?;
         Ok(Some(bytes))
     }
+
+    async fn delete(&self, tenant: &str, id: &str) -> std::io::Result<bool> {
+        if !valid_id(id) || self.message(tenant, id).await?.is_none() {
+            return Ok(false);
+        }
+        self.objects
+            .delete(format!("{tenant}/{id}").as_str())
+            .await
+            .map_err(|e| other("deleting from the sandbox", e))?;
+        Ok(true)
+    }
 }

@@ -25,6 +25,17 @@ pub trait SandboxStore: Send + Sync {
     async fn list(&self, tenant: &str) -> std::io::Result<Vec<(String, u64)>>;
     /// One kept message's raw content, if there is one.
     async fn message(&self, tenant: &str, id: &str) -> std::io::Result<Option<Vec<u8>>>;
+    /// Deletes one kept message; whether there was one.
+    async fn delete(&self, tenant: &str, id: &str) -> std::io::Result<bool>;
+    /// Deletes every message of a tenant (the tenant is being deleted);
+    /// returns how many.
+    async fn remove_tenant(&self, tenant: &str) -> std::io::Result<usize> {
+        let mut n = 0;
+        for (id, _) in self.list(tenant).await? {
+            n += usize::from(self.delete(tenant, &id).await?);
+        }
+        Ok(n)
+    }
 }
 
 /// A queue id's alphabet: anything else names no message (and no path is
@@ -100,6 +111,17 @@ impl SandboxStore for FileSandbox {
         match std::fs::read(self.dir.join(tenant).join(format!("{id}.eml"))) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, tenant: &str, id: &str) -> std::io::Result<bool> {
+        if !valid_id(id) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(self.dir.join(tenant).join(format!("{id}.eml"))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }

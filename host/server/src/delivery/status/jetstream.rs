@@ -123,4 +123,14 @@ impl StatusStore for JetStreamStatusStore {
     async fn purge(&self, _cutoff_ms: u64) -> std::io::Result<usize> {
         Ok(0)
     }
+
+    async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
+        let r = self
+            .stream
+            .purge()
+            .filter(format!("{}.{}.>", self.subject, token(tenant)))
+            .await
+            .map_err(|e| other("purging a tenant's status events", e))?;
+        Ok(r.purged as usize)
+    }
 }

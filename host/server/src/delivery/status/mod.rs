@@ -102,6 +102,8 @@ pub trait StatusStore: Send + Sync {
     ) -> std::io::Result<Vec<Event>>;
     /// Drops events older than `cutoff_ms`; returns how many.
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize>;
+    /// Drops every event of a tenant (the tenant is being deleted).
+    async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize>;
 }
 
 /// The file store's blocking I/O, each call on a blocking thread.
@@ -138,6 +140,11 @@ impl StatusStore for Arc<FileStatusStore> {
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
         let s = self.clone();
         blocking(move || FileStatusStore::purge(&s, cutoff_ms)).await
+    }
+
+    async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
+        let (s, tenant) = (self.clone(), tenant.to_string());
+        blocking(move || s.retain(|e| e.tenant != tenant)).await
     }
 }
 
@@ -285,10 +292,15 @@ impl FileStatusStore {
 
     /// Drops events older than `cutoff_ms` (blocking: rewrites the file).
     pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
+        self.retain(|e| e.ts_ms >= cutoff_ms)
+    }
+
+    /// Keeps only the events `keep` says yes to; returns how many went.
+    fn retain(&self, keep: impl Fn(&Event) -> bool) -> std::io::Result<usize> {
         let mut inner = self.inner.lock().expect("status lock");
         let before: usize = inner.by_id.values().map(Vec::len).sum();
         inner.by_id.retain(|_, events| {
-            events.retain(|e| e.ts_ms >= cutoff_ms);
+            events.retain(&keep);
             !events.is_empty()
         });
         let kept: usize = inner.by_id.values().map(Vec::len).sum();

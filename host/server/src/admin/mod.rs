@@ -8,6 +8,7 @@
 //! | `PUT /v1/tenants/{t}/functions/{f}` | deploy a component (body: the `.wasm`) |
 //! | `PUT /v1/tenants/{t}/rules` | replace the rules (body: TOML) |
 //! | `POST /v1/tenants/{t}/functions/{f}/rollback` | previous version (`f` = `rules` for the rules) |
+//! | `POST /v1/tenants`, `GET`/`DELETE /v1/tenants/{t}`, `.../suspend`, `.../resume`, `.../users...`, `.../api-keys...` | a tenant's account: see [`accounts`] |
 //! | `GET /v1/messages/{id}[?recipient=a@b]` | a message's status events, any tenant (JSON) |
 //! | `GET /v1/tenants/{t}/sandbox` | the tenant's sandboxed messages (JSON) |
 //! | `GET /v1/tenants/{t}/sandbox/{id}` | one sandboxed message, raw |
@@ -25,6 +26,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod accounts;
 
 use crate::delivery::status::StatusStore;
 use crate::metrics::Metrics;
@@ -71,6 +74,7 @@ fn error(e: AdminError) -> Response<Full<Bytes>> {
     let status = match e {
         AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
         AdminError::NoTenant(_) | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+        AdminError::Conflict(_) => StatusCode::CONFLICT,
         AdminError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(status, serde_json::json!({ "error": e.to_string() }))
@@ -167,6 +171,18 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             (Method::GET, ["v1", "tenants"]) => {
                 Ok(serde_json::to_value(tenants.list()).expect("serializable"))
             }
+            (m, ["v1", "tenants", rest @ ..]) if accounts::handles(&m, rest) => accounts::route(
+                &accounts::Stores {
+                    tenants: &tenants,
+                    status: &*status,
+                    sandbox: &*sandbox,
+                    handle: &handle,
+                },
+                m,
+                rest,
+                &query,
+                &body,
+            ),
             (Method::PUT, ["v1", "tenants", t, "functions", f]) => tenants
                 .deploy(t, f, &body)
                 .map(|s| serde_json::json!({ "tenant": t, "deployed": s })),

@@ -29,6 +29,9 @@ use rustls::sign::CertifiedKey;
 use crate::artifacts::ArtifactStore;
 use crate::config::{Config, Tenant};
 
+mod accounts;
+pub use accounts::{API_KEY_LOGIN, Suspension, hash_secret, random_hex};
+
 /// The reference components, built from `components/` and embedded.
 pub const BUILTINS: &[(&str, &[u8])] = &[
     (
@@ -108,6 +111,9 @@ pub enum AdminError {
     NoTenant(String),
     #[error("{0}")]
     NotFound(String),
+    /// It exists already (a tenant, a login, a key id).
+    #[error("{0}")]
+    Conflict(String),
     #[error("storage: {0:#}")]
     Storage(#[from] anyhow::Error),
 }
@@ -134,6 +140,16 @@ struct TenantState {
     functions: BTreeMap<String, Track>,
     rules: Track,
     generation: u64,
+    /// When the tenant was created (0: before the host recorded it).
+    #[serde(default)]
+    created_ms: u64,
+    #[serde(default)]
+    suspended: Option<Suspension>,
+    /// SMTP users and API keys the host keeps ([`accounts`]).
+    #[serde(default)]
+    users: BTreeMap<String, accounts::Credential>,
+    #[serde(default)]
+    keys: BTreeMap<String, accounts::Credential>,
 }
 
 /// One row of `mailwit tenant list`.
@@ -196,6 +212,8 @@ pub struct Tenants {
     loaded: Mutex<HashMap<(String, String, u64), Arc<Function>>>,
     /// Held for the whole of each admin operation, so two cannot interleave.
     ops: Mutex<()>,
+    /// The suspended tenants (read on every login and delivery).
+    suspended: RwLock<HashMap<String, Suspension>>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -225,6 +243,7 @@ impl Tenants {
             changes: Mutex::default(),
             loaded: Mutex::default(),
             ops: Mutex::default(),
+            suspended: RwLock::default(),
         };
         let stored = tenants.handle.block_on(tenants.store.states(OWNER))?;
         for (owner, bytes) in stored {
@@ -235,6 +254,9 @@ impl Tenants {
                 .load(&id, state)
                 .with_context(|| format!("loading tenant {id}"))?;
         }
+        // What the stored tenants claim (logins, keys, server names), for
+        // the configured ones to be checked against.
+        tenants.reindex();
         for t in &config.tenants {
             if tenants.get(&t.id).is_none() {
                 tenants.bootstrap(t).with_context(|| {
@@ -250,8 +272,11 @@ impl Tenants {
     /// validated before anything is stored, so a mistake in the
     /// configuration cannot leave a half-made tenant on disk.
     fn bootstrap(&self, t: &Tenant) -> anyhow::Result<()> {
+        let create = |e: AdminError| anyhow::anyhow!("{e}");
         let rules = toml::to_string(&t.rules)?;
-        Rules::parse(&rules).with_context(|| format!("tenant {}: rules", t.id))?;
+        let parsed = Rules::parse(&rules).with_context(|| format!("tenant {}: rules", t.id))?;
+        self.claims(&t.id, &parsed)
+            .map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.id))?;
         let mut components = Vec::new();
         for f in &t.functions {
             let bytes = match f.component.strip_prefix("builtin:") {
@@ -268,8 +293,8 @@ impl Tenants {
                 .with_context(|| format!("tenant {}: function {}", t.id, f.name))?;
             components.push((f.name.as_str(), bytes));
         }
-        self.set_rules(&t.id, &rules)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.create(&t.id).map_err(create)?;
+        self.set_rules(&t.id, &rules).map_err(create)?;
         for (name, bytes) in components {
             self.deploy(&t.id, name, &bytes)
                 .map_err(|e| anyhow::anyhow!("function {name}: {e}"))?;
@@ -361,6 +386,13 @@ impl Tenants {
     /// active (this host's own change comes back too).
     fn reload(&self, tenant: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let _op = self.ops.lock().expect("ops lock");
+        if bytes.is_empty() {
+            if self.get(tenant).is_some() {
+                self.forget(tenant);
+                tracing::info!(event = "tenant.followed", tenant, deleted = true);
+            }
+            return Ok(());
+        }
         let state: TenantState = serde_json::from_slice(bytes)?;
         if self
             .get(tenant)
@@ -417,6 +449,13 @@ impl Tenants {
     }
 
     fn swap(&self, tenant: &str, state: TenantState, set: Arc<PolicySet>) -> Arc<PolicySet> {
+        {
+            let mut suspended = self.suspended.write().expect("suspended lock");
+            match &state.suspended {
+                Some(s) => suspended.insert(tenant.to_string(), s.clone()),
+                None => suspended.remove(tenant),
+            };
+        }
         self.changes
             .lock()
             .expect("changes lock")
@@ -439,6 +478,7 @@ impl Tenants {
                 .block_on(self.store.blob(&owner(tenant), &rules_blob(rules_version)))?;
             Rules::parse(&String::from_utf8(bytes).context("rules are UTF-8")?)?
         };
+        let rules = rules.with_hashes(Self::credential_hashes(state));
         let mut functions = Vec::new();
         for name in &state.order {
             if let Some(v) = state.functions.get(name).and_then(Track::active) {
@@ -500,6 +540,9 @@ impl Tenants {
                 "tenant and function names are 1-64 of [a-z0-9_-] (and a function may not be called {RULES:?})"
             )));
         }
+        if self.get(tenant).is_none() {
+            return Err(AdminError::NoTenant(tenant.to_string()));
+        }
         let mut state = self.state_of(tenant);
         let version = state.functions.get(name).map(|t| t.latest).unwrap_or(0) + 1;
         // Validate first: compile, link, find exports. Nothing is stored on failure.
@@ -536,21 +579,25 @@ impl Tenants {
                 "tenant names are 1-64 of [a-z0-9_-]".into(),
             ));
         }
+        if self.get(tenant).is_none() {
+            return Err(AdminError::NoTenant(tenant.to_string()));
+        }
         let rules = Rules::parse(text).map_err(|e| AdminError::Invalid(e.to_string()))?;
         tenant_certificate(&rules).map_err(AdminError::Invalid)?;
-        {
-            let index = self.index.read().expect("index lock");
-            for name in rules.list("tls.server-names") {
-                if let Some(other) = index.server_names.get(&name.to_ascii_lowercase())
-                    && other != tenant
-                {
-                    return Err(AdminError::Invalid(format!(
-                        "tls.server-names: {name} belongs to another tenant"
-                    )));
-                }
-            }
-        }
         let mut state = self.state_of(tenant);
+        let kept = state
+            .users
+            .keys()
+            .filter(|l| !rules.keys_under("users").any(|r| r == l.as_str()))
+            .count();
+        let users = rules.keys_under("users").count() + kept;
+        if users > rules.max_users() {
+            return Err(AdminError::Invalid(format!(
+                "{users} users (with the {kept} the host keeps), more than max-users = {}",
+                rules.max_users()
+            )));
+        }
+        self.claims(tenant, &rules)?;
         let version = state.rules.latest + 1;
         self.handle.block_on(self.store.put_blob(
             &owner(tenant),
@@ -563,6 +610,41 @@ impl Tenants {
         self.activate(tenant, state)?;
         self.reindex();
         Ok(version)
+    }
+
+    /// Refuses rules that claim what another tenant has: a server name, a
+    /// login, an API key id.
+    fn claims(&self, tenant: &str, rules: &Rules) -> Result<(), AdminError> {
+        let index = self.index.read().expect("index lock");
+        let theirs = |owner: Option<&String>| owner.is_some_and(|o| o != tenant);
+        for login in rules.keys_under("users") {
+            if index
+                .logins
+                .get(login)
+                .is_some_and(|ts| ts.iter().any(|t| theirs(Some(t))))
+            {
+                return Err(AdminError::Conflict(format!(
+                    "users: the login {login} exists in another tenant"
+                )));
+            }
+        }
+        for id in rules.keys_under("api-keys") {
+            if theirs(index.api_keys.get(id)) {
+                return Err(AdminError::Conflict(format!(
+                    "api-keys: the key id {id} exists in another tenant"
+                )));
+            }
+        }
+        for name in rules.list("tls.server-names") {
+            if let Some(other) = index.server_names.get(&name.to_ascii_lowercase())
+                && other != tenant
+            {
+                return Err(AdminError::Invalid(format!(
+                    "tls.server-names: {name} belongs to another tenant"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Re-activates the previous version of a function (or of the rules,

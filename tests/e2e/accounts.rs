@@ -1,0 +1,313 @@
+//! Tenants serving themselves: a tenant's lifecycle, its SMTP users and API
+//! keys, made through the CLI and the admin API, used by swaks and smtplib.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// `mailwit tenant <args>` as JSON; panics when it fails.
+fn tenant_json(s: &Server, args: &[&str]) -> serde_json::Value {
+    let (ok, out) = s.cli("tenant", args);
+    assert!(ok, "mailwit tenant {args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// The admin API with curl: (HTTP status, body).
+fn api(s: &Server, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{}{path}", s.port("admin"));
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-m",
+        "30",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let (ok, out) = run(cmd.arg(&url));
+    assert!(ok, "curl {method} {path}: {out}");
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A tenant `shop` made with the CLI: the stock authenticator and router,
+/// every message to the sandbox.
+fn shop(s: &Server) {
+    tenant_json(s, &["create", "shop"]);
+    for f in ["auth", "router"] {
+        let path = component(f);
+        tenant_json(s, &["deploy", "shop", f, path.to_str().unwrap()]);
+    }
+    let rules = write_file(
+        s.dir.path(),
+        "shop.toml",
+        b"max-users = 5\n[route]\ndefault = \"sandbox\"\n",
+    );
+    tenant_json(s, &["rules", "shop", rules.to_str().unwrap()]);
+}
+
+/// smtplib: STARTTLS, LOGIN, one message; the transcript.
+fn smtplib(s: &Server, login: &str, password: &str) -> (bool, String) {
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile, login, password = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=cafile)
+with smtplib.SMTP("127.0.0.1", int(port)) as c:
+    c.set_debuglevel(1)
+    c.ehlo("client.test")
+    c.starttls(context=ctx)
+    c.ehlo("client.test")
+    c.login(login, password)
+    c.sendmail("orders@shop.example", ["buyer@example.net"], "Subject: order\r\n\r\nthanks\r\n")
+"#;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.port("submission").to_string())
+        .arg(s.cert_path())
+        .args([login, password]))
+}
+
+/// swaks as `login`, from shop's sender to one recipient; the transcript.
+fn shop_swaks(s: &Server, login: &str, password: &str) -> String {
+    swaks_plain(
+        s,
+        login,
+        password,
+        "orders@shop.example",
+        "buyer@example.net",
+        &[],
+    )
+}
+
+/// A session logged in as `login`, with one recipient given.
+fn in_transaction(s: &Server, login: &str, password: &str, rcpt: &str) -> Raw {
+    let mut r = Raw::open(s.port("plain"));
+    r.cmd("EHLO client.test");
+    let auth = base64_plain(login, password);
+    assert!(
+        r.cmd(&format!("AUTH PLAIN {auth}"))
+            .starts_with("235 2.7.0")
+    );
+    assert!(r.cmd("MAIL FROM:<orders@shop.example>").starts_with("250"));
+    assert!(r.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    r
+}
+
+fn sandboxed(s: &Server, tenant: &str) -> usize {
+    let (code, body) = api(
+        s,
+        ADMIN_TOKEN,
+        "GET",
+        &format!("/v1/tenants/{tenant}/sandbox"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["messages"].as_array().unwrap().len()
+}
+
+#[test]
+fn a_tenant_is_created_given_users_and_keys_suspended_resumed_and_deleted() {
+    let s = Server::start();
+    // Deploying to a tenant nobody created is refused.
+    let (ok, out) = s.cli(
+        "tenant",
+        &[
+            "deploy",
+            "shop",
+            "router",
+            component("router").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && out.contains("no tenant \"shop\""), "{out}");
+    shop(&s);
+    // A user with a password of the operator's (read from stdin, never on
+    // the command line), and one the server makes.
+    let out = run_with_stdin(
+        s.command("tenant")
+            .args(["--admin", &format!("127.0.0.1:{}", s.port("admin"))])
+            .args([
+                "user",
+                "add",
+                "shop",
+                "clerk@shop.example",
+                "--password-stdin",
+            ]),
+        b"clerk-password-1\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let made = tenant_json(&s, &["user", "add", "shop", "robot@shop.example"]);
+    let robot_password = made["password"].as_str().unwrap().to_string();
+    assert!(robot_password.len() >= 12, "{made}");
+    // An API key through the admin API: shown once, as <id>.<secret>.
+    let (code, body) = api(
+        &s,
+        ADMIN_TOKEN,
+        "POST",
+        "/v1/tenants/shop/api-keys",
+        Some("{}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let key: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let key = key["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with(&format!("{key_id}.")), "{key}");
+    // Listing shows ids and times, never a secret or a hash.
+    let list = tenant_json(&s, &["key", "list", "shop", "--json"]);
+    assert_eq!(list["api_keys"][0]["id"], key_id.as_str(), "{list}");
+    let shown = tenant_json(&s, &["show", "shop", "--json"]).to_string();
+    assert!(
+        !shown.contains(&key) && !shown.contains("$argon2"),
+        "{shown}"
+    );
+    assert!(!s.log_text().contains("clerk-password-1"));
+    assert!(!s.log_text().contains(&robot_password));
+
+    // Each credential logs in, with swaks and with smtplib.
+    let out = shop_swaks(&s, "clerk@shop.example", "clerk-password-1");
+    assert!(queue_id(&out).is_some(), "{out}");
+    let out = shop_swaks(&s, "App", &key);
+    assert!(queue_id(&out).is_some(), "{out}");
+    let (ok, out) = smtplib(&s, "robot@shop.example", &robot_password);
+    assert!(ok && out.contains("queued as"), "{out}");
+    let (ok, out) = smtplib(&s, "App", &key);
+    assert!(ok && out.contains("queued as"), "{out}");
+    wait_for("four messages in shop's sandbox", || {
+        sandboxed(&s, "shop") == 4
+    });
+
+    // A session in the middle of a transaction finishes it after its user
+    // is removed; the next login fails.
+    let mut r = in_transaction(
+        &s,
+        "clerk@shop.example",
+        "clerk-password-1",
+        "late@example.net",
+    );
+    tenant_json(&s, &["user", "remove", "shop", "clerk@shop.example"]);
+    assert!(r.cmd("DATA").starts_with("354"));
+    r.send(b"Subject: in flight\r\n\r\nstill mine\r\n.\r\n");
+    let done = r.reply();
+    assert!(done.starts_with("250 2.0.0"), "{done}");
+    let out = shop_swaks(&s, "clerk@shop.example", "clerk-password-1");
+    assert!(out.contains("535 5.7.8"), "{out}");
+    // A revoked key fails at its next login.
+    tenant_json(&s, &["key", "revoke", "shop", &key_id]);
+    let out = shop_swaks(&s, "App", &key);
+    assert!(out.contains("535 5.7.8"), "{out}");
+    wait_for("five messages in shop's sandbox", || {
+        sandboxed(&s, "shop") == 5
+    });
+
+    // Suspended: logins get 535 5.7.8 with a log line saying why, and mail
+    // accepted before the suspension is held until the resume.
+    let mut r = in_transaction(
+        &s,
+        "robot@shop.example",
+        &robot_password,
+        "held@example.net",
+    );
+    assert!(r.cmd("DATA").starts_with("354"));
+    tenant_json(&s, &["suspend", "shop", "--reason", "unpaid invoice"]);
+    r.send(b"Subject: held\r\n\r\nwaits\r\n.\r\n");
+    let held = queue_id(&r.reply()).expect("accepted before the suspension took effect");
+    let (ok, out) = smtplib(&s, "robot@shop.example", &robot_password);
+    assert!(!ok && out.contains("535") && out.contains("5.7.8"), "{out}");
+    s.wait_log("the tenant is suspended", 1);
+    assert!(s.log_text().contains("unpaid invoice"));
+    let shown = tenant_json(&s, &["show", "shop", "--json"]);
+    assert_eq!(shown["suspended"]["reason"], "unpaid invoice", "{shown}");
+    // Held: a few recheck periods later it is still not in the sandbox.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(sandboxed(&s, "shop"), 5);
+    assert!(
+        !s.statuses(&held, "held@example.net")
+            .contains(&"delivered_to_sandbox".to_string())
+    );
+    tenant_json(&s, &["resume", "shop"]);
+    wait_for("the held message delivered after the resume", || {
+        s.statuses(&held, "held@example.net")
+            .contains(&"delivered_to_sandbox".to_string())
+    });
+    let (ok, out) = smtplib(&s, "robot@shop.example", &robot_password);
+    assert!(ok, "{out}");
+
+    // Everything survives a restart.
+    let mut s = s;
+    s.restart();
+    let (ok, out) = smtplib(&s, "robot@shop.example", &robot_password);
+    assert!(ok, "after a restart: {out}");
+    let out = shop_swaks(&s, "App", &key);
+    assert!(out.contains("535 5.7.8"), "revoked stays revoked: {out}");
+
+    // Deleting needs --confirm; then the tenant, its logins, status and
+    // sandbox are gone, and the acme tenant is untouched.
+    let (ok, out) = s.cli("tenant", &["delete", "shop"]);
+    assert!(!ok && out.contains("--confirm"), "{out}");
+    let gone = tenant_json(&s, &["delete", "shop", "--confirm"]);
+    assert_eq!(gone["sandbox_messages"], 8, "{gone}");
+    let (code, _) = api(&s, ADMIN_TOKEN, "GET", "/v1/tenants/shop", None);
+    assert_eq!(code, 404);
+    assert!(s.status(&held).is_none());
+    assert!(!s.data_dir().join("tenants/shop").exists());
+    assert!(!s.data_dir().join("sandbox/shop").exists() || sandboxed(&s, "shop") == 0);
+    let (ok, out) = smtplib(&s, "robot@shop.example", &robot_password);
+    assert!(!ok && out.contains("535"), "{out}");
+    submit(&s, "still@example.net", &[]);
+}
+
+#[test]
+fn logins_and_key_ids_are_unique_across_tenants_and_max_users_holds() {
+    let s = Server::start();
+    shop(&s);
+    // acme's login, from its rules file, cannot be made in shop.
+    let (ok, out) = s.cli("tenant", &["user", "add", "shop", LOGIN]);
+    assert!(
+        !ok && out.contains("409") && out.contains("exists already"),
+        "{out}"
+    );
+    // Nor through shop's rules file.
+    let rules = write_file(
+        s.dir.path(),
+        "steal.toml",
+        format!("[users]\n\"{LOGIN}\" = \"{}\"\n", demo_hash()).as_bytes(),
+    );
+    let (ok, out) = s.cli("tenant", &["rules", "shop", rules.to_str().unwrap()]);
+    assert!(!ok && out.contains("exists in another tenant"), "{out}");
+    // A key id is unique too.
+    tenant_json(&s, &["key", "create", "shop", "--id", "shared"]);
+    let (code, body) = api(
+        &s,
+        ADMIN_TOKEN,
+        "POST",
+        "/v1/tenants/acme/api-keys",
+        Some(r#"{"id":"shared"}"#),
+    );
+    assert_eq!(code, 409, "{body}");
+    // max-users = 5: the sixth is refused.
+    for i in 1..=5 {
+        tenant_json(&s, &["user", "add", "shop", &format!("u{i}@shop.example")]);
+    }
+    let (ok, out) = s.cli("tenant", &["user", "add", "shop", "u6@shop.example"]);
+    assert!(!ok && out.contains("max-users is 5"), "{out}");
+    let shown = tenant_json(&s, &["show", "shop", "--json"]);
+    assert_eq!(shown["users"].as_array().unwrap().len(), 5, "{shown}");
+    // A short password is refused; nothing is added.
+    let (code, body) = api(
+        &s,
+        ADMIN_TOKEN,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(r#"{"login":"x@acme.example","password":"short"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at least 12"), "{body}");
+}
