@@ -311,3 +311,170 @@ fn logins_and_key_ids_are_unique_across_tenants_and_max_users_holds() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("at least 12"), "{body}");
 }
+
+/// Every file under `dir` with its content, to show nothing changed.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_tenant_token_reaches_its_own_tenant_and_nothing_of_another() {
+    let s = Server::start();
+    shop(&s);
+    // Something of shop's to reach for: a user, a key, a sandboxed message.
+    tenant_json(&s, &["user", "add", "shop", "robot@shop.example"]);
+    let key = tenant_json(&s, &["key", "create", "shop", "--id", "shopkey"]);
+    let out = shop_swaks(&s, "App", key["key"].as_str().unwrap());
+    let shop_message = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
+    wait_for("shop's message in its sandbox", || {
+        sandboxed(&s, "shop") == 1
+    });
+    let issued = tenant_json(&s, &["token", "issue", "acme", "--days", "1"]);
+    let token = issued["token"].as_str().unwrap().to_string();
+    let as_acme =
+        |args: &[&str]| s.cli("tenant", &[&["--token", token.as_str()][..], args].concat());
+
+    // Mail flows while acme's own token deploys and rolls back its router.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let (stop, port) = (stop.clone(), s.port("plain"));
+        std::thread::spawn(move || {
+            let mut accepted = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut r = Raw::open(port);
+                r.cmd("EHLO client.test");
+                let auth = base64_plain(LOGIN, PASSWORD);
+                assert!(r.cmd(&format!("AUTH PLAIN {auth}")).starts_with("235"));
+                for _ in 0..5 {
+                    let reply = r.message("during the swap");
+                    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+                    accepted += 1;
+                }
+                r.cmd("QUIT");
+            }
+            accepted
+        })
+    };
+    let router = component("router_sandbox");
+    let (ok, out) = as_acme(&["deploy", "acme", "router", router.to_str().unwrap()]);
+    assert!(ok && out.contains("\"version\": 2"), "{out}");
+    let (ok, out) = as_acme(&["rollback", "acme", "router"]);
+    assert!(ok && out.contains("\"active_version\": 1"), "{out}");
+    let (ok, out) = as_acme(&["list", "--json"]);
+    assert!(
+        ok && out.contains("\"acme\"") && !out.contains("\"shop\""),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = flow.join().unwrap();
+    assert!(accepted >= 5, "{accepted}");
+
+    // Every endpoint of shop answers 404 to acme's token, and no file of
+    // shop's changes.
+    let before = (
+        snapshot(&s.data_dir().join("tenants/shop")),
+        snapshot(&s.data_dir().join("sandbox/shop")),
+    );
+    assert!(!before.0.is_empty() && !before.1.is_empty());
+    let wasm = router.to_str().unwrap().to_string();
+    let endpoints: Vec<(&str, String, Option<String>)> = vec![
+        ("GET", "/v1/tenants/shop".into(), None),
+        ("DELETE", "/v1/tenants/shop?confirm=shop".into(), None),
+        ("POST", "/v1/tenants/shop/suspend".into(), Some("{}".into())),
+        ("POST", "/v1/tenants/shop/resume".into(), None),
+        (
+            "PUT",
+            "/v1/tenants/shop/functions/router".into(),
+            Some(format!("@{wasm}")),
+        ),
+        ("PUT", "/v1/tenants/shop/rules".into(), Some("x = 1".into())),
+        (
+            "POST",
+            "/v1/tenants/shop/functions/router/rollback".into(),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tenants/shop/functions/rules/rollback".into(),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tenants/shop/users".into(),
+            Some(r#"{"login":"x@shop.example"}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/tenants/shop/users/robot@shop.example/password".into(),
+            Some("{}".into()),
+        ),
+        (
+            "DELETE",
+            "/v1/tenants/shop/users/robot@shop.example".into(),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tenants/shop/api-keys".into(),
+            Some("{}".into()),
+        ),
+        ("GET", "/v1/tenants/shop/api-keys".into(), None),
+        ("DELETE", "/v1/tenants/shop/api-keys/shopkey".into(), None),
+        ("GET", "/v1/tenants/shop/sandbox".into(), None),
+        (
+            "GET",
+            format!("/v1/tenants/shop/sandbox/{shop_message}"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/v1/tenants/shop/sandbox/{shop_message}"),
+            None,
+        ),
+        ("GET", "/v1/tenants/shop/limits".into(), None),
+        ("GET", format!("/v1/messages/{shop_message}"), None),
+    ];
+    for (method, path, body) in &endpoints {
+        let (code, answer) = api(&s, &token, method, path, body.as_deref());
+        assert_eq!(code, 404, "{method} {path}: {answer}");
+    }
+    let after = (
+        snapshot(&s.data_dir().join("tenants/shop")),
+        snapshot(&s.data_dir().join("sandbox/shop")),
+    );
+    assert!(before == after, "shop's files changed");
+    // The operator's own endpoints answer 403; its own tenant's, 200.
+    let (code, _) = api(
+        &s,
+        &token,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"tenant":"shop"}"#),
+    );
+    assert_eq!(code, 403);
+    let (code, _) = api(&s, &token, "POST", "/v1/tenants/acme/suspend", None);
+    assert_eq!(code, 403);
+    let (code, body) = api(&s, &token, "GET", "/v1/tenants/acme", None);
+    assert_eq!(code, 200, "{body}");
+    // Revoked: 401 from then on.
+    tenant_json(&s, &["token", "revoke", issued["id"].as_str().unwrap()]);
+    let (code, _) = api(&s, &token, "GET", "/v1/tenants/acme", None);
+    assert_eq!(code, 401);
+}

@@ -209,7 +209,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         reload: reloader.clone(),
         auth_gate,
         budget,
-        token,
+        tokens: admin::tokens::Tokens::new(stores.artifacts.clone(), token),
     });
     let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
     let status_task = tokio::spawn(statusapi::serve(

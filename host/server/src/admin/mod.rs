@@ -17,7 +17,12 @@
 //! | `POST /v1/status-api/rollback` | its previous version |
 //! | `POST /v1/reload` | read the configuration's `[limits]` and the certificate files again (as `SIGHUP`) |
 //!
-//! Everything under `/v1/` needs `Authorization: Bearer <token>`.
+//! | `POST /v1/tokens` | a tenant token (body `{"tenant", "ttl_secs"?}`), shown once |
+//! | `GET /v1/tokens[?tenant=t]` | tokens: ids, tenants, times |
+//! | `DELETE /v1/tokens/{id}` | revoke a token |
+//!
+//! Everything under `/v1/` needs `Authorization: Bearer <token>`: the
+//! operator's, or a tenant's, which reaches only that tenant ([`tokens`]).
 
 use std::sync::Arc;
 
@@ -28,10 +33,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod accounts;
+pub mod tokens;
 
 use crate::delivery::status::StatusStore;
 use crate::metrics::Metrics;
 use crate::tenants::{AdminError, Tenants};
+use tokens::Access;
 
 /// Largest request body (a component).
 const MAX_BODY: usize = 32 << 20;
@@ -46,7 +53,7 @@ pub struct Admin {
     pub reload: Arc<crate::reload::Reloader>,
     pub auth_gate: Arc<crate::authgate::AuthGate>,
     pub budget: Arc<crate::budget::ContentBudget>,
-    pub token: String,
+    pub tokens: tokens::Tokens,
 }
 
 /// Serves the admin API until shutdown.
@@ -75,19 +82,10 @@ fn error(e: AdminError) -> Response<Full<Bytes>> {
         AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
         AdminError::NoTenant(_) | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
         AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
         AdminError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json(status, serde_json::json!({ "error": e.to_string() }))
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte.
-fn token_ok(given: &[u8], token: &[u8]) -> bool {
-    given.len() == token.len()
-        && given
-            .iter()
-            .zip(token)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -117,12 +115,27 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !token_ok(bearer.as_bytes(), admin.token.as_bytes()) {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "error": "missing or wrong bearer token" }),
-        );
-    }
+    let access = match admin.tokens.access(bearer).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": "missing, wrong, expired or revoked bearer token" }),
+            );
+        }
+        Err(e) => return error(e),
+    };
+    // What a tenant's token may not reach is answered before anything is read.
+    let tenant_scope = match &access {
+        Access::Operator => None,
+        Access::Tenant(t) => {
+            if let Err(e) = tokens::scope(t, req.method(), &path) {
+                tracing::info!(event = "admin.refused", tenant = %t, path = %path.join("/"), cause = %e);
+                return error(e);
+            }
+            Some(t.clone())
+        }
+    };
     if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
         return match admin.sandbox.message(t, id).await {
             Ok(Some(raw)) => reply(StatusCode::OK, raw, "message/rfc822"),
@@ -136,6 +149,14 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
+    if path.first() == Some(&"v1") && path.get(1) == Some(&"tokens") {
+        let body = Limited::new(req.into_body(), 64 << 10).collect().await;
+        let body = body.map(|b| b.to_bytes()).unwrap_or_default();
+        return answer(
+            &path,
+            token_route(admin, &method, &path, &query, &body).await,
+        );
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -147,6 +168,8 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     };
     let tenants = admin.tenants.clone();
     let status = admin.status.clone();
+    let scope = tenant_scope.clone();
+    let deleting = method == Method::DELETE;
     let status_api = admin.status_api.clone();
     let sandbox = admin.sandbox.clone();
     let reload = admin.reload.clone();
@@ -169,7 +192,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             (Method::PUT, ["v1", "status-api"]) => status_api.deploy(&body),
             (Method::POST, ["v1", "status-api", "rollback"]) => status_api.rollback(),
             (Method::GET, ["v1", "tenants"]) => {
-                Ok(serde_json::to_value(tenants.list()).expect("serializable"))
+                let mut list = tenants.list();
+                list.retain(|t| scope.as_ref().is_none_or(|s| *s == t.tenant));
+                Ok(serde_json::to_value(list).expect("serializable"))
             }
             (m, ["v1", "tenants", rest @ ..]) if accounts::handles(&m, rest) => accounts::route(
                 &accounts::Stores {
@@ -212,7 +237,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                     .split('&')
                     .find_map(|kv| kv.strip_prefix("recipient="));
                 let events = handle
-                    .block_on(status.message(None, id, recipient))
+                    .block_on(status.message(scope.as_deref(), id, recipient))
                     .map_err(|e| {
                         AdminError::Storage(
                             anyhow::Error::new(e).context("reading the status store"),
@@ -228,19 +253,66 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
     })
     .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => Err(AdminError::Storage(anyhow::anyhow!(
+            "the admin task failed: {e}"
+        ))),
+    };
+    if result.is_ok()
+        && deleting
+        && let ["v1", "tenants", t] = path.as_slice()
+        && let Err(e) = admin.tokens.revoke_tenant(t).await
+    {
+        return answer(&path, Err(e));
+    }
+    answer(&path, result)
+}
+
+/// The answer to an admin request, logged.
+fn answer(path: &[&str], result: Result<serde_json::Value, AdminError>) -> Response<Full<Bytes>> {
     match result {
-        Ok(Ok(v)) => {
+        Ok(v) => {
             tracing::info!(event = "admin", path = %path.join("/"), "admin change applied");
             json(StatusCode::OK, v)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::info!(event = "admin.refused", path = %path.join("/"), cause = %e);
             error(e)
         }
-        Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "error": e.to_string() }),
-        ),
+    }
+}
+
+/// The operator's token routes: issue, list, revoke.
+async fn token_route(
+    admin: &Admin,
+    method: &Method,
+    path: &[&str],
+    query: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, AdminError> {
+    match (method, path) {
+        (&Method::POST, ["v1", "tokens"]) => {
+            let v: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|e| AdminError::Invalid(format!("the body is not JSON: {e}")))?;
+            let tenant = v["tenant"]
+                .as_str()
+                .ok_or_else(|| AdminError::Invalid("the body needs a \"tenant\"".into()))?;
+            if admin.tenants.get(tenant).is_none() {
+                return Err(AdminError::NoTenant(tenant.to_string()));
+            }
+            let ttl = v["ttl_secs"].as_u64().unwrap_or(tokens::DEFAULT_TTL_SECS);
+            admin.tokens.issue(tenant, ttl).await
+        }
+        (&Method::GET, ["v1", "tokens"]) => {
+            let tenant = query.split('&').find_map(|kv| kv.strip_prefix("tenant="));
+            admin.tokens.list(tenant).await
+        }
+        (&Method::DELETE, ["v1", "tokens", id]) => {
+            admin.tokens.revoke(id).await?;
+            Ok(serde_json::json!({ "id": id, "revoked": true }))
+        }
+        _ => Err(AdminError::NotFound("no such admin endpoint".into())),
     }
 }
 

@@ -61,6 +61,30 @@ pub enum TenantCommand {
     /// A tenant's API keys (login `App`, the key as the password).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Admin API tokens scoped to one tenant (the operator's token only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token that reaches only this tenant; printed once.
+    Issue {
+        tenant: String,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+    /// Tokens: ids, tenants, creation and expiry (never a secret).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: its next request gets 401.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +261,42 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
                 .collect();
             print_table(&["ID", "CREATED (UTC)"], rows);
             return Ok(());
+        }
+        TenantCommand::Token(TokenCommand::Issue { tenant, days }) => (
+            Method::POST,
+            "/v1/tokens".to_string(),
+            serde_json::to_vec(
+                &json!({ "tenant": tenant, "ttl_secs": days.saturating_mul(86_400) }),
+            )?,
+        ),
+        TenantCommand::Token(TokenCommand::List { tenant, json }) => {
+            let path = match tenant {
+                Some(t) => format!("/v1/tokens?tenant={t}"),
+                None => "/v1/tokens".to_string(),
+            };
+            let answer = admin_call(&config, Method::GET, &path, Vec::new())?;
+            if json {
+                return print_json(&answer);
+            }
+            let rows = answer["tokens"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    vec![
+                        text(&t["id"]),
+                        text(&t["tenant"]),
+                        time_text(t["created_ms"].as_u64()),
+                        time_text(t["expires_ms"].as_u64()),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "TENANT", "CREATED (UTC)", "EXPIRES (UTC)"], rows);
+            return Ok(());
+        }
+        TenantCommand::Token(TokenCommand::Revoke { id }) => {
+            (Method::DELETE, format!("/v1/tokens/{id}"), Vec::new())
         }
         TenantCommand::Key(KeyCommand::Revoke { tenant, id }) => (
             Method::DELETE,

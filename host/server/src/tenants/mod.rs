@@ -114,6 +114,9 @@ pub enum AdminError {
     /// It exists already (a tenant, a login, a key id).
     #[error("{0}")]
     Conflict(String),
+    /// Not for this token (a tenant's token asking for the operator's).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("storage: {0:#}")]
     Storage(#[from] anyhow::Error),
 }
