@@ -555,6 +555,76 @@ fn delivery_reports_reach_the_callback_server_once_it_is_up() {
     });
 }
 
+/// The `report_failed` event's detail for (`id`, `rcpt`), once there is one.
+fn report_failed(s: &Server, id: &str, rcpt: &str) -> String {
+    let mut detail = String::new();
+    wait_for("the report_failed event", || {
+        let Some(v) = s.status(id) else {
+            return false;
+        };
+        let events = v["events"].as_array().unwrap().clone();
+        let last = events.iter().rev().find(|e| e["recipient"] == rcpt);
+        match last {
+            Some(e) if e["status"] == "report_failed" => {
+                detail = e["detail"].as_str().unwrap().to_string();
+                true
+            }
+            _ => false,
+        }
+    });
+    detail
+}
+
+#[test]
+fn a_notify_url_on_a_private_address_is_refused_and_an_old_report_given_up() {
+    // Nobody listens here: every POST fails.
+    let down = reserve_port();
+    let loopback = format!("X-IB-notify-url: http://127.0.0.1:{}/dlr", down.port);
+    // The operator allows no private address.
+    let s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        delivery: "notify_allow = []".into(),
+        ..Options::default()
+    });
+    let private = submit(
+        &s,
+        "p@example.net",
+        &["--header", "X-IB-notify-url: http://10.1.2.3:8080/dlr"],
+    );
+    let local = submit(&s, "l@example.net", &["--header", &loopback]);
+    let why = report_failed(&s, &private, "p@example.net");
+    assert!(why.contains("a private address (10.1.2.3)"), "{why}");
+    let why = report_failed(&s, &local, "l@example.net");
+    assert!(why.contains("a loopback address (127.0.0.1)"), "{why}");
+    assert!(
+        !s.log_text().contains("report.deferred"),
+        "a refused URL was tried"
+    );
+    drop(s);
+
+    // Loopback allowed, the server down: given up after report_max_age_secs,
+    // with the event saying so; nothing left in the report queue.
+    let s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        delivery: "notify_allow = [\"loopback\"]\nreport_max_age_secs = 2".into(),
+        ..Options::default()
+    });
+    let id = submit(&s, "old@example.net", &["--header", &loopback]);
+    let why = report_failed(&s, &id, "old@example.net");
+    assert!(why.contains("not taken within 2 s"), "{why}");
+    assert!(s.log_text().contains("report.deferred"));
+    assert_eq!(
+        s.statuses(&id, "old@example.net"),
+        ["received", "delivered_to_sandbox", "report_failed"]
+    );
+    wait_for("an empty report queue", || {
+        std::fs::read_dir(s.data_dir().join("reports"))
+            .unwrap()
+            .count()
+            == 0
+    });
+}
+
 /// A report receiver over HTTPS with a self-signed certificate of its own:
 /// (the certificate's path, its port, the receiver).
 fn https_receiver(dir: &Path) -> (PathBuf, u16, Receiver) {

@@ -203,6 +203,7 @@ fn status_of(e: Event) -> Status {
         "bounced" => ("CAAS_BOUNCED", None),
         "delivered_to_sandbox" => ("CAAS_SANDBOXED", Some("Captured in the sandbox")),
         "discarded" => ("CAAS_DISCARDED", Some("Discarded by the account's route")),
+        "report_failed" => ("CAAS_REPORT_FAILED", None),
         _ => ("CAAS_UNKNOWN", None),
     };
     Status {

@@ -257,6 +257,13 @@ pub struct DeliveryConfig {
     pub retention_secs: u64,
     /// How often expired events are purged. Default 3600.
     pub purge_interval_secs: u64,
+    /// A delivery report not taken by its callback server for this long
+    /// is given up, with a `report_failed` status event. Default 172800.
+    pub report_max_age_secs: u64,
+    /// Addresses a notify URL may reach besides public ones: any of
+    /// `"loopback"`, `"private"` (RFC 1918, fc00::/7, 100.64.0.0/10),
+    /// `"link-local"`. Default none: a report to one is refused.
+    pub notify_allow: Vec<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -270,6 +277,8 @@ impl Default for DeliveryConfig {
             timeout_secs: 60,
             retention_secs: 7 * 24 * 3600,
             purge_interval_secs: 3600,
+            report_max_age_secs: 2 * 24 * 3600,
+            notify_allow: Vec::new(),
         }
     }
 }
@@ -638,6 +647,14 @@ impl Config {
             }
             if c.user.is_some() != c.password.is_some() {
                 out.push(problem("cluster.user", "user and password go together"));
+            }
+        }
+        for kind in &self.delivery.notify_allow {
+            if !["loopback", "private", "link-local"].contains(&kind.as_str()) {
+                out.push(problem(
+                    "delivery.notify_allow",
+                    format!("{kind:?} is none of \"loopback\", \"private\", \"link-local\""),
+                ));
             }
         }
         let mut ids = std::collections::HashSet::new();

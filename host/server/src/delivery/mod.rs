@@ -94,7 +94,11 @@ impl Delivery {
     ) -> Arc<Delivery> {
         let d = Arc::new(Delivery {
             queue,
-            reports: reports::Reports::start(reports),
+            reports: reports::Reports::start(
+                reports,
+                status.clone(),
+                reports::ReportPolicy::from_config(&config),
+            ),
             status,
             tenants,
             config,
@@ -188,23 +192,25 @@ impl Delivery {
         self.record_steps(meta, vec![events]).await
     }
 
-    /// Records several steps' events in one status write, then queues each
-    /// step's delivery reports on its own, as if they had been written
-    /// apart (a callback gets its intermediate report, then the final one).
+    /// Queues each step's delivery reports on its own, as if they had been
+    /// written apart (a callback gets its intermediate report, then the
+    /// final one), then records the steps' events in one status write.
+    /// Reports first: after a crash in between, the recipients have no
+    /// final event, so they are delivered again and their report is sent
+    /// twice rather than never.
     async fn record_steps(&self, meta: &Meta, mut steps: Vec<Vec<Event>>) {
         steps.retain(|s| !s.is_empty());
         if steps.is_empty() {
             return;
         }
-        // The store takes the events; a copy only for a message that asked
-        // for reports.
-        let for_reports = reports::wanted(meta).then(|| steps.clone());
+        if reports::wanted(meta) {
+            for events in &steps {
+                self.reports.events(meta, events).await;
+            }
+        }
         let events: Vec<Event> = steps.into_iter().flatten().collect();
         if let Err(e) = self.status.record(events).await {
             tracing::error!(event = "status.write_failed", cause = %e);
-        }
-        for events in for_reports.into_iter().flatten() {
-            self.reports.events(meta, &events).await;
         }
     }
 

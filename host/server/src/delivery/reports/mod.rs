@@ -42,6 +42,81 @@ struct Pending {
     url: String,
     content_type: String,
     body: String,
+    /// Whose report it is, for the event that says it was given up
+    /// (a report stored before these were kept has none).
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    message_id: String,
+    #[serde(default)]
+    recipients: Vec<String>,
+    #[serde(default)]
+    created_ms: u64,
+}
+
+/// What the sender may reach and how long it tries (`[delivery]`).
+#[derive(Debug, Clone, Default)]
+pub struct ReportPolicy {
+    pub max_age: Duration,
+    pub allow_loopback: bool,
+    pub allow_private: bool,
+    pub allow_link_local: bool,
+}
+
+impl ReportPolicy {
+    pub fn from_config(c: &crate::config::DeliveryConfig) -> ReportPolicy {
+        let has = |k: &str| c.notify_allow.iter().any(|a| a == k);
+        ReportPolicy {
+            max_age: Duration::from_secs(c.report_max_age_secs),
+            allow_loopback: has("loopback"),
+            allow_private: has("private"),
+            allow_link_local: has("link-local"),
+        }
+    }
+
+    /// Why a callback may not be sent to `ip`, if it may not.
+    fn refuses(&self, ip: std::net::IpAddr) -> Option<&'static str> {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let (loopback, private, link_local, unspecified) = match ip {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                (
+                    a.is_loopback(),
+                    a.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64),
+                    a.is_link_local(),
+                    a.is_unspecified() || a.is_broadcast(),
+                )
+            }
+            IpAddr::V6(a) => {
+                let s = a.segments();
+                (
+                    a.is_loopback(),
+                    (s[0] & 0xfe00) == 0xfc00,
+                    (s[0] & 0xffc0) == 0xfe80,
+                    a.is_unspecified(),
+                )
+            }
+        };
+        match () {
+            _ if unspecified => Some("an unspecified or broadcast address"),
+            _ if loopback && !self.allow_loopback => Some("a loopback address"),
+            _ if private && !self.allow_private => Some("a private address"),
+            _ if link_local && !self.allow_link_local => Some("a link-local address"),
+            _ => None,
+        }
+    }
+}
+
+/// Why a POST did not happen.
+enum PostError {
+    /// Try again later.
+    Temporary(String),
+    /// Never: the URL is not one the host will call.
+    Refused(String),
 }
 
 /// Where reports wait until their callback server took them.
@@ -60,6 +135,8 @@ pub trait ReportStore: Send + Sync {
 
 pub struct Reports {
     store: Arc<dyn ReportStore>,
+    status: Arc<dyn super::status::StatusStore>,
+    policy: ReportPolicy,
 }
 
 fn meta_value<'a>(meta: &'a Meta, key: &str) -> Option<&'a str> {
@@ -90,8 +167,16 @@ fn xml_escape(s: &str) -> String {
 
 impl Reports {
     /// Starts the background sender over the reports in `store`.
-    pub fn start(store: Arc<dyn ReportStore>) -> Arc<Reports> {
-        let r = Arc::new(Reports { store });
+    pub fn start(
+        store: Arc<dyn ReportStore>,
+        status: Arc<dyn super::status::StatusStore>,
+        policy: ReportPolicy,
+    ) -> Arc<Reports> {
+        let r = Arc::new(Reports {
+            store,
+            status,
+            policy,
+        });
         let this = r.clone();
         tokio::spawn(async move { this.run().await });
         r
@@ -158,6 +243,10 @@ impl Reports {
             }
             .into(),
             body,
+            tenant: meta.tenant.clone(),
+            message_id: meta.id.clone(),
+            recipients: wanted.iter().map(|e| e.recipient.clone()).collect(),
+            created_ms: crate::wallclock::now_ms(),
         };
         let bytes = serde_json::to_vec(&pending).expect("serializable");
         if let Err(e) = self.store.push(bytes).await {
@@ -173,18 +262,59 @@ impl Reports {
                 self.store.done(ticket).await;
                 continue;
             };
-            match post(&p).await {
+            let age = crate::wallclock::now_ms().saturating_sub(p.created_ms);
+            match post(&p, &self.policy).await {
                 Ok(()) => {
                     tracing::info!(event = "report.sent", url = %p.url);
                     self.store.done(ticket).await;
                 }
-                Err(e) => {
+                Err(PostError::Refused(why)) => self.give_up(ticket, &p, why).await,
+                Err(PostError::Temporary(e))
+                    if p.created_ms > 0 && age >= self.policy.max_age.as_millis() as u64 =>
+                {
+                    let why = format!(
+                        "not taken within {} s (last: {e})",
+                        self.policy.max_age.as_secs()
+                    );
+                    self.give_up(ticket, &p, why).await
+                }
+                Err(PostError::Temporary(e)) => {
                     let wait = Duration::from_secs(1u64 << (attempts + 1).min(9)).min(MAX_BACKOFF);
                     tracing::info!(event = "report.deferred", url = %p.url, cause = %e, retry_in = ?wait);
                     self.store.later(ticket, wait).await;
                 }
             }
         }
+    }
+}
+
+impl Reports {
+    /// Drops a report for good, with a status event per recipient saying
+    /// so (the event first: a crash in between sends it again rather than
+    /// losing the event).
+    async fn give_up(&self, ticket: Ticket, p: &Pending, why: String) {
+        tracing::warn!(event = "report.given_up", url = %p.url, queue_id = %p.message_id, why = %why);
+        if !p.message_id.is_empty() {
+            let detail = format!("delivery report to {} given up: {why}", p.url);
+            let events = p
+                .recipients
+                .iter()
+                .map(|r| Event {
+                    ts_ms: crate::wallclock::now_ms(),
+                    tenant: p.tenant.clone(),
+                    message_id: p.message_id.clone(),
+                    recipient: r.clone(),
+                    status: Status::ReportFailed,
+                    detail: detail.clone(),
+                })
+                .collect();
+            if let Err(e) = self.status.record(events).await {
+                tracing::error!(event = "status.write_failed", queue_id = %p.message_id, cause = %e);
+                self.store.later(ticket, MAX_BACKOFF).await;
+                return;
+            }
+        }
+        self.store.done(ticket).await;
     }
 }
 
@@ -278,6 +408,7 @@ fn status_name(s: Status) -> &'static str {
         Status::Discarded => "DISCARDED",
         Status::Failed => "FAILED",
         Status::Bounced => "BOUNCED",
+        Status::ReportFailed => "REPORT_FAILED",
     }
 }
 
@@ -319,17 +450,42 @@ where
 }
 
 /// One POST; Ok on a 2xx answer.
-async fn post(p: &Pending) -> Result<(), String> {
-    let uri: hyper::Uri = p.url.parse().map_err(|e| format!("bad notify URL: {e}"))?;
+/// POSTs one report. The host name is resolved here and every address
+/// checked against the policy, then the connection goes to a checked
+/// address (so a name that changes its answer cannot slip past).
+async fn post(p: &Pending, policy: &ReportPolicy) -> Result<(), PostError> {
+    let refused = PostError::Refused;
+    let uri: hyper::Uri = p
+        .url
+        .parse()
+        .map_err(|e| refused(format!("bad notify URL: {e}")))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("unsupported scheme in {}", p.url)),
+        _ => return Err(refused(format!("unsupported scheme in {}", p.url))),
     };
-    let host = uri.host().ok_or("notify URL without host")?.to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| refused("notify URL without host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| PostError::Temporary(format!("resolving {host}: {e}")))?
+        .collect();
+    if let Some((addr, why)) = addrs
+        .iter()
+        .find_map(|a| policy.refuses(a.ip()).map(|why| (a, why)))
+    {
+        return Err(refused(format!(
+            "{host} resolves to {why} ({}), which [delivery] notify_allow does not allow",
+            addr.ip()
+        )));
+    }
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        let tcp = tokio::net::TcpStream::connect(&addrs[..])
             .await
             .map_err(|e| e.to_string())?;
         let req = hyper::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
@@ -356,5 +512,7 @@ async fn post(p: &Pending) -> Result<(), String> {
     };
     tokio::time::timeout(POST_TIMEOUT, attempt)
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r)
+        .map_err(PostError::Temporary)
 }

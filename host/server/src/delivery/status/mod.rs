@@ -41,6 +41,9 @@ pub enum Status {
     Failed,
     /// A delivery status notification was queued for the sender.
     Bounced,
+    /// The delivery report to the tenant's notify URL was given up: the URL
+    /// is not allowed, or its server did not take it in time.
+    ReportFailed,
 }
 
 impl Status {
