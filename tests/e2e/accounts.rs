@@ -478,3 +478,128 @@ fn a_tenant_token_reaches_its_own_tenant_and_nothing_of_another() {
     let (code, _) = api(&s, &token, "GET", "/v1/tenants/acme", None);
     assert_eq!(code, 401);
 }
+
+#[test]
+fn each_tenant_limit_answers_its_reply_and_counts_in_its_metric() {
+    let s = Server::start();
+    let set = |args: &[&str]| tenant_json(&s, &[&["limits", "set", "acme"][..], args].concat());
+    let mail = |r: &mut Raw| r.cmd(&format!("MAIL FROM:<{SENDER}>"));
+
+    // Recipients per message and message size.
+    set(&["--recipients-per-message", "2", "--message-size", "2000"]);
+    let mut r = Raw::logged_in(&s);
+    let rep = r.cmd(&format!("MAIL FROM:<{SENDER}> SIZE=3000"));
+    assert!(rep.starts_with("552 5.3.4"), "{rep}");
+    assert!(mail(&mut r).starts_with("250"));
+    assert!(r.cmd("RCPT TO:<a@example.net>").starts_with("250"));
+    assert!(r.cmd("RCPT TO:<b@example.net>").starts_with("250"));
+    let rep = r.cmd("RCPT TO:<c@example.net>");
+    assert!(rep.starts_with("452 4.5.3"), "{rep}");
+    assert!(r.cmd("DATA").starts_with("354"));
+    r.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)).as_bytes());
+    let rep = r.reply();
+    assert!(rep.starts_with("552 5.3.4"), "{rep}");
+    // Within both: accepted.
+    assert!(r.message("small").starts_with("250 2.0.0"));
+    r.cmd("QUIT");
+
+    // Concurrent sessions.
+    set(&["--sessions", "1"]);
+    let mut first = Raw::logged_in(&s);
+    let mut second = Raw::open(s.port("plain"));
+    second.cmd("EHLO client.test");
+    let rep = second.cmd(&format!("AUTH PLAIN {}", base64_plain(LOGIN, PASSWORD)));
+    assert!(rep.starts_with("454 4.7.0"), "{rep}");
+    first.cmd("QUIT");
+    wait_for("the first session's place given back", || {
+        let v = tenant_json(&s, &["limits", "show", "acme"]);
+        v["usage"]["sessions"] == 0
+    });
+    let rep = second.cmd(&format!("AUTH PLAIN {}", base64_plain(LOGIN, PASSWORD)));
+    assert!(rep.starts_with("235"), "{rep}");
+    second.cmd("QUIT");
+
+    // Messages per second: a bucket of two that refills once in 1000 s, so
+    // no machine is slow enough for it to refill during the test.
+    set(&["--messages-per-second", "0.001", "--burst", "2"]);
+    let mut r = Raw::logged_in(&s);
+    assert!(r.message("one").starts_with("250 2.0.0"));
+    assert!(r.message("two").starts_with("250 2.0.0"));
+    let rep = mail(&mut r);
+    assert!(rep.starts_with("451 4.7.1"), "{rep}");
+    r.cmd("QUIT");
+
+    // Messages per day: one more than acme sent today.
+    let today = tenant_json(&s, &["limits", "show", "acme"])["usage"]["messages_today"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(today, 3, "the refused ones gave their place back");
+    set(&["--messages-per-day", &(today + 1).to_string()]);
+    let mut r = Raw::logged_in(&s);
+    assert!(r.message("last today").starts_with("250 2.0.0"));
+    let rep = mail(&mut r);
+    assert!(rep.starts_with("452 4.3.1"), "{rep}");
+    r.cmd("QUIT");
+
+    // Each refusal is counted per tenant and limit.
+    let metrics = s.metrics();
+    for limit in [
+        "message_size\"} 2",
+        "recipients_per_message\"} 1",
+        "sessions\"} 1",
+        "messages_per_second\"} 1",
+        "messages_per_day\"} 1",
+    ] {
+        let line = format!("mailwit_tenant_limit_refusals_total{{tenant=\"acme\",limit=\"{limit}");
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    // The tenant reads its own limits with its token; it cannot set them.
+    let token = tenant_json(&s, &["token", "issue", "acme"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = api(&s, &token, "GET", "/v1/tenants/acme/limits", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"messages_per_day\":4"), "{body}");
+    let (code, _) = api(&s, &token, "PUT", "/v1/tenants/acme/limits", Some("{}"));
+    assert_eq!(code, 403);
+    // And the limits survive a restart.
+    let mut s = s;
+    s.restart();
+    let (ok, out) = s.cli("tenant", &["limits", "show", "acme"]);
+    assert!(ok && out.contains("\"messages_per_day\": 4"), "{out}");
+}
+
+#[test]
+fn a_tenants_own_component_refuses_from_the_usage_import() {
+    // The stock sender function's own rule, over the host's counters.
+    let s = Server::start_with(Options {
+        acme_rules: "[tenants.rules.usage]\nmax-per-day = 2\n".into(),
+        ..Options::default()
+    });
+    let mut r = Raw::logged_in(&s);
+    assert!(r.message("one").starts_with("250 2.0.0"));
+    assert!(r.message("two").starts_with("250 2.0.0"));
+    let rep = r.cmd(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(
+        rep.starts_with("451 4.7.1") && rep.contains("its own rule"),
+        "{rep}"
+    );
+    r.cmd("QUIT");
+    // The component refused, not the host: counted as its refusal, and
+    // the host's own limits (none set) never spoke.
+    let metrics = s.metrics();
+    assert!(
+        metrics.contains(
+            "mailwit_policy_rejections_total{tenant=\"acme\",decision=\"check-sender\",reason=\"451 4.7.1\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("mailwit_tenant_limit_refusals_total"),
+        "{metrics}"
+    );
+    // The refused message gave its place back: the host counts two today.
+    let v = tenant_json(&s, &["limits", "show", "acme"]);
+    assert_eq!(v["usage"]["messages_today"], 2, "{v}");
+}

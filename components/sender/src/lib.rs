@@ -2,11 +2,15 @@
 //!
 //! Rules read: `senders.addresses` (registered addresses), `senders.domains`
 //! (verified domains), `senders.allow-null` ("true" to accept `MAIL
-//! FROM:<>`), `message.max-size` (octets; checked against a declared SIZE=).
+//! FROM:<>`), `message.max-size` (octets; checked against a declared SIZE=),
+//! `usage.max-per-second` and `usage.max-per-day`: a tenant's own rate
+//! rules, read against the host's counters (`host::current_usage`), which count
+//! the message being decided.
 //!
 //! Replies: `550 5.7.1` for a sender that is neither registered nor in a
 //! verified domain (and for the null sender unless allowed); `552 5.3.4`
-//! for a declared size over the tenant's cap.
+//! for a declared size over the tenant's cap; `451 4.7.1` over one of the
+//! tenant's own rates.
 
 wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
 
@@ -20,6 +24,8 @@ struct Sender;
 /// sees two versions of the tenant's rules, and a warm one serves many calls.
 struct Rules {
     max_size: Option<u64>,
+    max_per_second: Option<u64>,
+    max_per_day: Option<u64>,
     allow_null: bool,
     addresses: Vec<String>,
     domains: Vec<String>,
@@ -29,6 +35,8 @@ fn rules() -> &'static Rules {
     static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
     RULES.get_or_init(|| Rules {
         max_size: host::rule("message.max-size").and_then(|m| m.parse().ok()),
+        max_per_second: host::rule("usage.max-per-second").and_then(|m| m.parse().ok()),
+        max_per_day: host::rule("usage.max-per-day").and_then(|m| m.parse().ok()),
         allow_null: host::rule("senders.allow-null").as_deref() == Some("true"),
         addresses: host::rule_list("senders.addresses"),
         domains: host::rule_list("senders.domains"),
@@ -46,6 +54,21 @@ fn refuse(code: u16, status: &str, text: &str) -> Reply {
 impl Guest for Sender {
     fn check_sender(sender: String, params: MailParams) -> Result<(), Reply> {
         let rules = rules();
+        if (rules.max_per_second.is_some() || rules.max_per_day.is_some())
+            && let Some(used) = host::current_usage()
+        {
+            let over = |max: Option<u64>, n: u64| max.is_some_and(|max| n > max);
+            if over(rules.max_per_second, used.messages_this_second)
+                || over(rules.max_per_day, used.messages_today)
+            {
+                host::log(host::Level::Info, "over the account's own sending rate");
+                return Err(refuse(
+                    451,
+                    "4.7.1",
+                    "Sending rate of this account exceeded (its own rule), try again later",
+                ));
+            }
+        }
         if let (Some(size), Some(max)) = (params.size, rules.max_size)
             && size > max
         {

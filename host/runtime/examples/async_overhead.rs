@@ -56,6 +56,9 @@ impl mailwit::policy::host::Host for Host {
     fn current_session(&mut self) -> Option<Session> {
         None
     }
+    fn current_usage(&mut self) -> Option<mailwit::policy::types::Usage> {
+        None
+    }
 }
 
 fn main() -> wasmtime::Result<()> {

@@ -67,6 +67,6 @@ pub use limits::{Failure, FailureKind, Limits};
 pub use mailwit_rules as rules;
 pub use policy::{
     AttachmentInfo, Client, Decision, Inspection, Mechanism, MessageArgs, MessageInfo, PolicySet,
-    Refusal, Route, Session, SessionInfo,
+    Refusal, Route, Session, SessionInfo, Usage, UsageSource,
 };
 pub use rules::{MAX_ARGON2_KIB, Rules, RulesError};

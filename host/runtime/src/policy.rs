@@ -13,7 +13,7 @@ use crate::engine::{Function, Runtime};
 use crate::limits::{Failure, FailureKind, Limits};
 use crate::rules::Rules;
 use crate::state::client;
-pub use crate::types::{Client, Mechanism, SessionInfo};
+pub use crate::types::{Client, Mechanism, SessionInfo, Usage, UsageSource};
 
 /// Longest reply text, login, metadata key or value accepted from a
 /// component; longer ones are refused (the transaction gets `451 4.3.0`).

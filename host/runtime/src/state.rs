@@ -191,6 +191,15 @@ impl im::host::Host for State {
         self.session.as_deref().map(session)
     }
 
+    fn current_usage(&mut self) -> Option<im::types::Usage> {
+        let u = self.session.as_ref()?.usage.as_ref()?.usage();
+        Some(im::types::Usage {
+            messages_this_second: u.messages_this_second,
+            messages_today: u.messages_today,
+            sessions: u.sessions,
+        })
+    }
+
     fn now_ms(&mut self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -20,6 +20,22 @@ pub struct SessionInfo {
     pub tenant: String,
     pub login: String,
     pub helo: String,
+    /// Where `host.current-usage` reads the tenant's counters (none: it answers
+    /// none).
+    pub usage: Option<std::sync::Arc<dyn UsageSource>>,
+}
+
+/// What a tenant has used, as `host.current-usage` tells a component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub messages_this_second: u64,
+    pub messages_today: u64,
+    pub sessions: u32,
+}
+
+/// The host's counters of one tenant, read when a component asks.
+pub trait UsageSource: Send + Sync + std::fmt::Debug {
+    fn usage(&self) -> Usage;
 }
 
 /// How a client authenticated (RFC 4954's mechanisms that mailwit offers).

@@ -78,6 +78,7 @@ async fn bench() {
         tenant: "demo".into(),
         login: "demo".into(),
         helo: "bench.example".into(),
+        usage: None,
     };
     let message = MessageInfo {
         headers: vec![

@@ -192,6 +192,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     tracing::info!(event = "listening", listener = %"status-api", addr = %status_addr, tls = %"none");
     let services = Arc::new(crate::submission::Services {
         policy,
+        usage: tenants.usage().clone(),
         metrics: metrics.clone(),
         queue: queue.clone(),
     });

@@ -108,4 +108,5 @@ pub mod statusapi;
 pub mod submission;
 pub mod tenants;
 pub mod tls;
+pub mod usage;
 pub mod wallclock;

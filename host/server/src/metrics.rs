@@ -70,6 +70,14 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// A tenant's limit refused (`limit`: a [`crate::usage::Limit`]'s name).
+    pub fn limit_refused(&self, tenant: &str, limit: &str) {
+        self.add(
+            "mailwit_tenant_limit_refusals_total",
+            format!("tenant=\"{tenant}\",limit=\"{limit}\""),
+        );
+    }
+
     /// The policy refused, with this reply.
     pub fn rejection(&self, tenant: &str, decision: &str, code: u16, status: &str) {
         self.add(

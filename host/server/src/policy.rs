@@ -525,6 +525,7 @@ mod tests {
             tenant: tenant.into(),
             login: "someone".into(),
             helo: "client.example".into(),
+            usage: None,
         }
     }
 

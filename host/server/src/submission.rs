@@ -19,10 +19,13 @@ use crate::policy::{ClientInfo, Policy, Principal, TxnPolicy};
 use crate::queue::{Queue, QueueError};
 use crate::replies;
 use crate::spool::Meta;
+use crate::usage::{Limit, Reservation, SessionSlot, TenantUsage, Usage};
 
 /// What answering needs, shared by every session.
 pub struct Services {
     pub policy: Arc<dyn Policy>,
+    /// The tenants' limits and counters ([`crate::usage`]).
+    pub usage: Arc<Usage>,
     pub metrics: Arc<Metrics>,
     /// Where each accepted message waits for delivery.
     pub queue: Arc<dyn Queue>,
@@ -35,7 +38,18 @@ pub struct Submission {
     peer: SocketAddr,
     session_id: String,
     principal: Option<Principal>,
-    txn: Option<(Arc<dyn TxnPolicy>, String)>,
+    /// The session's place under its tenant's `sessions` limit.
+    slot: Option<SessionSlot>,
+    txn: Option<Txn>,
+}
+
+/// The transaction under way.
+struct Txn {
+    policy: Arc<dyn TxnPolicy>,
+    sender: String,
+    /// The message's place under the rate and the daily quota.
+    reservation: Reservation,
+    recipients: u32,
 }
 
 impl Submission {
@@ -51,6 +65,7 @@ impl Submission {
             peer,
             session_id,
             principal: None,
+            slot: None,
             txn: None,
         }
     }
@@ -66,7 +81,15 @@ impl Submission {
         self.client.tls = true;
         self.client.server_name = server_name;
         self.principal = None;
+        self.slot = None;
         self.txn = None;
+    }
+
+    /// A tenant's limit refused: counted, logged, answered.
+    fn over(&self, tenant: &str, limit: Limit) -> Verdict {
+        self.services.metrics.limit_refused(tenant, limit.name());
+        info!(event = "smtp.limit", limit = limit.name());
+        Verdict::Reject(limit.reply())
     }
 
     /// The answer to one of the core's questions; `helo` is the session's
@@ -85,6 +108,10 @@ impl Submission {
             {
                 Ok(p) => {
                     tracing::Span::current().record("tenant", p.tenant.as_str());
+                    match self.services.usage.open_session(&p.tenant) {
+                        Ok(slot) => self.slot = Some(slot),
+                        Err(limit) => return self.over(&p.tenant, limit),
+                    }
                     info!(event = "smtp.auth", outcome = "accepted", mechanism = mechanism.as_str(), login = ?printable(&login));
                     self.principal = Some(p);
                     Verdict::Accept
@@ -107,6 +134,23 @@ impl Submission {
                     tenant: p.tenant.clone(),
                     login: p.login.clone(),
                     helo: helo.to_string(),
+                    usage: Some(Arc::new(TenantUsage {
+                        usage: self.services.usage.clone(),
+                        tenant: p.tenant.clone(),
+                    })),
+                };
+                // The previous transaction (if any) gives back its place.
+                self.txn = None;
+                let usage = &self.services.usage;
+                if let (Some(max), Some(size)) =
+                    (usage.limits(&p.tenant).message_size, declared_size)
+                    && size > max
+                {
+                    return self.over(&p.tenant, Limit::Size);
+                }
+                let reservation = match usage.reserve(&p.tenant) {
+                    Ok(r) => r,
+                    Err(limit) => return self.over(&p.tenant, limit),
                 };
                 let txn = match policy.transaction(p, info) {
                     Ok(t) => t,
@@ -115,20 +159,47 @@ impl Submission {
                 let r = txn
                     .check_sender(&address, declared_size, body == BodyType::EightBitMime)
                     .await;
-                self.txn = Some((txn, address));
+                if r.is_ok() {
+                    self.txn = Some(Txn {
+                        policy: txn,
+                        sender: address,
+                        reservation,
+                        recipients: 0,
+                    });
+                }
                 verdict(r)
             }
             Question::Recipient { address } => {
-                let Some((txn, sender)) = &self.txn else {
+                let tenant = self.tenant().to_string();
+                let max = self.services.usage.limits(&tenant).recipients_per_message;
+                let Some(txn) = &self.txn else {
                     return Verdict::Reject(replies::internal());
                 };
-                verdict(txn.check_recipient(sender, &address).await)
+                if max.is_some_and(|max| txn.recipients >= max) {
+                    return self.over(&tenant, Limit::Recipients);
+                }
+                let r = txn.policy.check_recipient(&txn.sender, &address).await;
+                if r.is_ok()
+                    && let Some(txn) = &mut self.txn
+                {
+                    txn.recipients += 1;
+                }
+                verdict(r)
             }
             Question::Message { envelope, content } => {
-                let (Some(p), Some((txn, _))) = (self.principal.clone(), self.txn.take()) else {
+                let (Some(p), Some(txn)) = (self.principal.clone(), self.txn.take()) else {
                     return Verdict::Reject(replies::internal());
                 };
-                let decided = match txn.message(&envelope, &content).await {
+                if self
+                    .services
+                    .usage
+                    .limits(&p.tenant)
+                    .message_size
+                    .is_some_and(|max| content.len() as u64 > max)
+                {
+                    return self.over(&p.tenant, Limit::Size);
+                }
+                let decided = match txn.policy.message(&envelope, &content).await {
                     Ok(v) => v,
                     Err(r) => {
                         info!(event = "smtp.message", outcome = "refused", code = r.code);
@@ -151,7 +222,11 @@ impl Submission {
                     route: decided.route,
                     policy: decided.policy,
                 };
-                self.queue(meta, content).await
+                let v = self.queue(meta, content).await;
+                if matches!(v, Verdict::AcceptWith(_)) {
+                    txn.reservation.keep();
+                }
+                v
             }
         }
     }
@@ -306,6 +381,7 @@ mod tests {
         let policy = Arc::new(Recording::default());
         let services = Arc::new(Services {
             policy: policy.clone(),
+            usage: Usage::new(),
             metrics: Arc::default(),
             queue: Arc::new(queue),
         });

@@ -15,6 +15,8 @@
 //! | `GET /v1/tenants/{t}/api-keys` | | ids and creation times |
 //! | `DELETE /v1/tenants/{t}/api-keys/{id}` | | revoke |
 //! | `DELETE /v1/tenants/{t}/sandbox/{id}` | | one sandboxed message |
+//! | `GET /v1/tenants/{t}/limits` | | its limits and this host's counters |
+//! | `PUT /v1/tenants/{t}/limits` | [`TenantLimits`](crate::usage::TenantLimits) | replace its limits (the operator's) |
 
 use hyper::Method;
 use serde_json::{Value, json};
@@ -44,6 +46,7 @@ pub fn handles(method: &Method, rest: &[&str]) -> bool {
             | (&Method::GET, [_, "api-keys"])
             | (&Method::DELETE, [_, "users" | "api-keys" | "sandbox", _])
             | (&Method::PUT, [_, "users", _, "password"])
+            | (&Method::GET | &Method::PUT, [_, "limits"])
     )
 }
 
@@ -168,6 +171,13 @@ pub fn route(
         (Method::DELETE, [tenant, "api-keys", id]) => {
             t.revoke_key(tenant, id)?;
             Ok(json!({ "tenant": tenant, "id": id, "revoked": true }))
+        }
+        (Method::GET, [tenant, "limits"]) => t.limits(tenant),
+        (Method::PUT, [tenant, "limits"]) => {
+            let limits = serde_json::from_slice(body)
+                .map_err(|e| AdminError::Invalid(format!("limits: {e}")))?;
+            t.set_limits(tenant, limits)?;
+            t.limits(tenant)
         }
         (Method::DELETE, [tenant, "sandbox", id]) => {
             if t.get(tenant).is_none() {

@@ -64,6 +64,22 @@ pub enum TenantCommand {
     /// Admin API tokens scoped to one tenant (the operator's token only).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// What a tenant may send, and what it used on this host.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum LimitsCommand {
+    /// The limits and this host's counters.
+    Show { tenant: String },
+    /// Replace the limits (the operator's token): a limit not given is no
+    /// limit.
+    Set {
+        tenant: String,
+        #[command(flatten)]
+        limits: mailwit::usage::TenantLimits,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +311,16 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
             print_table(&["ID", "TENANT", "CREATED (UTC)", "EXPIRES (UTC)"], rows);
             return Ok(());
         }
+        TenantCommand::Limits(LimitsCommand::Show { tenant }) => (
+            Method::GET,
+            format!("/v1/tenants/{tenant}/limits"),
+            Vec::new(),
+        ),
+        TenantCommand::Limits(LimitsCommand::Set { tenant, limits }) => (
+            Method::PUT,
+            format!("/v1/tenants/{tenant}/limits"),
+            serde_json::to_vec(&limits)?,
+        ),
         TenantCommand::Token(TokenCommand::Revoke { id }) => {
             (Method::DELETE, format!("/v1/tokens/{id}"), Vec::new())
         }

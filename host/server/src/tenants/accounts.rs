@@ -15,6 +15,7 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use super::{AdminError, OWNER, TenantState, Tenants, valid_name};
+use crate::usage::TenantLimits;
 use crate::wallclock::now_ms;
 
 /// A credential the host keeps: its hash and when it was made.
@@ -146,6 +147,8 @@ impl Tenants {
             "users": users,
             "max_users": set.rules.max_users(),
             "api_keys": keys_of(&state),
+            "limits": state.limits,
+            "usage": self.usage.used(tenant),
         }))
     }
 
@@ -205,11 +208,33 @@ impl Tenants {
             .write()
             .expect("suspended lock")
             .remove(tenant);
+        self.usage.forget(tenant);
         self.loaded
             .lock()
             .expect("loaded lock")
             .retain(|(t, _, _), _| t != tenant);
         self.reindex();
+    }
+
+    /// Replaces a tenant's limits (a missing one is no limit).
+    pub fn set_limits(&self, tenant: &str, limits: TenantLimits) -> Result<(), AdminError> {
+        let _op = self.ops.lock().expect("ops lock");
+        let mut state = self.existing(tenant)?;
+        limits.check().map_err(AdminError::Invalid)?;
+        state.limits = limits;
+        self.change(tenant, state)?;
+        tracing::info!(event = "tenant.limits_set", tenant, limits = ?limits);
+        Ok(())
+    }
+
+    /// A tenant's limits and what it used of them on this host.
+    pub fn limits(&self, tenant: &str) -> Result<serde_json::Value, AdminError> {
+        let state = self.existing(tenant)?;
+        Ok(serde_json::json!({
+            "tenant": tenant,
+            "limits": state.limits,
+            "usage": self.usage.used(tenant),
+        }))
     }
 
     /// Adds an SMTP user. Without a password the host makes one (returned

@@ -28,6 +28,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::artifacts::ArtifactStore;
 use crate::config::{Config, Tenant};
+use crate::usage::{TenantLimits, Usage};
 
 mod accounts;
 pub use accounts::{API_KEY_LOGIN, Suspension, hash_secret, random_hex};
@@ -153,6 +154,9 @@ struct TenantState {
     users: BTreeMap<String, accounts::Credential>,
     #[serde(default)]
     keys: BTreeMap<String, accounts::Credential>,
+    /// What the operator lets it send ([`crate::usage`]).
+    #[serde(default)]
+    limits: TenantLimits,
 }
 
 /// One row of `mailwit tenant list`.
@@ -217,6 +221,8 @@ pub struct Tenants {
     ops: Mutex<()>,
     /// The suspended tenants (read on every login and delivery).
     suspended: RwLock<HashMap<String, Suspension>>,
+    /// Each tenant's limits and counters on this host.
+    usage: Arc<Usage>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -247,6 +253,7 @@ impl Tenants {
             loaded: Mutex::default(),
             ops: Mutex::default(),
             suspended: RwLock::default(),
+            usage: Usage::new(),
         };
         let stored = tenants.handle.block_on(tenants.store.states(OWNER))?;
         for (owner, bytes) in stored {
@@ -303,6 +310,11 @@ impl Tenants {
                 .map_err(|e| anyhow::anyhow!("function {name}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Every tenant's limits and counters on this host.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// The current function set of a tenant.
@@ -452,6 +464,7 @@ impl Tenants {
     }
 
     fn swap(&self, tenant: &str, state: TenantState, set: Arc<PolicySet>) -> Arc<PolicySet> {
+        self.usage.set_limits(tenant, state.limits);
         {
             let mut suspended = self.suspended.write().expect("suspended lock");
             match &state.suspended {
