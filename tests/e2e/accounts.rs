@@ -603,3 +603,35 @@ fn a_tenants_own_component_refuses_from_the_usage_import() {
     let v = tenant_json(&s, &["limits", "show", "acme"]);
     assert_eq!(v["usage"]["messages_today"], 2, "{v}");
 }
+
+#[test]
+fn the_admin_listener_serves_tls_and_the_cli_follows() {
+    // The server's own generated certificate (made before the admin
+    // listener starts), by paths relative to the server's directory.
+    let s = Server::start_with(Options {
+        admin: "tls_cert = \"data/tls/cert.pem\"\ntls_key = \"data/tls/key.pem\"",
+        ..Options::default()
+    });
+    // The CLI speaks TLS to it, trusting that certificate.
+    let out = tenant_json(&s, &["show", "acme", "--json"]);
+    assert_eq!(out["tenant"], "acme", "{out}");
+    // curl too, verifying it; plain HTTP gets no answer.
+    let url = format!("https://127.0.0.1:{}/v1/tenants/acme", s.port("admin"));
+    let (ok, body) = run(Command::new("curl")
+        .args(["-sS", "-m", "30", "--cacert"])
+        .arg(s.cert_path())
+        .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .arg(&url));
+    assert!(ok && body.contains("\"tenant\":\"acme\""), "{body}");
+    let (ok, body) = run(Command::new("curl")
+        .args(["-sS", "-m", "30"])
+        .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .arg(url.replace("https://", "http://")));
+    assert!(!ok || !body.contains("acme"), "{body}");
+    let log = s.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("listener=admin") && l.contains("tls=implicit")),
+        "{log}"
+    );
+}

@@ -311,6 +311,73 @@ fn discard_route_and_retention_purge() {
     s.wait_log("status.purged", 1);
 }
 
+/// A tenant's sandbox: the oldest messages go to make room under its cap,
+/// one message over the cap alone fails, one can be deleted through the
+/// API, and all expire with the status retention.
+/// (The retention of 12 s leaves the steps before the purge far more time
+/// than they take; the purge is waited for, not timed.)
+#[test]
+fn the_sandbox_keeps_to_its_cap_expires_and_deletes_on_request() {
+    let s = Server::start_with(Options {
+        delivery: "sandbox_max_bytes = 3000\nretention_secs = 12\npurge_interval_secs = 1".into(),
+        acme_rules: route_rules("sandbox"),
+        ..Options::default()
+    });
+    let body = |n: usize| format!("{}\n", "x".repeat(n));
+    let sandboxed = || -> Vec<String> {
+        let (ok, out) = run(Command::new("curl")
+            .args(["-s", "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .arg(format!(
+                "http://127.0.0.1:{}/v1/tenants/acme/sandbox",
+                s.port("admin")
+            )));
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            let id = submit(&s, &format!("s{i}@example.net"), &["--body", &body(1000)]);
+            wait_for("kept", || sandboxed().contains(&id));
+            id
+        })
+        .collect();
+    // The third did not fit beside the other two: the oldest went.
+    assert_eq!(sandboxed(), ids[1..].to_vec());
+    s.wait_log("sandbox.evicted", 1);
+    // Larger than the whole sandbox: failed, nothing evicted for it.
+    let big = submit(&s, "big@example.net", &["--body", &body(4000)]);
+    wait_for("the big one failed", || {
+        s.statuses(&big, "big@example.net")
+            .contains(&"failed".to_string())
+    });
+    assert_eq!(sandboxed(), ids[1..].to_vec());
+    // Deleted through the admin API.
+    let (ok, out) = run(Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "DELETE",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/v1/tenants/acme/sandbox/{}",
+            s.port("admin"),
+            ids[1]
+        )));
+    assert!(ok && out.contains("\"deleted\":true"), "{out}");
+    assert_eq!(sandboxed(), ids[2..].to_vec());
+    // Older than the retention: gone with its status.
+    wait_for("the sandbox purged", || sandboxed().is_empty());
+    s.wait_log("sandbox.purged", 1);
+}
+
 /// The admin `/metrics` shows the delivery queue and the spool: a deferred
 /// message waiting for its retry, none waiting for a worker, one message
 /// pending in one segment.

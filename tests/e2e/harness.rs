@@ -38,6 +38,8 @@ pub struct Options {
     pub runtime: &'static str,
     /// Lines for `[status_api]` (its address is set).
     pub status_api: &'static str,
+    /// More lines for `[admin]` (its address and token are set).
+    pub admin: &'static str,
     pub delivery: String,
     /// More rules tables for the acme tenant (each starting with
     /// `[tenants.rules.<table>]`).
@@ -374,6 +376,7 @@ data_dir = "{data}"
 [admin]
 addr = "127.0.0.1:0"
 token = "{ADMIN_TOKEN}"
+{admin}
 
 [status_api]
 addr = "127.0.0.1:0"
@@ -426,6 +429,7 @@ domains = ["acme.example"]
         acme_rules = opts.acme_rules,
         extra = opts.extra,
         status_api = opts.status_api,
+        admin = opts.admin,
         hash = demo_hash(),
     );
     std::fs::write(&config_path, config).unwrap();

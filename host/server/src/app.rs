@@ -158,7 +158,13 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         .with_context(|| format!("binding the admin listener on {}", config.admin.addr))?;
     let token = admin_token(&config)?;
     let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(event = "listening", listener = %"admin", addr = %admin_addr, tls = %"none");
+    let admin_tls = admin::tls_acceptor(&config.admin).context("the admin listener's TLS")?;
+    let tls_mode = if admin_tls.is_some() {
+        "implicit"
+    } else {
+        "none"
+    };
+    tracing::info!(event = "listening", listener = %"admin", addr = %admin_addr, tls = %tls_mode);
     let status_api = {
         let (rt, dir, t, s, m, c) = (
             rt.clone(),
@@ -212,7 +218,12 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         budget,
         tokens: admin::tokens::Tokens::new(stores.artifacts.clone(), token),
     });
-    let admin_task = tokio::spawn(admin::serve(admin, admin_listener, stopped.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        admin_listener,
+        admin_tls,
+        stopped.clone(),
+    ));
     let status_task = tokio::spawn(statusapi::serve(
         status_api,
         status_listener,

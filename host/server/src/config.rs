@@ -224,6 +224,13 @@ pub struct AdminConfig {
     /// Bearer token. When absent one is generated at start-up and written
     /// to `<data_dir>/admin.token` (mode 0600), where the CLI finds it.
     pub token: Option<String>,
+    /// With both, the listener serves HTTPS with this certificate chain
+    /// and key (PEM): tenants' tokens travel to it.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// What the CLI trusts for the admin listener's certificate (PEM;
+    /// default `tls_cert` itself, for a self-signed one).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -231,6 +238,9 @@ impl Default for AdminConfig {
         AdminConfig {
             addr: "127.0.0.1:8025".parse().expect("valid"),
             token: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -264,6 +274,9 @@ pub struct DeliveryConfig {
     /// `"loopback"`, `"private"` (RFC 1918, fc00::/7, 100.64.0.0/10),
     /// `"link-local"`. Default none: a report to one is refused.
     pub notify_allow: Vec<String>,
+    /// Bytes each tenant's sandbox keeps at most; the oldest messages go
+    /// to make room. Default 268435456 (256 MiB).
+    pub sandbox_max_bytes: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -279,6 +292,7 @@ impl Default for DeliveryConfig {
             purge_interval_secs: 3600,
             report_max_age_secs: 2 * 24 * 3600,
             notify_allow: Vec::new(),
+            sandbox_max_bytes: 256 << 20,
         }
     }
 }
@@ -691,6 +705,12 @@ impl Config {
                     format!("{value} is less than twice limits.max_message_size ({need})"),
                 ));
             }
+        }
+        if self.admin.tls_cert.is_some() != self.admin.tls_key.is_some() {
+            out.push(problem(
+                "admin.tls_cert",
+                "needs both tls_cert and tls_key, or neither",
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             out.push(problem("tls", "needs both cert and key, or neither"));

@@ -16,10 +16,17 @@ pub struct Peer(pub std::net::SocketAddr);
 /// A client has this long to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts connections until shutdown; every request on them is answered
-/// by `handle`.
-pub async fn serve<F, Fut, B>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handle: F)
-where
+/// A client has this long to finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until shutdown (over TLS with `tls`); every request
+/// on them is answered by `handle`.
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -35,17 +42,30 @@ where
             _ = shutdown.changed() => return,
         };
         let handle = handle.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
                 let answer = handle(req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+                .clone();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(tcp), service).await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

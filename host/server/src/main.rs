@@ -511,13 +511,8 @@ fn admin_call(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, text) = runtime.block_on(admin::request(
-        config.admin.addr,
-        &token,
-        method,
-        path,
-        body,
-    ))?;
+    let (status, text) =
+        runtime.block_on(admin::request(&config.admin, &token, method, path, body))?;
     let answer: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     if !status.is_success() {
         let why = answer

@@ -333,7 +333,7 @@ fn blob(version: u64) -> String {
 
 /// Serves the status API until shutdown.
 pub async fn serve(api: Arc<StatusApi>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    crate::httpd::serve(listener, shutdown, move |req| api.clone().handle(req)).await
+    crate::httpd::serve(listener, None, shutdown, move |req| api.clone().handle(req)).await
 }
 
 /// The store one request sees: one account's data, read-only.

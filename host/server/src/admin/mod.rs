@@ -56,9 +56,14 @@ pub struct Admin {
     pub tokens: tokens::Tokens,
 }
 
-/// Serves the admin API until shutdown.
-pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    crate::httpd::serve(listener, shutdown, move |req| {
+/// Serves the admin API until shutdown (over TLS with `tls`).
+pub async fn serve(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::httpd::serve(listener, tls, shutdown, move |req| {
         let admin = admin.clone();
         async move { handle(&admin, req).await }
     })
@@ -316,23 +321,77 @@ async fn token_route(
     }
 }
 
-/// The CLI's side: one request to the admin API. Returns the status and the
-/// body.
+/// The admin listener's TLS, when `[admin] tls_cert` and `tls_key` are set.
+pub fn tls_acceptor(
+    config: &crate::config::AdminConfig,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let ck = crate::tls::load_pem_files(cert, key)?;
+    let store = Arc::new(crate::tls::CertStore::new(ck, None));
+    Ok(Some(tokio_rustls::TlsAcceptor::from(
+        store.server_config()?,
+    )))
+}
+
+/// How the CLI reaches the admin listener over TLS: the certificates it
+/// trusts (`[admin] tls_ca`, else `tls_cert`), or none for plain HTTP.
+fn tls_connector(
+    config: &crate::config::AdminConfig,
+) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    let Some(ca) = config.tls_ca.as_ref().or(config.tls_cert.as_ref()) else {
+        return Ok(None);
+    };
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("reading {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(tls))))
+}
+
+/// The CLI's side: one request to the admin API (over TLS when the
+/// configuration's admin listener has it). Returns the status and the body.
 pub async fn request(
-    addr: std::net::SocketAddr,
+    config: &crate::config::AdminConfig,
     token: &str,
     method: Method,
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<(StatusCode, String)> {
+    let addr = config.addr;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "connecting to the admin listener at {addr}: {e} (is `mailwit serve` running?)"
         )
     })?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
+    let mut sender = match tls_connector(config)? {
+        None => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| anyhow::anyhow!("TLS with the admin listener at {addr}: {e}"))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     let req = Request::builder()
         .method(method)
         .uri(path)

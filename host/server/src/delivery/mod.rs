@@ -137,6 +137,18 @@ impl Delivery {
                     Ok(_) => {}
                     Err(e) => tracing::error!(event = "status.purge_failed", cause = %e),
                 }
+                // Sandboxed messages go with their status.
+                for t in this.tenants.list() {
+                    match sandbox::expire(&*this.sandbox, &t.tenant, cutoff).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(event = "sandbox.purged", tenant = %t.tenant, messages = n)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(event = "sandbox.purge_failed", tenant = %t.tenant, cause = %e)
+                        }
+                    }
+                }
             }
         });
         d
@@ -402,7 +414,10 @@ impl Delivery {
                 };
                 relay.deliver(name, m, pending).await
             }
-            Route::Sandbox => sandbox::deliver(&*self.sandbox, m, pending.len()).await,
+            Route::Sandbox => {
+                let cap = self.config.sandbox_max_bytes;
+                sandbox::deliver(&*self.sandbox, m, pending.len(), cap).await
+            }
             Route::Discard => discard::deliver(pending.len()),
         }
     }

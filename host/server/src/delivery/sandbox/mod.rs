@@ -47,9 +47,84 @@ fn valid_id(id: &str) -> bool {
 /// The final event of a sandboxed recipient.
 pub const DONE: Status = Status::DeliveredToSandbox;
 
-/// Writes the message to the sandbox; one outcome per recipient (the
-/// write is one for all: a failure defers them all).
-pub async fn deliver(store: &dyn SandboxStore, m: &Spooled, recipients: usize) -> Vec<Outcome> {
+/// When a kept message was received: its queue id is a ULID, which
+/// carries its creation time (so expiry needs no file times and works the
+/// same in every store).
+fn received_ms(id: &str) -> Option<u64> {
+    ulid::Ulid::from_string(id).ok().map(|u| u.timestamp_ms())
+}
+
+/// Deletes a tenant's messages received before `cutoff_ms` (the status
+/// retention); returns how many.
+pub async fn expire(
+    store: &dyn SandboxStore,
+    tenant: &str,
+    cutoff_ms: u64,
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    for (id, _) in store.list(tenant).await? {
+        if received_ms(&id).is_some_and(|t| t < cutoff_ms) {
+            n += usize::from(store.delete(tenant, &id).await?);
+        }
+    }
+    Ok(n)
+}
+
+/// Makes room for `size` more bytes in a tenant's sandbox of at most
+/// `cap` bytes, deleting its oldest messages first (as a testing inbox
+/// does when it is full). False when the message alone is over the cap.
+async fn make_room(
+    store: &dyn SandboxStore,
+    tenant: &str,
+    size: u64,
+    cap: u64,
+) -> std::io::Result<bool> {
+    if size > cap {
+        return Ok(false);
+    }
+    let kept = store.list(tenant).await?;
+    let mut total: u64 = kept.iter().map(|(_, s)| s).sum();
+    // By id: a ULID sorts by time, so the oldest come first.
+    for (id, s) in kept {
+        if total + size <= cap {
+            break;
+        }
+        if store.delete(tenant, &id).await? {
+            tracing::info!(event = "sandbox.evicted", tenant, queue_id = %id, size = s);
+            total -= s;
+        }
+    }
+    Ok(true)
+}
+
+/// Writes the message to the sandbox, within the tenant's `cap` of bytes;
+/// one outcome per recipient (the write is one for all: a failure defers
+/// them all).
+pub async fn deliver(
+    store: &dyn SandboxStore,
+    m: &Spooled,
+    recipients: usize,
+    cap: u64,
+) -> Vec<Outcome> {
+    match make_room(store, &m.meta.tenant, m.content.len() as u64, cap).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return each(
+                recipients,
+                Outcome::Failed(
+                    552,
+                    "5.3.4".into(),
+                    format!("larger than the tenant's sandbox ({cap} bytes)"),
+                ),
+            );
+        }
+        Err(e) => {
+            return each(
+                recipients,
+                Outcome::Deferred(format!("reading the sandbox: {e}")),
+            );
+        }
+    }
     let written = store.keep(&m.meta.tenant, &m.meta.id, &m.content).await;
     each(
         recipients,
