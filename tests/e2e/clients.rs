@@ -160,6 +160,126 @@ fn curl_smtp_ssl_reqd_verifies_the_generated_certificate() {
     check_queued(&s, &out);
 }
 
+/// IBM's command-line example (seed 003, "Using SMTP interface for sending
+/// emails"), typed as it is: lower-case commands, `mail from:` without
+/// angle brackets. Its lines checked here:
+///
+/// ```text
+/// auth login
+/// 334 VXNlcm5hbWU6
+/// 334 UGFzc3dvcmQ6
+/// 235 2.7.0 Authentication successful
+/// mail from: mailer@example.com
+/// 250 2.1.0 Ok
+/// rcpt to: recipient@test.com
+/// 250 2.1.5 Ok
+/// data
+/// 354 End data with <CR><LF>.<CR><LF>
+/// ```
+///
+/// (acme's sender and a recipient of its own stand for IBM's example
+/// addresses; mailwit's 250 texts are Infobip's, "Sender address accepted",
+/// with IBM's codes.)
+#[test]
+fn openssl_s_client_replays_the_ibm_dialogue() {
+    let s = Server::start();
+    let dialogue = format!(
+        "ehlo client.test\nauth login\n{}\n{}\nmail from: {SENDER}\nrcpt to: recipient@test.com\ndata\nfrom: Mailer <{SENDER}>\nto: Recipient <recipient@test.com>\nSubject: IBM Cloud Event Notifications SMTP interface\n\nGet the all events securely from IBM EN SMTP Interface\n.\nquit\n",
+        b64(LOGIN),
+        b64(PASSWORD),
+    );
+    let out = run_with_stdin(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-crlf",
+                "-quiet",
+                "-starttls",
+                "smtp",
+                "-connect",
+            ])
+            .arg(format!("127.0.0.1:{}", s.port("submission"))),
+        dialogue.as_bytes(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let replies: Vec<&str> = text.lines().filter(|l| !l.starts_with("250-")).collect();
+    let expected = [
+        "250 ",
+        "334 VXNlcm5hbWU6",
+        "334 UGFzc3dvcmQ6",
+        "235 2.7.0 Authentication successful",
+        "250 2.1.0 ",
+        "250 2.1.5 ",
+        "354 End data with <CR><LF>.<CR><LF>",
+        "250 2.0.0 Ok: queued as ",
+        "221 2.0.0",
+    ];
+    assert_eq!(replies.len(), expected.len(), "{text}");
+    for (got, want) in replies.iter().zip(expected) {
+        assert!(
+            got.starts_with(want),
+            "{want:?} expected, got {got:?} in:\n{text}"
+        );
+    }
+    let id = queue_id(&text).unwrap_or_else(|| panic!("no queue id:\n{text}"));
+    let m = s.spooled(&id);
+    assert_eq!(m.meta.sender, SENDER);
+    assert_eq!(m.meta.recipients, ["recipient@test.com"]);
+}
+
+/// The commands of Mailtrap's explainer (seed 002, "SMTP commands" and
+/// "Responses"), with the codes it gives:
+///
+/// ```text
+/// - HELO/EHLO – initiates the start of the SMTP session.
+/// - VRFY – asks the server to verify if the mailbox in the argument exists on the local host.
+/// - 252 – the server can't verify the user. It will still accept the message and attempt the delivery (responds to VRFY command)
+/// - EXPN – does the same as VRFY but for the mailing list.
+/// - NOOP – checks the ability of the server to respond.
+/// - HELP – asks the server to verify which commands it supports. It may include a specific command as an argument.
+/// - RSET – resets the SMTP connection to the initial state.
+/// - QUIT – ends the SMTP session.
+/// - 250 – the requested action is okay or completed
+/// - 221 – <domain> closing the transmission channel
+/// ```
+///
+/// HELP answers 214 (RFC 5321's help reply; the seed's "211 – system
+/// status or reply to HELP" allows either) and EXPN, which mailwit does not
+/// offer, 502 5.5.1.
+#[test]
+fn a_raw_socket_replays_the_mailtrap_commands() {
+    let s = Server::start();
+    let mut r = Raw::open(s.port("plain"));
+    let helo = r.cmd("HELO client.test");
+    assert!(helo.starts_with("250 "), "{helo}");
+    let ehlo = r.cmd("EHLO client.test");
+    assert!(ehlo.starts_with("250-") && ehlo.contains("250 "), "{ehlo}");
+    let vrfy = r.cmd("VRFY someone@example.net");
+    assert!(vrfy.starts_with("252 2.5.0"), "{vrfy}");
+    let expn = r.cmd("EXPN staff");
+    assert!(expn.starts_with("502 5.5.1"), "{expn}");
+    let noop = r.cmd("NOOP");
+    assert!(noop.starts_with("250 2.0.0"), "{noop}");
+    let help = r.cmd("HELP");
+    assert!(help.starts_with("214") && help.contains("VRFY"), "{help}");
+    let help = r.cmd("HELP MAIL");
+    assert!(help.starts_with("214"), "{help}");
+    // RSET mid-transaction: the envelope is gone, the session goes on.
+    let auth = base64_plain(LOGIN, PASSWORD);
+    assert!(r.cmd(&format!("AUTH PLAIN {auth}")).starts_with("235"));
+    assert!(
+        r.cmd(&format!("MAIL FROM:<{SENDER}>"))
+            .starts_with("250 2.1.0")
+    );
+    assert!(r.cmd("RSET").starts_with("250 2.0.0"));
+    let rcpt = r.cmd("RCPT TO:<a@example.net>");
+    assert!(rcpt.starts_with("503 5.5.1"), "no MAIL after RSET: {rcpt}");
+    let quit = r.cmd("QUIT");
+    assert!(quit.starts_with("221 2.0.0"), "{quit}");
+    assert!(r.closed());
+    assert!(s.spool().is_empty());
+}
+
 #[test]
 fn openssl_s_client_replays_the_infobip_dialogue() {
     let s = Server::start();

@@ -11,7 +11,8 @@
 //!
 //! A message takes its token and its place in the day's count at MAIL (so
 //! sessions at once cannot all pass a check and then all be accepted);
-//! a transaction that ends without `250` gives them back. So the counters
+//! a transaction that ends without `250` (refused, replaced by the next
+//! MAIL after RSET, its session gone) gives them back. So the counters
 //! are exact on one host. In a cluster each host counts for itself (a
 //! tenant can send up to the limit through each host): shared counters
 //! are left to the cluster's next step.
