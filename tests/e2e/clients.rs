@@ -160,6 +160,25 @@ fn curl_smtp_ssl_reqd_verifies_the_generated_certificate() {
     check_queued(&s, &out);
 }
 
+/// `openssl s_client -starttls smtp` on the submission port, fed
+/// `dialogue` as a person would type it; what it printed.
+fn s_client(s: &Server, dialogue: &str) -> String {
+    let out = run_with_stdin(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-crlf",
+                "-quiet",
+                "-starttls",
+                "smtp",
+                "-connect",
+            ])
+            .arg(format!("127.0.0.1:{}", s.port("submission"))),
+        dialogue.as_bytes(),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// IBM's command-line example (seed 003, "Using SMTP interface for sending
 /// emails"), typed as it is: lower-case commands, `mail from:` without
 /// angle brackets. Its lines checked here:
@@ -188,20 +207,7 @@ fn openssl_s_client_replays_the_ibm_dialogue() {
         b64(LOGIN),
         b64(PASSWORD),
     );
-    let out = run_with_stdin(
-        Command::new("openssl")
-            .args([
-                "s_client",
-                "-crlf",
-                "-quiet",
-                "-starttls",
-                "smtp",
-                "-connect",
-            ])
-            .arg(format!("127.0.0.1:{}", s.port("submission"))),
-        dialogue.as_bytes(),
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = s_client(&s, &dialogue);
     let replies: Vec<&str> = text.lines().filter(|l| !l.starts_with("250-")).collect();
     let expected = [
         "250 ",
@@ -292,20 +298,7 @@ fn openssl_s_client_replays_the_infobip_dialogue() {
         b64(LOGIN),
         b64(PASSWORD),
     );
-    let out = run_with_stdin(
-        Command::new("openssl")
-            .args([
-                "s_client",
-                "-crlf",
-                "-quiet",
-                "-starttls",
-                "smtp",
-                "-connect",
-            ])
-            .arg(format!("127.0.0.1:{}", s.port("submission"))),
-        dialogue.as_bytes(),
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = s_client(&s, &dialogue);
     for expected in [
         "250-SIZE 20971520",
         "250-8BITMIME",
