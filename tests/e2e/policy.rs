@@ -1021,3 +1021,35 @@ fn a_components_refusal_is_checked_before_it_reaches_the_client() {
         "{metrics}"
     );
 }
+
+/// Infobip (seed 000): "you must use one of your Infobip verified domains
+/// (or registered senders)", set in the From field a person sees. The
+/// stock content function checks every `From:` address against the same
+/// registered senders and domains as MAIL FROM; `senders.check-from =
+/// false` turns it off.
+#[test]
+fn a_from_header_outside_the_registered_senders_is_refused_unless_turned_off() {
+    let s = Server::start();
+    let forged = ["--header", "From: Support <support@bank.example>"];
+    let out = swaks_plain(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &forged);
+    assert_eq!(refusal(&out), "550 5.7.1", "{out}");
+    assert!(out.contains("support@bank.example"), "{out}");
+    // A From: in the verified domain, among other forms of the field.
+    let ok = ["--header", "From: \"News, Daily\" <News@Acme.Example>"];
+    let out = swaks_plain(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &ok);
+    assert!(queue_id(&out).is_some(), "{out}");
+    // Turned off by the rule: the forged one passes.
+    let rules = write_file(
+        s.dir.path(),
+        "no-from-check.toml",
+        format!(
+            "[users]\n\"{LOGIN}\" = \"{}\"\n[senders]\ndomains = [\"acme.example\"]\ncheck-from = false\n",
+            demo_hash()
+        )
+        .as_bytes(),
+    );
+    let (ok, out) = admin(&s, &["rules", "acme", rules.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let out = swaks_plain(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &forged);
+    assert!(queue_id(&out).is_some(), "{out}");
+}
