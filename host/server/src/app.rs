@@ -293,7 +293,8 @@ async fn stores(config: &Config) -> anyhow::Result<Stores> {
             .with_context(|| format!("opening the spool {}", spool_dir.display()))?,
     );
     let status = FileStatusStore::open(&config.data_dir.join("status"))
-        .context("opening the status store")?;
+        .context("opening the status store")?
+        .retaining(Duration::from_secs(config.delivery.retention_secs));
     Ok(Stores {
         queue: file_queue.clone(),
         status: Arc::new(Arc::new(status)),

@@ -1,6 +1,9 @@
 //! The cluster's status store: a JetStream stream every host writes each
-//! event to and any host's status API reads, kept `retention_secs` (the
-//! stream's `max_age`, so JetStream itself purges).
+//! event to and any host's status API reads. A message's events expire
+//! together, `retention_secs` after its first: reads answer nothing past
+//! that, and the stream keeps each event twice as long (its `max_age`, so
+//! JetStream itself purges) so that a message's later events never outlive
+//! its first and show part of its history.
 //!
 //! One subject per message, `<p>.status.<tenant>.<queue id>`: a message's
 //! events are read back by subject (from the stream's leader, so a read
@@ -15,6 +18,7 @@ use super::{Event, StatusStore};
 use crate::cluster::{Cluster, token};
 
 pub struct JetStreamStatusStore {
+    retention: Duration,
     cluster: Cluster,
     stream: stream::Stream,
     subject: String,
@@ -30,7 +34,7 @@ impl JetStreamStatusStore {
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             num_replicas: cluster.config.replicas,
-            max_age: retention,
+            max_age: retention * 2,
             ..Default::default()
         };
         let js = cluster.js.clone();
@@ -39,6 +43,7 @@ impl JetStreamStatusStore {
         })
         .await;
         JetStreamStatusStore {
+            retention,
             cluster: cluster.clone(),
             stream,
             subject,
@@ -111,6 +116,9 @@ impl StatusStore for JetStreamStatusStore {
             if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
                 events.push(e);
             }
+        }
+        if super::expired(&events, Some(self.retention), crate::wallclock::now_ms()) {
+            return Ok(Vec::new());
         }
         if let Some(r) = recipient {
             events.retain(|e| e.recipient.eq_ignore_ascii_case(r));

@@ -147,7 +147,7 @@ impl StatusStore for Arc<FileStatusStore> {
 
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
         let (s, tenant) = (self.clone(), tenant.to_string());
-        blocking(move || s.retain(|e| e.tenant != tenant)).await
+        blocking(move || s.retain(|events| events.iter().all(|e| e.tenant != tenant))).await
     }
 }
 
@@ -159,8 +159,27 @@ async fn blocking<T: Send + 'static>(
         .map_err(std::io::Error::other)?
 }
 
+/// When a message was received, for its retention: its first event.
+/// A message's events expire together, counted from then (Sinch: "If the
+/// notification was sent more than 7 days back, an empty object will be
+/// returned"), not one by one.
+pub fn received_ms(events: &[Event]) -> Option<u64> {
+    events.iter().map(|e| e.ts_ms).min()
+}
+
+/// Whether a message with these events is past `retention` at `now_ms`.
+pub fn expired(events: &[Event], retention: Option<std::time::Duration>, now_ms: u64) -> bool {
+    match (retention, received_ms(events)) {
+        (Some(r), Some(t)) => t < now_ms.saturating_sub(r.as_millis() as u64),
+        _ => false,
+    }
+}
+
 pub struct FileStatusStore {
     path: PathBuf,
+    /// A message past this (from its first event) reads as nothing, even
+    /// before the purge has removed it.
+    retention: Option<std::time::Duration>,
     /// Events waiting for the next commit. Never held across I/O.
     pending: Mutex<Pending>,
     /// The file and the index; held by the one caller committing.
@@ -207,9 +226,18 @@ impl FileStatusStore {
         let torn = ends_inside_a_line(&path)?;
         Ok(FileStatusStore {
             path,
+            retention: None,
             pending: Mutex::new(Pending::default()),
             inner: Mutex::new(Inner { file, by_id, torn }),
         })
+    }
+}
+
+impl FileStatusStore {
+    /// Reads answer nothing for a message older than `retention`.
+    pub fn retaining(mut self, retention: std::time::Duration) -> FileStatusStore {
+        self.retention = Some(retention);
+        self
     }
 }
 
@@ -280,6 +308,7 @@ impl FileStatusStore {
         inner
             .by_id
             .get(id)
+            .filter(|events| !expired(events, self.retention, crate::wallclock::now_ms()))
             .map(|events| {
                 events
                     .iter()
@@ -293,19 +322,20 @@ impl FileStatusStore {
             .unwrap_or_default()
     }
 
-    /// Drops events older than `cutoff_ms` (blocking: rewrites the file).
+    /// Drops the messages received before `cutoff_ms`, all their events
+    /// together (blocking: rewrites the file).
     pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.retain(|e| e.ts_ms >= cutoff_ms)
+        self.retain(|events| received_ms(events).is_some_and(|t| t >= cutoff_ms))
     }
 
-    /// Keeps only the events `keep` says yes to; returns how many went.
-    fn retain(&self, keep: impl Fn(&Event) -> bool) -> std::io::Result<usize> {
+    /// Keeps only the messages whose events `keep` says yes to; returns
+    /// how many events went.
+    fn retain(&self, keep: impl Fn(&[Event]) -> bool) -> std::io::Result<usize> {
         let mut inner = self.inner.lock().expect("status lock");
         let before: usize = inner.by_id.values().map(Vec::len).sum();
-        inner.by_id.retain(|_, events| {
-            events.retain(&keep);
-            !events.is_empty()
-        });
+        inner
+            .by_id
+            .retain(|_, events| !events.is_empty() && keep(events));
         let kept: usize = inner.by_id.values().map(Vec::len).sum();
         if kept == before {
             return Ok(0);
@@ -355,14 +385,57 @@ mod tests {
             s.message(Some("b"), "M1", None).is_empty(),
             "another tenant saw M1"
         );
-        assert_eq!(s.purge(15).unwrap(), 2);
-        assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
+        // M1 was received before the cutoff: all its events go together.
+        assert_eq!(s.purge(15).unwrap(), 3);
+        assert!(s.message(Some("a"), "M1", None).is_empty());
         s.record(vec![ev("M2", "a", "x@e.example", 40, Status::Sent)])
             .unwrap();
         drop(s);
         let s = FileStatusStore::open(dir.path()).unwrap();
-        assert_eq!(s.message(Some("a"), "M1", None).len(), 1);
+        assert!(s.message(Some("a"), "M1", None).is_empty());
         assert_eq!(s.message(Some("a"), "M2", None).len(), 2);
+    }
+
+    /// Sinch (seed 001): "If the notification was sent more than 7 days
+    /// back, an empty object will be returned." A message's history is
+    /// kept or dropped whole, counted from its first event.
+    #[test]
+    fn a_message_expires_whole_counted_from_when_it_was_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        let s = FileStatusStore::open(dir.path()).unwrap().retaining(week);
+        let now = crate::wallclock::now_ms();
+        let day = 86_400_000;
+        s.record(vec![
+            // Received 8 days ago, sent 6.5 days ago: past its retention.
+            ev("OLD", "a", "x@e.example", now - 8 * day, Status::Received),
+            ev("OLD", "a", "x@e.example", now - 13 * day / 2, Status::Sent),
+            // Received 6 days ago, deferred, then sent: within it.
+            ev("NEW", "a", "x@e.example", now - 6 * day, Status::Received),
+            ev(
+                "NEW",
+                "a",
+                "x@e.example",
+                now - 6 * day + 1,
+                Status::Deferred,
+            ),
+            ev("NEW", "a", "x@e.example", now - day, Status::Sent),
+        ])
+        .unwrap();
+        // Read before any purge: the old one is already nothing.
+        assert!(s.message(Some("a"), "OLD", None).is_empty());
+        assert_eq!(s.message(Some("a"), "NEW", None).len(), 3);
+        // The purge at the week's cutoff drops the old one whole and keeps
+        // all of the new one (even its events from 6 days ago).
+        let cutoff = now - week.as_millis() as u64;
+        assert_eq!(s.purge(cutoff).unwrap(), 2);
+        assert_eq!(s.message(Some("a"), "NEW", None).len(), 3);
+        assert!(expired(
+            &[ev("X", "a", "x", now - 8 * day, Status::Received)],
+            Some(week),
+            now
+        ));
+        assert!(!expired(&[], Some(week), now));
     }
 
     /// A crash in the middle of a write leaves part of a line; what is
