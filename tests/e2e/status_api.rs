@@ -446,11 +446,23 @@ fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let eight_days = 8 * 24 * 3600 * 1000;
+    let day = 24 * 3600 * 1000;
     let events = serde_json::json!([
-        { "ts_ms": now - eight_days, "recipient": "a@example.net", "status": "deferred", "detail": "too old to show" },
         { "ts_ms": now, "recipient": "a@example.net", "status": "received" },
         { "ts_ms": now, "recipient": "a@example.net", "status": "sent", "detail": "250 2.0.0 Ok" },
+    ]);
+    // The seed: "If the notification was sent more than 7 days back, an
+    // empty object will be returned." Counted from its first event: one
+    // received 8 days ago is empty though its last event is 6 days old;
+    // one received 6 days ago shows its whole history.
+    let old = serde_json::json!([
+        { "ts_ms": now - 8 * day, "recipient": "a@example.net", "status": "received" },
+        { "ts_ms": now - 6 * day, "recipient": "a@example.net", "status": "sent", "detail": "250 2.0.0 Ok" },
+    ]);
+    let recent = serde_json::json!([
+        { "ts_ms": now - 6 * day, "recipient": "a@example.net", "status": "received" },
+        { "ts_ms": now - 6 * day + 1, "recipient": "a@example.net", "status": "deferred", "detail": "421 try later" },
+        { "ts_ms": now - day, "recipient": "a@example.net", "status": "sent", "detail": "250 2.0.0 Ok" },
     ]);
     /// Stops `wasmtime serve` however the test ends.
     struct Kill(std::process::Child);
@@ -469,6 +481,10 @@ fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
             .arg(format!("demo/users/demo={}", demo_hash()))
             .arg("--env")
             .arg(format!("demo/notifications/N1={events}"))
+            .arg("--env")
+            .arg(format!("demo/notifications/OLD={old}"))
+            .arg("--env")
+            .arg(format!("demo/notifications/RECENT={recent}"))
             .arg(&composed)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -492,6 +508,16 @@ fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
         (200, vec!["CAAS_RECEIVED", "CH_SENT"]),
         "{text}"
     );
+    let (code, text) = curl_at(port, Some(&me), "/v1/demo/notifications/id/OLD");
+    assert_eq!((code, text.trim()), (200, "{}"));
+    let (code, text) = curl_at(port, Some(&me), "/v1/demo/notifications/id/RECENT");
+    let codes: Vec<String> = json(&text)["Notification"]["status"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{code}: {text}"))
+        .iter()
+        .map(|e| e["statusCode"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["CAAS_RECEIVED", "CH_DEFERRED", "CH_SENT"], "{text}");
     assert_eq!(
         curl_at(port, Some("demo:wrong"), "/v1/demo/notifications/id/N1").0,
         401

@@ -167,10 +167,20 @@ fn notification(store: &Store, account: &str, id: &str, query: &str) -> Result<R
     };
     let events: Vec<Event> =
         serde_json::from_slice(&raw).map_err(|e| format!("notification {id}: {e}"))?;
+    // A notification expires whole, counted from its first event (the
+    // seed: "If the notification was sent more than 7 days back, an empty
+    // object will be returned"), never leaving part of its history.
     let cutoff = now_ms().saturating_sub(retention_secs().saturating_mul(1000));
+    if events
+        .iter()
+        .map(|e| e.ts_ms)
+        .min()
+        .is_some_and(|t| t < cutoff)
+    {
+        return Ok(json(200, &serde_json::json!({})));
+    }
     let status: Vec<Status> = events
         .into_iter()
-        .filter(|e| e.ts_ms >= cutoff)
         .filter(|e| {
             wanted
                 .as_deref()
