@@ -61,7 +61,7 @@ const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
 /// One stored event, as mailwit's status store records it (other fields
 /// are ignored).
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Event {
     ts_ms: u64,
     recipient: String,
@@ -186,7 +186,7 @@ fn notification(store: &Store, account: &str, id: &str, query: &str) -> Result<R
                 .as_deref()
                 .is_none_or(|w| w.eq_ignore_ascii_case(&e.recipient))
         })
-        .map(status_of)
+        .flat_map(statuses_of)
         .collect();
     if status.is_empty() {
         return Ok(json(200, &serde_json::json!({})));
@@ -202,11 +202,29 @@ fn notification(store: &Store, account: &str, id: &str, query: &str) -> Result<R
     ))
 }
 
-/// mailwit's steps in the seed's vocabulary: `CAAS_*` for what happens in
-/// mailwit itself, `CH_*` for what the channel (the next hop) answered.
+/// mailwit's steps in the seed's vocabulary, in the seed's order
+/// (`CAAS_RECEIVED`, `CAAS_SENT`, `CH_RECEIVED`, `CH_SENT`): `CAAS_*` for
+/// what happens in mailwit itself, `CH_*` for what the channel (the next
+/// hop) answered. The next hop's acceptance is both that the channel
+/// received the message and, as far as mailwit can know, sent it: one
+/// `sent` event is `CH_RECEIVED` (with the next hop's reply) then
+/// `CH_SENT`, at its time.
+fn statuses_of(e: Event) -> Vec<Status> {
+    if e.status == "sent" {
+        let received = Event {
+            status: "channel_received".into(),
+            ..e.clone()
+        };
+        return vec![status_of(received), status_of(e)];
+    }
+    vec![status_of(e)]
+}
+
 fn status_of(e: Event) -> Status {
     let (code, ok_text) = match e.status.as_str() {
         "received" => ("CAAS_RECEIVED", Some("Successful")),
+        "relaying" => ("CAAS_SENT", Some("Handed to the next hop")),
+        "channel_received" => ("CH_RECEIVED", None),
         "sent" => ("CH_SENT", Some("Successful")),
         "deferred" => ("CH_DEFERRED", None),
         "failed" => ("CH_FAILED", None),

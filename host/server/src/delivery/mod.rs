@@ -322,6 +322,20 @@ impl Delivery {
                 })
                 .collect();
             if !local || job.pending.is_empty() {
+                // A relayed message is handed to its route in the same
+                // write (its first attempt starts now).
+                if let Route::Relay(name) = &meta.route {
+                    let now = now_ms();
+                    received.extend(job.pending.iter().map(|r| {
+                        Event::new(
+                            meta,
+                            r,
+                            Status::Relaying,
+                            format!("handed to relay:{name}"),
+                            now,
+                        )
+                    }));
+                }
                 self.record(meta, std::mem::take(&mut received)).await;
             }
         }

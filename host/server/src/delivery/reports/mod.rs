@@ -191,9 +191,11 @@ impl Reports {
             meta_value(meta, "intermediateReport").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let xml = meta_value(meta, "notifyContentType")
             .is_some_and(|v| v.eq_ignore_ascii_case("application/xml"));
+        // Handing a message to the relay is mailwit's own step, not one the
+        // Infobip reports know.
         let wanted: Vec<&Event> = events
             .iter()
-            .filter(|e| e.status.is_final() || intermediate)
+            .filter(|e| e.status.is_final() || (intermediate && e.status != Status::Relaying))
             .collect();
         if wanted.is_empty() {
             return;
@@ -402,6 +404,7 @@ impl ReportStore for FileReports {
 fn status_name(s: Status) -> &'static str {
     match s {
         Status::Received => "RECEIVED",
+        Status::Relaying => "RELAYING",
         Status::Deferred => "DEFERRED",
         Status::Sent => "SENT",
         Status::DeliveredToSandbox => "DELIVERED_TO_SANDBOX",

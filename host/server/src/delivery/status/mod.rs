@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 pub enum Status {
     /// Accepted with `250` (timestamp of the 250).
     Received,
+    /// Handed to the relay route: its first attempt at the next hop begins
+    /// (Sinch's `CAAS_SENT`).
+    Relaying,
     /// A temporary failure; will be retried.
     Deferred,
     /// The next hop accepted it.
