@@ -5,7 +5,8 @@
 //! `tenants/<tenant>` (on one host: files under `<data_dir>/tenants/<tenant>/`):
 //!
 //! ```text
-//! state.json                   function order, each function's and the rules' version history
+//! state.json                   function order, each function's and the rules' version history;
+//!                              the account: created, suspended, users and keys (hashes), limits
 //! functions/<name>/<v>.wasm    every deployed version of every function
 //! rules/<v>.toml               every version of the rules
 //! ```
@@ -15,6 +16,8 @@
 //! started with; the next one sees the new set. Rollback re-activates the
 //! previous version in the history. In a cluster, every host hears of
 //! another's change ([`Tenants::follow`]) and loads the new state.
+//! The account's operations (create, suspend, delete, users, keys,
+//! limits) are in [`accounts`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
