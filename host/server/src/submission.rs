@@ -19,7 +19,7 @@ use crate::policy::{ClientInfo, Policy, Principal, TxnPolicy};
 use crate::queue::{Queue, QueueError};
 use crate::replies;
 use crate::spool::Meta;
-use crate::usage::{Limit, Reservation, SessionSlot, TenantUsage, Usage};
+use crate::usage::{Limit, Reservation, SessionSlot, TenantLimits, TenantUsage, Usage};
 
 /// What answering needs, shared by every session.
 pub struct Services {
@@ -49,6 +49,8 @@ struct Txn {
     sender: String,
     /// The message's place under the rate and the daily quota.
     reservation: Reservation,
+    /// The tenant's limits as the transaction began (read once, at MAIL).
+    limits: TenantLimits,
     recipients: u32,
 }
 
@@ -142,13 +144,13 @@ impl Submission {
                 // The previous transaction (if any) gives back its place.
                 self.txn = None;
                 let usage = &self.services.usage;
-                if let (Some(max), Some(size)) =
-                    (usage.limits(&p.tenant).message_size, declared_size)
+                let limits = usage.limits(&p.tenant);
+                if let (Some(max), Some(size)) = (limits.message_size, declared_size)
                     && size > max
                 {
                     return self.over(&p.tenant, Limit::Size);
                 }
-                let reservation = match usage.reserve(&p.tenant) {
+                let reservation = match usage.reserve(&p.tenant, &limits) {
                     Ok(r) => r,
                     Err(limit) => return self.over(&p.tenant, limit),
                 };
@@ -164,19 +166,22 @@ impl Submission {
                         policy: txn,
                         sender: address,
                         reservation,
+                        limits,
                         recipients: 0,
                     });
                 }
                 verdict(r)
             }
             Question::Recipient { address } => {
-                let tenant = self.tenant().to_string();
-                let max = self.services.usage.limits(&tenant).recipients_per_message;
                 let Some(txn) = &self.txn else {
                     return Verdict::Reject(replies::internal());
                 };
-                if max.is_some_and(|max| txn.recipients >= max) {
-                    return self.over(&tenant, Limit::Recipients);
+                if txn
+                    .limits
+                    .recipients_per_message
+                    .is_some_and(|max| txn.recipients >= max)
+                {
+                    return self.over(self.tenant(), Limit::Recipients);
                 }
                 let r = txn.policy.check_recipient(&txn.sender, &address).await;
                 if r.is_ok()
@@ -190,10 +195,8 @@ impl Submission {
                 let (Some(p), Some(txn)) = (self.principal.clone(), self.txn.take()) else {
                     return Verdict::Reject(replies::internal());
                 };
-                if self
-                    .services
-                    .usage
-                    .limits(&p.tenant)
+                if txn
+                    .limits
                     .message_size
                     .is_some_and(|max| content.len() as u64 > max)
                 {

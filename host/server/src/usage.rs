@@ -225,8 +225,11 @@ impl Usage {
 
     /// A message begins (MAIL): its token and its place in today's count,
     /// given back unless [`Reservation::keep`] is called.
-    pub fn reserve(self: &Arc<Self>, tenant: &str) -> Result<Reservation, Limit> {
-        let limits = self.limits(tenant);
+    pub fn reserve(
+        self: &Arc<Self>,
+        tenant: &str,
+        limits: &TenantLimits,
+    ) -> Result<Reservation, Limit> {
         let outcome = self.with(tenant, |c| {
             if limits.messages_per_day.is_some_and(|max| c.today >= max) {
                 return Err(Limit::Daily);
@@ -373,21 +376,23 @@ mod tests {
             burst: Some(3),
             ..TenantLimits::default()
         });
-        let kept: Vec<_> = (0..3).map(|_| u.reserve("t").unwrap()).collect();
-        let refused = u.reserve("t").unwrap_err().reply();
+        let kept: Vec<_> = (0..3)
+            .map(|_| u.reserve("t", &u.limits("t")).unwrap())
+            .collect();
+        let refused = u.reserve("t", &u.limits("t")).unwrap_err().reply();
         assert_eq!((refused.code, refused.status), (451, Some(Status(4, 7, 1))));
         kept.into_iter().for_each(Reservation::keep);
         // Half a second at 2/s: one more token.
         tokio::time::advance(std::time::Duration::from_millis(500)).await;
-        u.reserve("t").unwrap().keep();
-        assert!(u.reserve("t").is_err());
+        u.reserve("t", &u.limits("t")).unwrap().keep();
+        assert!(u.reserve("t", &u.limits("t")).is_err());
         // A transaction that ends without 250 gives its token back.
         tokio::time::advance(std::time::Duration::from_millis(500)).await;
-        drop(u.reserve("t").unwrap());
-        u.reserve("t").unwrap().keep();
-        assert!(u.reserve("t").is_err());
+        drop(u.reserve("t", &u.limits("t")).unwrap());
+        u.reserve("t", &u.limits("t")).unwrap().keep();
+        assert!(u.reserve("t", &u.limits("t")).is_err());
         // Another tenant has a bucket of its own.
-        u.reserve("other").unwrap().keep();
+        u.reserve("other", &u.limits("other")).unwrap().keep();
     }
 
     #[tokio::test]
@@ -396,15 +401,15 @@ mod tests {
             messages_per_day: Some(2),
             ..TenantLimits::default()
         });
-        u.reserve("t").unwrap().keep();
-        let open = u.reserve("t").unwrap();
-        let refused = u.reserve("t").unwrap_err().reply();
+        u.reserve("t", &u.limits("t")).unwrap().keep();
+        let open = u.reserve("t", &u.limits("t")).unwrap();
+        let refused = u.reserve("t", &u.limits("t")).unwrap_err().reply();
         assert_eq!((refused.code, refused.status), (452, Some(Status(4, 3, 1))));
         drop(open);
         assert_eq!(u.used("t").messages_today, 1);
-        u.reserve("t").unwrap().keep();
+        u.reserve("t", &u.limits("t")).unwrap().keep();
         assert_eq!(u.used("t").messages_today, 2);
-        assert!(u.reserve("t").is_err());
+        assert!(u.reserve("t", &u.limits("t")).is_err());
     }
 
     #[tokio::test]
