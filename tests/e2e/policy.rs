@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::harness::swaks_plain as swaks;
 use crate::harness::*;
@@ -1052,4 +1053,116 @@ fn a_from_header_outside_the_registered_senders_is_refused_unless_turned_off() {
     assert!(ok, "{out}");
     let out = swaks_plain(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &forged);
     assert!(queue_id(&out).is_some(), "{out}");
+}
+
+/// A counter or gauge of the server's `/metrics`, 0 when absent.
+fn metric(s: &Server, name_and_labels: &str) -> f64 {
+    let needle = format!("{name_and_labels} ");
+    s.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).map(|n| n.parse::<f64>().unwrap()))
+        .unwrap_or(0.0)
+}
+
+/// A function that keeps running into its deadline is quarantined: after
+/// three hits in a row its tenant's transactions get `451 4.3.0` without
+/// running it (the deadline hits stop growing), the quarantine is a log
+/// event and a metric, other tenants send as before, and after 5 s one
+/// probe runs: its answer ends the quarantine.
+#[test]
+fn a_function_hitting_its_deadline_in_a_row_is_quarantined_then_probed() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("loop"),
+        runtime: "deadline_ms = 100",
+        ..Options::default()
+    });
+    let hits =
+        r#"mailwit_policy_deadline_hits_total{tenant="evil",function="hostile",kind="deadline"}"#;
+    let skipped =
+        r#"mailwit_policy_traps_total{tenant="evil",function="hostile",kind="quarantined"}"#;
+    let quarantines = r#"mailwit_policy_quarantines_total{tenant="evil",function="hostile"}"#;
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    for _ in 0..3 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    }
+    assert_eq!(metric(&s, hits), 3.0);
+    assert_eq!(metric(&s, quarantines), 1.0);
+    s.wait_log("\"policy.quarantine\"", 1);
+    for _ in 0..20 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    }
+    assert_eq!(metric(&s, hits), 3.0, "a quarantined function ran");
+    assert_eq!(metric(&s, skipped), 20.0);
+    // Another tenant is not held up (`submit` asserts the 250).
+    submit(&s, "someone@example.net", &[]);
+    // Fixed (new rules, the same function version): the probe after the
+    // quarantine answers, and the function runs again.
+    set_evil_mode(&s, "none");
+    let mut accepted = false;
+    for _ in 0..150 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        if reply.starts_with("250") {
+            accepted = true;
+            break;
+        }
+        assert!(reply.starts_with("451 4.3.0"), "{reply}");
+        r.cmd("RSET");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(accepted, "the quarantine never ended");
+    s.wait_log("\"policy.quarantine_ended\"", 1);
+    assert_eq!(metric(&s, hits), 3.0);
+}
+
+/// Each tenant's policy CPU time is metered against its share of the
+/// machine: a function spinning for 200 ms of wall time per call, with a
+/// share of a tenth of the machine, is slowed at each tick, so five calls
+/// (a second of wall time) cost the server well under the second of CPU
+/// they would take unmetered; the meter counts what it charged and the
+/// slowed ticks.
+#[test]
+fn a_tenants_policy_cpu_is_held_to_its_share() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("none"),
+        runtime: "tenant_cpu_share = 0.1\ntenant_cpu_burst_ms = 10",
+        ..Options::default()
+    });
+    set_evil_rules(
+        &s,
+        "busy",
+        "mode = \"busy\"\nbusy-ms = 200",
+        "deadline-ms = 3000",
+    );
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    let cpu = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        (f[0] + f[1]) / 100.0
+    };
+    let before = cpu(s.pid());
+    for _ in 0..5 {
+        let reply = r.cmd("MAIL FROM:<m@evil.example>");
+        assert!(reply.starts_with("250"), "{reply}");
+        r.cmd("RSET");
+    }
+    let spent = cpu(s.pid()) - before;
+    let charged = metric(&s, r#"mailwit_policy_cpu_seconds_total{tenant="evil"}"#);
+    let throttled = metric(&s, r#"mailwit_policy_cpu_throttled_total{tenant="evil"}"#);
+    eprintln!(
+        "server CPU {spent:.3} s, charged to evil {charged:.3} s, throttled ticks {throttled}"
+    );
+    assert!(
+        spent < 0.6,
+        "five 200 ms spins took {spent:.3} s of server CPU"
+    );
+    assert!(charged > 0.0 && charged < 0.5, "charged {charged}");
+    assert!(throttled > 0.0);
 }

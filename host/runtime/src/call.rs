@@ -15,6 +15,7 @@ use wasmtime::Store;
 use wasmtime::component::Instance;
 
 use crate::engine::{Function, LoadError, Runtime};
+use crate::isolation::Hit;
 use crate::limits::{Failure, FailureKind, Limits, arm_deadline, classify};
 use crate::rules::Rules;
 pub(crate) use crate::state::{State, export};
@@ -57,6 +58,10 @@ pub(crate) async fn lease<'a>(
         tenant: cx.tenant,
         memory_bytes: memory_limit(rt, cx.limits),
     };
+    let now = std::time::Instant::now();
+    if let Err(left) = function.health.admit(now, cx.limits.deadline) {
+        return Err(function_failure(function, FailureKind::Quarantined(left)));
+    }
     let found = match rt.config().warm_calls > 1 {
         true => rt.warm.take(&key),
         false => None,
@@ -73,8 +78,28 @@ pub(crate) async fn lease<'a>(
             }
         }
     };
+    // Over its CPU share, the tenant waits here, off its worker's back;
+    // for longer than the call's deadline it is refused at once.
+    if let Some(meter) = warm.store.data().meter()
+        && let Some(wait) = meter.over(now)
+    {
+        meter.throttle();
+        if wait > cx.limits.deadline {
+            rt.warm.put(warm);
+            return Err(function_failure(function, FailureKind::CpuShare));
+        }
+        tokio::time::sleep(wait).await;
+    }
     State::begin_call(&mut warm.store, cx.limits.deadline, cx.session.cloned());
     Ok(Lease { rt, function, warm })
+}
+
+fn function_failure(function: &Function, kind: FailureKind) -> Failure {
+    Failure {
+        function: function.name.clone(),
+        version: function.version,
+        kind,
+    }
 }
 
 impl Lease<'_> {
@@ -86,7 +111,26 @@ impl Lease<'_> {
     /// Ends the call with its result: a failure is classified and the
     /// instance dropped; otherwise the instance may serve again.
     pub fn finish<R>(mut self, r: wasmtime::Result<R>) -> Result<R, Failure> {
-        let r = r.map_err(|e| failure(self.function, &self.warm.store, e, FailureKind::Trap))?;
+        self.warm.store.data().end_call();
+        let health = &self.function.health;
+        let r = r.map_err(|e| {
+            let mut f = failure(self.function, &self.warm.store, e, FailureKind::Trap);
+            if f.kind == FailureKind::Deadline
+                && let Hit::Quarantined(d) = health.deadline_hit(std::time::Instant::now())
+            {
+                f.kind = FailureKind::DeadlineQuarantined(d);
+            }
+            f
+        })?;
+        if health.answered() {
+            tracing::info!(
+                event = "policy.quarantine_ended",
+                tenant = %self.warm.store.data().tenant,
+                function = %self.function.name,
+                version = self.function.version,
+                "the probe answered: the function runs again"
+            );
+        }
         self.warm.calls += 1;
         if self.warm.calls < self.rt.config().warm_calls && !self.warm.store.data().limiter.hit {
             self.rt.warm.put(self.warm);
@@ -115,12 +159,17 @@ async fn instantiate(
     cx: &Context<'_>,
     deadline: Deadline,
 ) -> Result<(Store<State>, Instance), Failure> {
+    let meter = match deadline {
+        Deadline::Yield => rt.meters.meter(cx.tenant),
+        Deadline::Trap => None,
+    };
     let state = State::new(
         &function.name,
         function.version,
         cx.tenant,
         cx.rules,
         memory_limit(rt, cx.limits),
+        meter,
     );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);

@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
+use crate::isolation::{CpuShare, CpuUse, Health, Meters};
 use crate::state::State;
 use crate::warm;
 
@@ -34,6 +35,9 @@ pub struct RuntimeConfig {
     /// Most calls one warm instance serves (see the `warm` module); 1 gives
     /// every call a fresh instance. Default 1000.
     pub warm_calls: u32,
+    /// Each tenant's share of policy CPU time (see `isolation`); `None`
+    /// (the default) meters nothing.
+    pub tenant_cpu: Option<CpuShare>,
 }
 
 impl Default for RuntimeConfig {
@@ -43,6 +47,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory_bytes: 64 << 20,
             warm_calls: 1000,
+            tenant_cpu: None,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct Function {
     pub digest: String,
     pub(crate) pre: InstancePre<State>,
     pub(crate) exports: Exports,
+    /// Its deadline hits in a row, and its quarantine.
+    pub(crate) health: Health,
 }
 
 impl std::fmt::Debug for Function {
@@ -136,6 +143,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     stop: Arc<AtomicBool>,
     pub(crate) warm: warm::Pool,
+    pub(crate) meters: Meters,
 }
 
 impl Drop for Runtime {
@@ -197,14 +205,21 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            config,
             stop,
             warm: warm::Pool::default(),
+            meters: Meters::new(config.tenant_cpu),
+            config,
         })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Each tenant's policy CPU time and throttled calls so far (empty
+    /// when shares are off).
+    pub fn cpu_usage(&self) -> Vec<CpuUse> {
+        self.meters.usage()
     }
 
     /// Compiles (or reuses) and links a function, finding the decision
@@ -258,6 +273,7 @@ impl Runtime {
             digest,
             pre,
             exports,
+            health: Health::default(),
         };
         Ok(function)
     }

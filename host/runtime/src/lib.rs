@@ -18,6 +18,9 @@
 //!   decision points are asked.
 //! - [`http`]: HTTP components (the status API), WASI 0.2 `wasi:http`
 //!   components with Spin's key-value and variables imports.
+//! - `isolation`: what keeps a tenant within its share: a function that
+//!   keeps hitting its deadline is quarantined, and each tenant's policy
+//!   CPU time is metered against a share of the machine.
 //! - [`limits`]: what bounds every call, policy or HTTP: the limits, the
 //!   memory limiter, the epoch deadline (a policy call's clock, yielding at
 //!   every tick until it passes) and how a failure is classified (one path
@@ -38,11 +41,12 @@
 //! |---|---|
 //! | `policy` | `call`, `engine`, `state`, `bindings`, `limits`, `rules`, `types` |
 //! | `http` | `engine`, `bindings`, `limits` |
-//! | `call` | `engine`, `warm`, `state`, `limits`, `rules`, `types` |
-//! | `engine` | `warm`, `state`, `bindings`, `limits` |
+//! | `call` | `engine`, `warm`, `state`, `isolation`, `limits`, `rules`, `types` |
+//! | `engine` | `warm`, `state`, `bindings`, `isolation`, `limits` |
 //! | `warm` | `state`, `rules` |
-//! | `state` | `bindings`, `limits`, `rules`, `types` |
-//! | `bindings`, `limits`, `types` | none: the leaves |
+//! | `state` | `bindings`, `isolation`, `limits`, `rules`, `types` |
+//! | `limits` | `isolation` |
+//! | `bindings`, `isolation`, `types` | none: the leaves |
 //!
 //! `rules` is the crate `mailwit-rules` (no wasmtime, no other mailwit
 //! crate). The runtime depends on no other mailwit crate either: a
@@ -54,6 +58,7 @@ mod bindings;
 pub mod call;
 pub mod engine;
 pub mod http;
+mod isolation;
 pub mod limits;
 pub mod policy;
 mod state;
@@ -61,6 +66,7 @@ mod types;
 mod warm;
 
 pub use engine::{Function, LoadError, Runtime, RuntimeConfig};
+pub use isolation::{CpuShare, CpuUse, FIRST_QUARANTINE, MAX_QUARANTINE, QUARANTINE_AFTER};
 pub use limits::{Failure, FailureKind, Limits};
 /// A tenant's rules: their own crate (`host/rules`), free of wasmtime, so
 /// they can be fuzzed and read by tools.

@@ -4,9 +4,13 @@
 //! until it passes, for policy calls), and what a failure was.
 //! A leaf: the other modules share this one deadline and trap path.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+
+use crate::isolation::{CpuMeter, nanos};
 
 /// How often the engine's epoch ticks (one ticker thread).
 pub const TICK: Duration = Duration::from_millis(2);
@@ -36,6 +40,14 @@ impl Default for Limits {
 pub enum FailureKind {
     /// The epoch deadline passed.
     Deadline,
+    /// The deadline passed, and so often in a row that the function is now
+    /// quarantined for this long (see `isolation::Health`).
+    DeadlineQuarantined(Duration),
+    /// The function is quarantined: not run; this long is left.
+    Quarantined(Duration),
+    /// The tenant's policy CPU share is spent for longer than the call's
+    /// deadline: not run.
+    CpuShare,
     /// The instance asked for more memory than its limit.
     Memory,
     /// A trap: panic, unreachable, stack overflow, ...
@@ -53,7 +65,9 @@ impl FailureKind {
     /// Short label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
-            FailureKind::Deadline => "deadline",
+            FailureKind::Deadline | FailureKind::DeadlineQuarantined(_) => "deadline",
+            FailureKind::Quarantined(_) => "quarantined",
+            FailureKind::CpuShare => "cpu_share",
             FailureKind::Memory => "memory",
             FailureKind::Trap(_) => "trap",
             FailureKind::Oversize(_) => "oversize",
@@ -128,19 +142,47 @@ pub(crate) fn arm_deadline<T>(store: &mut Store<T>, deadline: Duration) {
 /// behalf (`owed`: the argon2 checks of `verify-secret`, whose number is
 /// bounded) moves the deadline on by as much, so a loaded machine slows a
 /// login's check without failing it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// With a tenant's CPU meter, each stretch the guest ran (from when it was
+/// last resumed to the tick, at most two ticks: a host call's argon2 is the
+/// host's, bounded by the auth gate) is charged to it, and a tick that
+/// finds the tenant over its share sleeps instead of only yielding.
+#[derive(Debug, Clone)]
 pub(crate) struct Clock {
     until: Instant,
     owed: Duration,
+    meter: Option<Arc<CpuMeter>>,
+    /// When the guest last started running (`isolation::nanos`), written
+    /// by the yield that resumes it.
+    resumed: Arc<AtomicU64>,
 }
 
+/// Longest sleep at one tick of a call over its tenant's share: the
+/// deadline is still checked at each wake-up.
+const MAX_THROTTLE: Duration = Duration::from_millis(20);
+
 impl Clock {
-    /// A deadline `deadline` after `now`.
+    /// A deadline `deadline` after `now`, without a meter.
     pub(crate) fn start(now: Instant, deadline: Duration) -> Clock {
         Clock {
             until: now + deadline,
             owed: Duration::ZERO,
+            meter: None,
+            resumed: Arc::new(AtomicU64::new(nanos(now))),
         }
+    }
+
+    /// The same clock charging `meter`.
+    pub(crate) fn metered(mut self, meter: Option<Arc<CpuMeter>>) -> Clock {
+        self.meter = meter;
+        self
+    }
+
+    /// A new call from `now`: its deadline, nothing owed, running.
+    pub(crate) fn restart(&mut self, now: Instant, deadline: Duration) {
+        self.until = now + deadline;
+        self.owed = Duration::ZERO;
+        self.resumed.store(nanos(now), Ordering::Relaxed);
     }
 
     /// The host spent `d` on the call's behalf.
@@ -148,13 +190,38 @@ impl Clock {
         self.owed += d;
     }
 
-    /// What the call does at the tick that comes at `now`: yield and be
-    /// asked again at the next tick, or stop.
+    /// The tenant's meter, if shares are on.
+    pub(crate) fn meter(&self) -> Option<&Arc<CpuMeter>> {
+        self.meter.as_ref()
+    }
+
+    /// Charges the stretch the guest ran until `now`.
+    pub(crate) fn charge(&self, now: Instant) {
+        if let Some(m) = &self.meter {
+            let ran = nanos(now).saturating_sub(self.resumed.load(Ordering::Relaxed));
+            m.charge(now, Duration::from_nanos(ran).min(2 * TICK));
+        }
+    }
+
+    /// What the call does at the tick that comes at `now`: yield (or sleep,
+    /// over its tenant's share) and be asked again at the next tick, or
+    /// stop.
     pub(crate) fn at_tick(&mut self, now: Instant) -> Tick {
         self.until += std::mem::take(&mut self.owed);
-        match now >= self.until {
-            true => Tick::Interrupt,
-            false => Tick::Yield,
+        self.charge(now);
+        if now >= self.until {
+            return Tick::Interrupt;
+        }
+        match self
+            .meter
+            .as_ref()
+            .and_then(|m| m.over(now).map(|w| (m, w)))
+        {
+            Some((m, wait)) => {
+                m.throttle();
+                Tick::Sleep(wait.min(self.until - now).min(MAX_THROTTLE))
+            }
+            None => Tick::Yield,
         }
     }
 }
@@ -163,19 +230,34 @@ impl Clock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tick {
     Yield,
+    Sleep(Duration),
     Interrupt,
 }
 
 /// Arms `store` for its calls' [`Clock`]s (found by `clock` in its data):
 /// at every tick, yield to tokio's scheduler (`yield_now` lets the
-/// worker's other tasks run before this one is polled again) or trap. Each
-/// call starts its clock and asks for the next tick with [`next_tick`].
+/// worker's other tasks run before this one is polled again), sleep, or
+/// trap. Each call starts its clock and asks for the next tick with
+/// [`next_tick`].
 pub(crate) fn watch_clock<T: 'static>(store: &mut Store<T>, clock: fn(&mut T) -> &mut Clock) {
     store.epoch_deadline_callback(move |mut cx| {
-        Ok(match clock(cx.data_mut()).at_tick(Instant::now()) {
-            Tick::Interrupt => UpdateDeadline::Interrupt,
-            Tick::Yield => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
-        })
+        let clock = clock(cx.data_mut());
+        let pause = match clock.at_tick(Instant::now()) {
+            Tick::Interrupt => return Ok(UpdateDeadline::Interrupt),
+            Tick::Yield => None,
+            Tick::Sleep(d) => Some(d),
+        };
+        let resumed = clock.resumed.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                match pause {
+                    None => tokio::task::yield_now().await,
+                    Some(d) => tokio::time::sleep(d).await,
+                }
+                resumed.store(nanos(Instant::now()), Ordering::Relaxed);
+            }),
+        ))
     });
 }
 

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::bindings::mailwit::policy::types as t;
+use crate::isolation::CpuMeter;
 use crate::limits::{Clock, Limiter, next_tick, watch_clock};
 use crate::rules::Rules;
 use crate::types::{Client, SessionInfo};
@@ -98,10 +99,20 @@ impl State {
     ) {
         let st = store.data_mut();
         st.logs = 0;
-        st.clock = Clock::start(Instant::now(), deadline);
+        st.clock.restart(Instant::now(), deadline);
         st.secret_checks = 0;
         st.session = session;
         next_tick(store);
+    }
+
+    /// The call ends: the last stretch it ran is charged to its tenant.
+    pub(crate) fn end_call(&self) {
+        self.clock.charge(Instant::now());
+    }
+
+    /// The tenant's CPU meter, when shares are on.
+    pub(crate) fn meter(&self) -> Option<&Arc<CpuMeter>> {
+        self.clock.meter()
     }
 
     /// Once per store: its calls yield at every tick until their deadline
@@ -111,13 +122,14 @@ impl State {
     }
 
     /// A call's data: nothing granted by WASI, the tenant's rules, a memory
-    /// limit of `memory_bytes`.
+    /// limit of `memory_bytes`, the tenant's CPU `meter` if shares are on.
     pub(crate) fn new(
         function: &str,
         version: u64,
         tenant: &Arc<str>,
         rules: &Arc<Rules>,
         memory_bytes: usize,
+        meter: Option<Arc<CpuMeter>>,
     ) -> State {
         State {
             // No preopens, no environment, no arguments, no sockets, no
@@ -130,7 +142,7 @@ impl State {
             function: Arc::from(function),
             version,
             logs: 0,
-            clock: Clock::start(Instant::now(), std::time::Duration::ZERO),
+            clock: Clock::start(Instant::now(), std::time::Duration::ZERO).metered(meter),
             secret_checks: 0,
             session: None,
             loaded: Loaded::default(),

@@ -100,6 +100,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         max_instances: rc.max_instances,
         max_memory_bytes: rc.max_memory_bytes,
         warm_calls: rc.instance_reuse_calls,
+        tenant_cpu: rc.tenant_cpu(),
     })?);
     let defaults = Limits {
         deadline: Duration::from_millis(rc.deadline_ms),

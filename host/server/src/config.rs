@@ -314,6 +314,25 @@ pub struct RuntimeSection {
     /// Most policy calls one instance serves before a fresh one replaces
     /// it; 1 gives every call a fresh instance. Default 1000.
     pub instance_reuse_calls: u32,
+    /// The share of the machine's CPU (all cores together) one tenant's
+    /// policy calls may take, averaged; a tenant over it waits before its
+    /// next call, and a looping call of it sleeps at each tick. 0 turns
+    /// shares off. Default 0.25 (half a core on 2 cores).
+    pub tenant_cpu_share: f64,
+    /// CPU time a tenant may spend at once beyond its share, in ms.
+    /// Default 100.
+    pub tenant_cpu_burst_ms: u64,
+}
+
+impl RuntimeSection {
+    /// The runtime's per-tenant share, in cores of this machine.
+    pub fn tenant_cpu(&self) -> Option<mailwit_runtime::CpuShare> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        (self.tenant_cpu_share > 0.0).then(|| mailwit_runtime::CpuShare {
+            cores: self.tenant_cpu_share.min(1.0) * cores,
+            burst: std::time::Duration::from_millis(self.tenant_cpu_burst_ms),
+        })
+    }
 }
 
 impl Default for RuntimeSection {
@@ -324,6 +343,8 @@ impl Default for RuntimeSection {
             deadline_ms: 250,
             memory_bytes: 16 << 20,
             instance_reuse_calls: 1000,
+            tenant_cpu_share: 0.25,
+            tenant_cpu_burst_ms: 100,
         }
     }
 }

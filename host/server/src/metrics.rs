@@ -86,6 +86,14 @@ impl Metrics {
         );
     }
 
+    /// A function was quarantined (its deadline hit too often in a row).
+    pub fn quarantine(&self, tenant: &str, function: &str) {
+        self.add(
+            "mailwit_policy_quarantines_total",
+            format!("tenant=\"{tenant}\",function=\"{function}\""),
+        );
+    }
+
     /// A call failed (trap, deadline, memory, oversize, ...).
     pub fn failure(&self, tenant: &str, function: &str, kind: &str) {
         let name = if kind == "deadline" {
@@ -196,5 +204,26 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// Appends each tenant's policy CPU time and the calls slowed or refused
+/// for its share.
+pub fn render_cpu(usage: &[mailwit_runtime::CpuUse], out: &mut String) {
+    let _ = writeln!(out, "# TYPE mailwit_policy_cpu_seconds_total counter");
+    for u in usage {
+        let _ = writeln!(
+            out,
+            "mailwit_policy_cpu_seconds_total{{tenant=\"{}\"}} {:.6}",
+            u.tenant, u.seconds
+        );
+    }
+    let _ = writeln!(out, "# TYPE mailwit_policy_cpu_throttled_total counter");
+    for u in usage {
+        let _ = writeln!(
+            out,
+            "mailwit_policy_cpu_throttled_total{{tenant=\"{}\"}} {}",
+            u.tenant, u.throttled
+        );
     }
 }

@@ -213,6 +213,26 @@ fn rejected(metrics: &Metrics, set: &PolicySet, decision: &str, reply: Reply) ->
 /// Counts and logs a failed call; the client gets `451 4.3.0`.
 fn failed(metrics: &Metrics, set: &PolicySet, failure: Failure) -> Reply {
     metrics.failure(&set.tenant, &failure.function, failure.kind.label());
+    match failure.kind {
+        FailureKind::DeadlineQuarantined(d) => {
+            metrics.quarantine(&set.tenant, &failure.function);
+            tracing::warn!(
+                event = "policy.quarantine",
+                tenant = %set.tenant,
+                function = %failure.function,
+                version = failure.version,
+                seconds = d.as_secs(),
+                "the function keeps running into its deadline: its calls answer 451 4.3.0 without running until a probe answers"
+            );
+            return policy_failed();
+        }
+        // Each refused call is counted; the quarantine was logged once.
+        FailureKind::Quarantined(left) => {
+            tracing::debug!(event = "policy.quarantined", tenant = %set.tenant, function = %failure.function, left_ms = left.as_millis() as u64);
+            return policy_failed();
+        }
+        _ => {}
+    }
     tracing::warn!(
         event = "policy.failure",
         tenant = %set.tenant,

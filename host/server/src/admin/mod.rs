@@ -108,6 +108,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .render(&admin.tenants.list(), admin.delivery.gauges());
         admin.auth_gate.render("mailwit_auth", &mut text);
         admin.budget.render(&mut text);
+        crate::metrics::render_cpu(&admin.tenants.cpu_usage(), &mut text);
         admin
             .status_api
             .gate()

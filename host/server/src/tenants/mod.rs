@@ -697,6 +697,12 @@ impl Tenants {
     }
 
     /// Every tenant, its functions and active versions.
+    /// Each tenant's policy CPU time and throttled calls (see the
+    /// runtime's CPU shares).
+    pub fn cpu_usage(&self) -> Vec<mailwit_runtime::CpuUse> {
+        self.rt.cpu_usage()
+    }
+
     pub fn list(&self) -> Vec<TenantSummary> {
         let sets = self.sets.read().expect("sets lock");
         let mut out: Vec<TenantSummary> = sets
