@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# mailwit side by side with Postfix, driven by the same client.
+#
+#   bench/compare.sh                 # every shape, 5 s per run (about 5 minutes)
+#   MAILWIT_BENCH_SECONDS=10 bench/compare.sh
+#   bench/compare.sh 64:reused:plain 64:new:starttls    # only these shapes
+#
+# Needs root (it installs Postfix from Debian when missing, configures and
+# starts it on 127.0.0.1:30025; see bench/lib.sh). Three servers run at
+# once, each idle while another is driven: Postfix 3.7 (fsync'd queue,
+# discard transport, relaying for mynetworks without AUTH: the comparison
+# favours it), mailwit with the stock function set and AUTH (release build,
+# durable spool, discard route), and mailwit with --unsafe-noop-policy (no
+# component is asked; AUTH is accepted without a check). A shape is a
+# session count, reused connections or a new connection per message, and
+# plaintext or STARTTLS; within a shape the three servers run in a rotating
+# order. For each run: accepted msg/s, p50 and p99 from the end of the data
+# to its 250, the server's CPU per message (mailwit: its process; Postfix:
+# the master and every child, reaped ones included) and the client's CPU per
+# message (bench/load, smtpload). Results: a table on stdout, every run as a
+# JSON line in $MAILWIT_BENCH_DIR/compare.jsonl (/tmp/mailwit-bench).
+
+source "$(dirname "$0")/lib.sh"
+
+SHAPES=("$@")
+if [ ${#SHAPES[@]} = 0 ]; then
+	for tls in plain starttls; do
+		for conn in reused new; do
+			for s in 1 16 64; do SHAPES+=("$s:$conn:$tls"); done
+		done
+	done
+fi
+
+build
+trap stop_all EXIT
+make_cert
+MORE=$'[limits]\nmax_connections_per_ip = 1000'
+start_mailwit wasm 30587 30825 "" "$MORE"
+start_mailwit noop 30588 30826 "--unsafe-noop-policy" "$MORE"
+start_postfix "$WORK/cert.pem" "$WORK/key.pem"
+
+mailwit_cpu_wasm() { ticks "$PID_wasm"; }
+mailwit_cpu_noop() { ticks "$PID_noop"; }
+
+OUT=$WORK/compare.jsonl
+: >"$OUT"
+AUTH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+i=0
+for shape in "${SHAPES[@]}"; do
+	IFS=: read -r sessions conn tls <<<"$shape"
+	flags=(--sessions "$sessions")
+	[ "$conn" = new ] && flags+=(--per-connection)
+	[ "$tls" = starttls ] && flags+=(--starttls --cafile "$WORK/cert.pem")
+	servers=(postfix wasm noop)
+	# Rotate the order from one shape to the next.
+	servers=("${servers[@]:$((i % 3))}" "${servers[@]:0:$((i % 3))}")
+	i=$((i + 1))
+	for server in "${servers[@]}"; do
+		case $server in
+		postfix) r=$(run "$POSTFIX_PORT" postfix_ticks "${flags[@]}" --from load@bench.example --label "$shape postfix") ;;
+		wasm) r=$(run 30587 mailwit_cpu_wasm "${flags[@]}" "${AUTH[@]}" --label "$shape wasm") ;;
+		noop) r=$(run 30588 mailwit_cpu_noop "${flags[@]}" "${AUTH[@]}" --label "$shape noop") ;;
+		esac
+		echo "$r" >>"$OUT"
+		echo "$r" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-28s %9.0f msg/s  p99 %7.1f ms  server %6.0f us/msg  client %5.0f us/msg  errors %d" % (r["label"], r["rate"], r["p99_ms"], r["server_cpu_us_per_msg"], r["client_cpu_us_per_msg"], r["errors"]))' >&2
+	done
+done
+
+python3 - "$OUT" <<'EOF'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in runs:
+    shape, server = r["label"].rsplit(" ", 1)
+    by.setdefault(shape, {})[server] = r
+print("| shape | Postfix msg/s | mailwit msg/s | ratio | no-op msg/s | policy loss | p50 / p99 ms (Postfix, mailwit) | server CPU us/msg (Postfix, mailwit, no-op) | client CPU us/msg (Postfix, mailwit) | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for shape, s in by.items():
+    p, w, n = s["postfix"], s["wasm"], s["noop"]
+    sessions, conn, tls = shape.split(":")
+    name = f"{sessions} {'session' if sessions == '1' else 'sessions'}, {'connection reused' if conn == 'reused' else 'new connection per message'}, {tls}"
+    ratio = w["rate"] / p["rate"] if p["rate"] else float("nan")
+    loss = 1 - w["rate"] / n["rate"] if n["rate"] else float("nan")
+    print(f"| {name} | {p['rate']:,.0f} | {w['rate']:,.0f} | {ratio:.1f}x | {n['rate']:,.0f} | {loss:.0%} "
+          f"| {p['p50_ms']:.1f} / {p['p99_ms']:.1f}, {w['p50_ms']:.1f} / {w['p99_ms']:.1f} "
+          f"| {p['server_cpu_us_per_msg']:.0f}, {w['server_cpu_us_per_msg']:.0f}, {n['server_cpu_us_per_msg']:.0f} "
+          f"| {p['client_cpu_us_per_msg']:.0f}, {w['client_cpu_us_per_msg']:.0f} "
+          f"| {p['errors']}, {w['errors']}, {n['errors']} |")
+EOF
