@@ -10,13 +10,19 @@
 //!   tenant's instance memory), whatever arrives;
 //! - **a bounded queue with a deadline**: at most `auth_queue` checks wait
 //!   for the pool, each at most `auth_queue_timeout_secs`; beyond either the
-//!   client gets `454 4.7.0` at once, without a check;
+//!   client gets `454 4.7.0` without a check, after [`BUSY_TARPIT`];
 //! - **back-off per client address**: each failed login from an address
 //!   delays that address's next check (250 ms, doubling per failure, at most
 //!   a minute; forgotten after [`FORGET_AFTER`] without failures, or at a
 //!   success), one check at a time; an address whose next turn is more than
-//!   [`MAX_TARPIT`] away gets `421 4.7.0` and is disconnected, like
+//!   [`MAX_TARPIT`] away gets `421 4.7.0` (after [`BUSY_TARPIT`]) and is
+//!   disconnected, like
 //!   fail2ban inside the server.
+//!
+//! - **a lower CPU priority**: the checks run on the gate's own threads at
+//!   `nice` [`CHECK_NICE`] ([`AuthGate::run`]), so while a flood keeps the
+//!   pool busy the machine's cores still go first to sessions that are
+//!   already logged in (the pool alone would let a flood take every core).
 //!
 //! Logins whose credentials the tenant's auth cache already verified skip
 //! the gate entirely (see `policy::WasmPolicy::authenticate`), so they never
@@ -40,10 +46,61 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// An address whose next turn is further away than this is refused at once
 /// (`421 4.7.0`) rather than kept waiting.
 pub const MAX_TARPIT: Duration = Duration::from_secs(10);
+/// How long an SMTP client waits for its `454 4.7.0` when the checks are
+/// busy, or for its `421 4.7.0` in back-off: a flood then asks at most
+/// once a second per connection.
+pub const BUSY_TARPIT: Duration = Duration::from_secs(1);
 /// Failures are forgotten after this long without one.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Addresses remembered at most; past this, the oldest half is forgotten.
 const MAX_ADDRESSES: usize = 100_000;
+
+/// The `nice` value of the threads that run the checks: the kernel then
+/// gives them about a tenth of a core's time against ordinary threads when
+/// both want it, and all of it when the machine is otherwise idle.
+pub const CHECK_NICE: i32 = 10;
+
+/// A job for a check thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The gate's check threads: `workers` of them, made on first use, each
+/// at [`CHECK_NICE`] for its whole life (an unprivileged thread may lower
+/// its priority but not raise it again, so they are kept apart from
+/// tokio's blocking pool).
+struct Checkers {
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl Checkers {
+    fn start(workers: usize) -> Checkers {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("auth-check-{i}"))
+                .spawn(move || {
+                    let tid = rustix::thread::gettid();
+                    if let Err(e) = rustix::process::setpriority_process(Some(tid), CHECK_NICE) {
+                        tracing::warn!(cause = %e, "could not lower the password checks' priority");
+                    }
+                    loop {
+                        let job = rx.lock().expect("checkers lock").recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(cause = %e, "could not start a password check thread");
+            }
+        }
+        Checkers {
+            jobs: Mutex::new(tx),
+        }
+    }
+}
 
 /// Why the gate would not let a check through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +138,7 @@ pub struct GateStats {
 
 pub struct AuthGate {
     pool: Arc<Semaphore>,
+    checkers: std::sync::OnceLock<Checkers>,
     waiting: AtomicUsize,
     config: GateConfig,
     penalties: Mutex<HashMap<IpAddr, Penalty>>,
@@ -100,10 +158,32 @@ impl AuthGate {
     pub fn new(config: GateConfig) -> AuthGate {
         AuthGate {
             pool: Arc::new(Semaphore::new(config.workers.max(1))),
+            checkers: std::sync::OnceLock::new(),
             waiting: AtomicUsize::new(0),
             config,
             penalties: Mutex::new(HashMap::new()),
             stats: GateStats::default(),
+        }
+    }
+
+    /// Runs `check` on one of the gate's low-priority threads (holding a
+    /// permit from [`AuthGate::enter`] keeps them at most `workers` busy).
+    /// A panic in it is raised again here.
+    pub async fn run<R: Send + 'static>(&self, check: impl FnOnce() -> R + Send + 'static) -> R {
+        let checkers = self
+            .checkers
+            .get_or_init(|| Checkers::start(self.config.workers.max(1)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                check,
+            )));
+        });
+        let sent = checkers.jobs.lock().expect("checkers lock").send(job);
+        match (sent, rx.await) {
+            (Ok(()), Ok(Ok(r))) => r,
+            (Ok(()), Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            _ => panic!("the password check threads are gone"),
         }
     }
 

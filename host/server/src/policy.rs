@@ -280,6 +280,10 @@ impl Policy for WasmPolicy {
                 Ok(permit) => Some(permit),
                 Err(authgate::Refusal::Busy) => {
                     tracing::info!(event = "smtp.auth_busy", "password checks all busy");
+                    // Not at once: a client asking again and again while
+                    // the checks are busy would otherwise cost the server a
+                    // reply (and a log line) per try, thousands a second.
+                    tokio::time::sleep(authgate::BUSY_TARPIT).await;
                     return Err(auth_busy());
                 }
                 Err(authgate::Refusal::BackOff) => {
@@ -287,20 +291,24 @@ impl Policy for WasmPolicy {
                         event = "smtp.auth_backoff",
                         "too many failed logins from this address"
                     );
+                    // Held as long before the 421, for the same reason.
+                    tokio::time::sleep(authgate::BUSY_TARPIT).await;
                     return Err(auth_backoff());
                 }
             },
         };
         let Some(set) = set else {
             let secret = secret.to_string();
-            let _ = tokio::task::spawn_blocking(move || {
-                use argon2::password_hash::{PasswordHash, PasswordVerifier};
-                let hash = PasswordHash::new(DECOY_HASH).expect("valid decoy hash");
-                argon2::Argon2::default()
-                    .verify_password(secret.as_bytes(), &hash)
-                    .is_ok()
-            })
-            .await;
+            let _ = self
+                .gate
+                .run(move || {
+                    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+                    let hash = PasswordHash::new(DECOY_HASH).expect("valid decoy hash");
+                    argon2::Argon2::default()
+                        .verify_password(secret.as_bytes(), &hash)
+                        .is_ok()
+                })
+                .await;
             self.gate.record(client.ip, false);
             return Err(auth_failed());
         };
@@ -315,10 +323,21 @@ impl Policy for WasmPolicy {
             Mechanism::Login => mailwit_runtime::Mechanism::Login,
         };
         let s = set.clone();
-        let login_call = on_blocking_thread(async move {
+        let login_call = async move {
             s.authenticate(&rt, s.limits, &c, mechanism, &login2, &secret)
                 .await
-        });
+        };
+        // A check that computes runs on the gate's low-priority threads; a
+        // cached one on an ordinary blocking thread, never behind a flood.
+        let login_call = async {
+            match cached {
+                true => on_blocking_thread(login_call).await,
+                false => {
+                    let runtime = tokio::runtime::Handle::current();
+                    self.gate.run(move || runtime.block_on(login_call)).await
+                }
+            }
+        };
         let result = decide(&self.metrics, &set, "authenticate", login_call).await;
         // A refusal counts against the address; a temporary failure (a
         // trapping component) is not the client's doing. A cached success

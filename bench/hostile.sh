@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# mailwit under attack: what an AUTH flood and a looping tenant cost the
+# others.
+#
+#   bench/hostile.sh                  # 5 s per run (about 2 minutes)
+#   MAILWIT_BENCH_SECONDS=10 bench/hostile.sh
+#
+# One release server (bench/lib.sh's configuration) with two tenants:
+# `bench` (the stock function set, discarding) and `evil`, whose
+# check-sender is the test component `hostile` in mode `loop` (it never
+# returns). Each attack runs between two runs without it (A B A), so that
+# a drift of the shared machine shows:
+#
+# - AUTH flood: 16 sessions of bench opening a new connection per message
+#   (AUTH each time: cached logins) while 200 connections from 127.0.0.2-11
+#   send three wrong AUTH PLAIN each, again and again. Reported: bench's
+#   msg/s, p99 to the 250, its logins' p99 and slowest, the flood's replies
+#   by code, and the server's peak resident memory before and after.
+# - One looping session: 63 sessions of bench (connections reused) beside
+#   one session of evil. Reported: bench's msg/s and p99 with and without
+#   it, and what evil got.
+#
+# Every run's JSON is in $MAILWIT_BENCH_DIR/hostile.jsonl (/tmp/mailwit-bench).
+
+source "$(dirname "$0")/lib.sh"
+
+build
+trap stop_all EXIT
+make_cert
+HOSTILE=$TARGET/wasm-components/wasm32-wasip2/release/mailwit_hostile.wasm
+[ -e "$HOSTILE" ] || { echo "no $HOSTILE: build the components first (cargo build)" >&2; exit 1; }
+EVIL=$(cat <<EOF
+[limits]
+max_connections_per_ip = 1000
+[[tenants]]
+id = "evil"
+functions = [
+    { name = "auth", component = "builtin:auth" },
+    { name = "hostile", component = "$HOSTILE" },
+]
+[tenants.rules.hostile]
+mode = "loop"
+EOF
+)
+start_mailwit server 30587 30825 "" "$EVIL"
+echo "$PASSWORD" | "$MAILWIT" tenant --config "$WORK/server/mailwit.toml" user add evil mallory@evil.example --password-stdin >/dev/null
+
+server_cpu() { ticks "$PID_server"; }
+peak_rss_mib() { awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$PID_server/status"; }
+OUT=$WORK/hostile.jsonl
+: >"$OUT"
+BENCH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+show() {
+	echo "$1" >>"$OUT"
+	echo "$1" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-34s %8.0f msg/s  p99 %6.1f ms  logins p99 %6.1f ms max %6.1f ms  refused %d  errors %d  flood %s" % (r["label"], r["rate"], r["p99_ms"], r["login_p99_ms"], r["login_max_ms"], r["refused"], r["errors"], r["flood_replies"]))'
+}
+
+# Warm up: the first login of bench (argon2), the components compiled.
+run 30587 server_cpu --sessions 16 "${BENCH[@]}" --label warm-up >/dev/null
+RSS_BEFORE=$(peak_rss_mib)
+
+show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: before')"
+"$LOAD" --addr 127.0.0.1:30587 --seconds "$SECONDS_PER_RUN" --sessions 200 --sources 10 \
+	--auth-flood --auth bench@bench.example:wrong --label 'flood: the attackers' >"$WORK/flood.json" &
+FLOOD=$!
+show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: during')"
+wait "$FLOOD"
+show "$(cat "$WORK/flood.json")"
+RSS_AFTER=$(peak_rss_mib)
+# The attackers' addresses are in back-off for a while; bench's is not.
+show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: after')"
+
+show "$(run 30587 server_cpu --sessions 63 "${BENCH[@]}" --label 'loop: before')"
+"$LOAD" --addr 127.0.0.1:30587 --seconds "$SECONDS_PER_RUN" --sessions 1 \
+	--auth mallory@evil.example:"$PASSWORD" --from m@evil.example --label 'loop: the looping session' >"$WORK/loop.json" &
+LOOP=$!
+show "$(run 30587 server_cpu --sessions 63 "${BENCH[@]}" --label 'loop: during')"
+wait "$LOOP"
+show "$(cat "$WORK/loop.json")"
+show "$(run 30587 server_cpu --sessions 63 "${BENCH[@]}" --label 'loop: after')"
+
+echo "peak resident memory: ${RSS_BEFORE} MiB before the flood, ${RSS_AFTER} MiB after"
+curl -s http://127.0.0.1:30825/metrics | grep -E '^mailwit_(auth_refused|policy_quarantines|policy_deadline_hits|policy_cpu_(seconds|throttled))_total' || true
+grep -c '"policy.quarantine"\|event="policy.quarantine"' "$WORK/server/log" | sed 's/^/quarantine log events: /'
