@@ -912,3 +912,114 @@ fn a_queued_delivery_report_survives_a_restart() {
     assert_eq!(body["results"][0]["messageId"], id.as_str());
     assert_eq!(body["results"][0]["status"], "DELIVERED_TO_SANDBOX");
 }
+
+/// Test addresses in the sandbox: `bounce+` and `fail+` fail for good
+/// (with their reply codes), and their DSN is kept in the sandbox, not
+/// sent; `defer+` is deferred once and then kept; an ordinary recipient of
+/// the same message is kept at once. Each gets its events and its delivery
+/// report at a real HTTP receiver.
+#[test]
+fn test_addresses_in_the_sandbox_fail_defer_and_bounce_as_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reserved = reserve_port();
+    let port = reserved.port;
+    let receiver = Receiver::start(tmp.path(), reserved);
+    let s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        delivery: "retry_initial_secs = 1\nretry_max_secs = 1".into(),
+        ..Options::default()
+    });
+    let (bounce, fail, defer, plain) = (
+        "bounce+t1@example.net",
+        "Fail+t2@example.net",
+        "defer+t3@example.net",
+        "ok@example.net",
+    );
+    let url = format!("X-IB-notify-url: http://127.0.0.1:{port}/dlr");
+    let id = submit(
+        &s,
+        &[bounce, fail, defer, plain].join(","),
+        &["--header", &url],
+    );
+    wait_for("every recipient's final event", || {
+        s.statuses(&id, defer)
+            .contains(&"delivered_to_sandbox".to_string())
+            && s.statuses(&id, bounce).contains(&"bounced".to_string())
+            && s.statuses(&id, fail).contains(&"bounced".to_string())
+    });
+    assert_eq!(s.statuses(&id, plain), ["received", "delivered_to_sandbox"]);
+    assert_eq!(
+        s.statuses(&id, defer),
+        ["received", "deferred", "delivered_to_sandbox"]
+    );
+    assert_eq!(s.statuses(&id, bounce), ["received", "failed", "bounced"]);
+    assert_eq!(s.statuses(&id, fail), ["received", "failed", "bounced"]);
+    let detail = |rcpt: &str, status: &str| -> String {
+        let v = s.status(&id).unwrap();
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["recipient"] == rcpt && e["status"] == status)
+            .map(|e| e["detail"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(detail(bounce, "failed").starts_with("550 5.1.1 test address bounce+"));
+    assert!(detail(fail, "failed").starts_with("554 5.7.1 test address fail+"));
+    assert!(detail(defer, "deferred").starts_with("451 4.4.1 test address defer+"));
+    // The message is in the sandbox (for ok and defer+), and so is one
+    // DSN naming both failed recipients: nothing was relayed.
+    let kept: Vec<String> = std::fs::read_dir(s.data_dir().join("sandbox/acme"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let dsns: Vec<&String> = kept
+        .iter()
+        .filter(|m| m.contains("multipart/report"))
+        .collect();
+    assert_eq!(kept.len(), 2, "the message and its DSN");
+    assert_eq!(dsns.len(), 1);
+    assert!(
+        dsns[0].contains("bounce+t1@example.net")
+            && dsns[0].contains("Fail+t2@example.net")
+            && dsns[0].contains("5.1.1")
+            && dsns[0].contains("5.7.1"),
+        "{}",
+        dsns[0]
+    );
+    // A final report per recipient reached the receiver (a report may
+    // carry several recipients' results).
+    let results = || -> Vec<(String, String)> {
+        receiver
+            .reports()
+            .iter()
+            .flat_map(|(_, b)| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                v["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["to"].as_str().unwrap().to_string(),
+                            r["status"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    wait_for("four final results", || results().len() >= 4);
+    let statuses = results();
+    for (rcpt, want) in [
+        (plain, "DELIVERED_TO_SANDBOX"),
+        (defer, "DELIVERED_TO_SANDBOX"),
+        (bounce, "FAILED"),
+        (fail, "FAILED"),
+    ] {
+        assert!(
+            statuses.iter().any(|(to, st)| to == rcpt && st == want),
+            "{rcpt} {want}: {statuses:?}"
+        );
+    }
+}

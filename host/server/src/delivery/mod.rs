@@ -387,7 +387,11 @@ impl Delivery {
         }
         self.record_steps(meta, vec![received, events]).await;
         if !failed.is_empty() {
-            self.bounce(&msg, &failed).await;
+            // A test address's DSN stays in the sandbox with its message:
+            // nothing of a test leaves the machine.
+            let to_sandbox = meta.route == Route::Sandbox
+                && failed.iter().all(|(r, ..)| sandbox::fails_as_a_test(r));
+            self.bounce(&msg, &failed, to_sandbox).await;
         }
         if still.is_empty() {
             self.done(&job.due).await;
@@ -430,14 +434,20 @@ impl Delivery {
             }
             Route::Sandbox => {
                 let cap = self.config.sandbox_max_bytes;
-                sandbox::deliver(&*self.sandbox, m, pending.len(), cap).await
+                sandbox::deliver(&*self.sandbox, m, pending, job.due.attempts, cap).await
             }
             Route::Discard => discard::deliver(pending.len()),
         }
     }
 
-    /// Queues a DSN for the sender, unless the message is itself a bounce.
-    async fn bounce(&self, original: &Spooled, failed: &[(String, String, String)]) {
+    /// Queues a DSN for the sender, unless the message is itself a bounce;
+    /// routed as `dsn::meta` says, or to the sandbox when `to_sandbox`.
+    async fn bounce(
+        &self,
+        original: &Spooled,
+        failed: &[(String, String, String)],
+        to_sandbox: bool,
+    ) {
         let meta = &original.meta;
         if meta.sender.is_empty() {
             return; // never bounce a bounce
@@ -457,7 +467,10 @@ impl Delivery {
             &list,
             &original.content,
         );
-        let dsn_meta = dsn::meta(meta, &self.hostname, now_ms());
+        let mut dsn_meta = dsn::meta(meta, &self.hostname, now_ms());
+        if to_sandbox {
+            dsn_meta.route = Route::Sandbox;
+        }
         let dsn_id = dsn_meta.id.clone();
         match self.queue.enqueue(dsn_meta, content).await {
             Ok(()) => {

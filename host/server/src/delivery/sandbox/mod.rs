@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::attempt::{Outcome, each};
+use super::attempt::Outcome;
 use super::status::Status;
 use crate::spool::Spooled;
 
@@ -97,42 +97,95 @@ async fn make_room(
     Ok(true)
 }
 
+/// What a test address asks for: a recipient whose local part starts with
+/// `bounce+`, `fail+` or `defer+` (any case; the rest is the tenant's own
+/// tag) is not kept but fails, or waits, as a real one would, so a tenant
+/// can test its handling of events, delivery reports and DSNs end to end.
+/// Only in the sandbox: nothing is reserved on a relay route.
+///
+/// - `bounce+...@`: `550 5.1.1`, no such mailbox (a hard bounce), and a DSN;
+/// - `fail+...@`: `554 5.7.1`, refused by the receiving side, and a DSN;
+/// - `defer+...@`: `451 4.4.1` at the first attempt; the retry keeps it in
+///   the sandbox as any recipient.
+///
+/// `attempts` is how many attempts came before this one.
+pub fn test_address(recipient: &str, attempts: u32) -> Option<Outcome> {
+    let local = recipient.rsplit_once('@').map_or(recipient, |(l, _)| l);
+    let (kind, _tag) = local.split_once('+')?;
+    let text = |code: &str, what: &str| {
+        format!(
+            "{code} test address {}+: {what} (sandbox)",
+            kind.to_ascii_lowercase()
+        )
+    };
+    match kind.to_ascii_lowercase().as_str() {
+        "bounce" => Some(Outcome::Failed(
+            550,
+            "5.1.1".into(),
+            text("550 5.1.1", "no such mailbox"),
+        )),
+        "fail" => Some(Outcome::Failed(
+            554,
+            "5.7.1".into(),
+            text("554 5.7.1", "refused by the receiving side"),
+        )),
+        "defer" if attempts == 0 => Some(Outcome::Deferred(text(
+            "451 4.4.1",
+            "try again later; the next attempt delivers",
+        ))),
+        _ => None,
+    }
+}
+
+/// Whether `recipient` is a test address that fails ([`test_address`]).
+pub fn fails_as_a_test(recipient: &str) -> bool {
+    matches!(test_address(recipient, 0), Some(Outcome::Failed(..)))
+}
+
 /// Writes the message to the sandbox, within the tenant's `cap` of bytes;
-/// one outcome per recipient (the write is one for all: a failure defers
-/// them all).
+/// one outcome per recipient, in order: a test address's own
+/// ([`test_address`]; `attempts` came before), else the write's, which is
+/// one for all (a failure defers them all). Nothing is written when every
+/// recipient is a test address that does not deliver now.
 pub async fn deliver(
     store: &dyn SandboxStore,
     m: &Spooled,
-    recipients: usize,
+    recipients: &[String],
+    attempts: u32,
     cap: u64,
 ) -> Vec<Outcome> {
+    let tests: Vec<Option<Outcome>> = recipients
+        .iter()
+        .map(|r| test_address(r, attempts))
+        .collect();
+    let kept = match tests.iter().any(Option::is_none) {
+        true => keep(store, m, cap).await,
+        false => Outcome::Sent(String::new()),
+    };
+    tests
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| kept.clone()))
+        .collect()
+}
+
+/// Keeps the message within the tenant's `cap`: the outcome of each
+/// recipient kept.
+async fn keep(store: &dyn SandboxStore, m: &Spooled, cap: u64) -> Outcome {
     match make_room(store, &m.meta.tenant, m.content.len() as u64, cap).await {
         Ok(true) => {}
         Ok(false) => {
-            return each(
-                recipients,
-                Outcome::Failed(
-                    552,
-                    "5.3.4".into(),
-                    format!("larger than the tenant's sandbox ({cap} bytes)"),
-                ),
+            return Outcome::Failed(
+                552,
+                "5.3.4".into(),
+                format!("larger than the tenant's sandbox ({cap} bytes)"),
             );
         }
-        Err(e) => {
-            return each(
-                recipients,
-                Outcome::Deferred(format!("reading the sandbox: {e}")),
-            );
-        }
+        Err(e) => return Outcome::Deferred(format!("reading the sandbox: {e}")),
     }
-    let written = store.keep(&m.meta.tenant, &m.meta.id, &m.content).await;
-    each(
-        recipients,
-        match written {
-            Ok(()) => Outcome::Sent("captured in the sandbox".into()),
-            Err(e) => Outcome::Deferred(format!("writing to the sandbox: {e}")),
-        },
-    )
+    match store.keep(&m.meta.tenant, &m.meta.id, &m.content).await {
+        Ok(()) => Outcome::Sent("captured in the sandbox".into()),
+        Err(e) => Outcome::Deferred(format!("writing to the sandbox: {e}")),
+    }
 }
 
 /// The embedded sandbox: files under `<data_dir>/sandbox/`.
@@ -199,5 +252,36 @@ impl SandboxStore for FileSandbox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reserved local parts, in any case, and nothing else.
+    #[test]
+    fn test_addresses_are_the_reserved_local_parts_only() {
+        assert!(matches!(
+            test_address("bounce+x@example.com", 0),
+            Some(Outcome::Failed(550, s, _)) if s == "5.1.1"
+        ));
+        assert!(matches!(
+            test_address("FAIL+x@example.com", 3),
+            Some(Outcome::Failed(554, s, _)) if s == "5.7.1"
+        ));
+        assert!(matches!(
+            test_address("defer+@example.com", 0),
+            Some(Outcome::Deferred(_))
+        ));
+        assert_eq!(test_address("defer+x@example.com", 1), None);
+        for plain in [
+            "bounce@example.com",
+            "x+bounce@example.com",
+            "bouncer+x@example.com",
+        ] {
+            assert_eq!(test_address(plain, 0), None, "{plain}");
+        }
+        assert!(fails_as_a_test("bounce+a@b") && !fails_as_a_test("defer+a@b"));
     }
 }
