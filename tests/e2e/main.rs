@@ -15,5 +15,6 @@ mod memory;
 mod policy;
 mod protocol;
 mod reload;
+mod shadow;
 mod status_api;
 mod tls_rules;

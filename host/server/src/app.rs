@@ -128,6 +128,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     ));
     let tls = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
     let auth_gate = Arc::new(crate::authgate::AuthGate::new(config.auth.gate()));
+    let shadows = Arc::new(crate::shadow::Shadows::new(config.runtime.shadow_share));
     let policy: Arc<dyn Policy> = if noop {
         tracing::warn!(
             "--unsafe-noop-policy: every login and message is accepted; benchmark use only"
@@ -139,6 +140,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             tenants.clone(),
             metrics.clone(),
             auth_gate.clone(),
+            shadows.clone(),
         ))
     };
     let status = stores.status.clone();
@@ -217,6 +219,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         reload: reloader.clone(),
         auth_gate,
         budget,
+        shadows,
         tokens: admin::tokens::Tokens::new(stores.artifacts.clone(), token),
     });
     let admin_task = tokio::spawn(admin::serve(

@@ -322,6 +322,9 @@ pub struct RuntimeSection {
     /// CPU time a tenant may spend at once beyond its share, in ms.
     /// Default 100.
     pub tenant_cpu_burst_ms: u64,
+    /// The share of a tenant's transactions its shadow (`tenant deploy
+    /// --shadow`) is compared on, 0 to 1. Default 0.25.
+    pub shadow_share: f64,
 }
 
 impl RuntimeSection {
@@ -345,6 +348,7 @@ impl Default for RuntimeSection {
             instance_reuse_calls: 1000,
             tenant_cpu_share: 0.25,
             tenant_cpu_burst_ms: 100,
+            shadow_share: 0.25,
         }
     }
 }

@@ -20,6 +20,8 @@
 //! - [`policy`]: the policy seam ([`policy::Policy`]), answered by each
 //!   tenant's WebAssembly functions (`mailwit-runtime`); it validates a
 //!   component's refusal (`Reply::from_component`) before a client sees it.
+//! - [`shadow`]: shadow deploys: a candidate function compared with the
+//!   live set on a share of the transactions, off the reply path.
 //! - [`authgate`]: bounded work before authentication: the password
 //!   checks' pool and queue, and back-off per client address.
 //! - [`budget`]: the ceiling on message content held in memory, server-wide
@@ -63,13 +65,14 @@
 //!
 //! | module | imports |
 //! |---|---|
-//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `statusapi`, `delivery`, `metrics`, `artifacts`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
-//! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `authgate`, `budget`, `httpd` |
+//! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `shadow`, `statusapi`, `delivery`, `metrics`, `artifacts`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
+//! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `shadow`, `authgate`, `budget`, `httpd` |
 //! | `reload` | `server`, `config`, `tls` |
 //! | `server` | `driver`, `submission`, `config`, `budget` |
 //! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
 //! | `submission` | `policy`, `metrics`, `queue`, `spool`, `replies`, `wallclock` |
-//! | `policy` | `metrics`, `tenants`, `authgate`, `message`, `replies`, `wallclock` |
+//! | `policy` | `metrics`, `tenants`, `shadow`, `authgate`, `message`, `replies`, `wallclock` |
+//! | `shadow` | `wallclock` |
 //! | `statusapi` | `artifacts`, `delivery`, `metrics`, `tenants`, `config`, `authgate`, `httpd` |
 //! | `delivery` | `cluster`, `queue`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
 //! | `metrics` | `queue`, `tenants` |
@@ -103,6 +106,7 @@ pub mod queue;
 pub mod reload;
 pub mod replies;
 pub mod server;
+pub mod shadow;
 pub(crate) mod spool;
 pub mod statusapi;
 pub mod submission;

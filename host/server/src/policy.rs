@@ -25,6 +25,7 @@ use mailwit_smtp::{Envelope, Mechanism, Reply};
 use crate::authgate::{self, AuthGate};
 use crate::metrics::Metrics;
 use crate::replies::{auth_backoff, auth_busy, auth_failed, policy_failed};
+use crate::shadow::{self, Shadows};
 use crate::tenants::Tenants;
 
 pub use mailwit_runtime::Client as ClientInfo;
@@ -99,6 +100,8 @@ pub struct WasmPolicy {
     metrics: Arc<Metrics>,
     /// Bounds the password checks that logins cost (see [`crate::authgate`]).
     gate: Arc<AuthGate>,
+    /// Candidates running beside the live sets (see [`crate::shadow`]).
+    shadows: Arc<Shadows>,
 }
 
 impl WasmPolicy {
@@ -107,12 +110,14 @@ impl WasmPolicy {
         tenants: Arc<Tenants>,
         metrics: Arc<Metrics>,
         gate: Arc<AuthGate>,
+        shadows: Arc<Shadows>,
     ) -> Self {
         WasmPolicy {
             rt,
             tenants,
             metrics,
             gate,
+            shadows,
         }
     }
 }
@@ -367,6 +372,7 @@ impl Policy for WasmPolicy {
             .ok_or_else(policy_failed)?;
         Ok(Arc::new(WasmTxn {
             rt: self.rt.clone(),
+            shadow: self.shadows.pick(&set),
             set,
             metrics: self.metrics.clone(),
             session: Session::new(session),
@@ -381,6 +387,18 @@ struct WasmTxn {
     metrics: Arc<Metrics>,
     /// The session, for components that ask for it.
     session: Session,
+    /// The tenant's shadow, when this transaction is compared.
+    shadow: Option<shadow::Run>,
+}
+
+impl WasmTxn {
+    /// The shadow run, when its candidate concerns `decision`.
+    fn shadow(&self, decision: &str) -> Option<shadow::Run> {
+        self.shadow
+            .as_ref()
+            .filter(|r| r.shadow.concerns(&self.set, decision))
+            .cloned()
+    }
 }
 
 #[async_trait]
@@ -393,13 +411,48 @@ impl TxnPolicy for WasmTxn {
     ) -> Result<(), Reply> {
         let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
         let call = set.check_sender(rt, set.limits, s, sender, size, eight_bit);
-        decide(&self.metrics, set, "check-sender", call).await
+        let result = decide(&self.metrics, set, "check-sender", call).await;
+        if let Some(run) = self.shadow("check-sender") {
+            let live = shadow::Outcome::of_reply(&result, |_| shadow::Outcome::Accepted);
+            let (rt, s, sender) = (self.rt.clone(), self.session.clone(), sender.to_string());
+            run.shadow.clone().spawn(async move {
+                let set = &run.set;
+                let d = set
+                    .check_sender(&rt, set.limits, &s, &sender, size, eight_bit)
+                    .await;
+                let out = shadow::Outcome::of_decision(d, |_| shadow::Outcome::Accepted);
+                run.shadow.record(
+                    &run.txn,
+                    "check-sender",
+                    &format!("from {sender}"),
+                    &live,
+                    out,
+                );
+            });
+        }
+        result
     }
 
     async fn check_recipient(&self, sender: &str, recipient: &str) -> Result<(), Reply> {
         let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
         let call = set.check_recipient(rt, set.limits, s, sender, recipient);
-        decide(&self.metrics, set, "check-recipient", call).await
+        let result = decide(&self.metrics, set, "check-recipient", call).await;
+        if let Some(run) = self.shadow("check-recipient") {
+            let live = shadow::Outcome::of_reply(&result, |_| shadow::Outcome::Accepted);
+            let (rt, s) = (self.rt.clone(), self.session.clone());
+            let (sender, recipient) = (sender.to_string(), recipient.to_string());
+            run.shadow.clone().spawn(async move {
+                let set = &run.set;
+                let d = set
+                    .check_recipient(&rt, set.limits, &s, &sender, &recipient)
+                    .await;
+                let out = shadow::Outcome::of_decision(d, |_| shadow::Outcome::Accepted);
+                let about = format!("from {sender} to {recipient}");
+                run.shadow
+                    .record(&run.txn, "check-recipient", &about, &live, out);
+            });
+        }
+        result
     }
 
     async fn message(&self, envelope: &Envelope, content: &[u8]) -> Result<MessageVerdict, Reply> {
@@ -411,15 +464,76 @@ impl TxnPolicy for WasmTxn {
         };
         let args = MessageArgs::new(&envelope.sender, &envelope.recipients, summary);
         let call = set.inspect_message(rt, set.limits, s, &args);
-        let inspection = decide(&self.metrics, set, "inspect-message", call).await?;
-        let call = set.route(rt, set.limits, s, &args, &inspection.metadata);
-        let route = decide(&self.metrics, set, "route", call).await?;
+        let inspected = decide(&self.metrics, set, "inspect-message", call).await;
+        let (inspection, route) = match inspected {
+            Ok(inspection) => {
+                let call = set.route(rt, set.limits, s, &args, &inspection.metadata);
+                let route = decide(&self.metrics, set, "route", call).await;
+                (Ok(inspection), Some(route))
+            }
+            Err(reply) => (Err(reply), None),
+        };
+        self.shadow_message(envelope, &args, &inspection, route.as_ref());
+        let (inspection, route) = (inspection?, route.expect("routed after inspection")?);
         Ok(MessageVerdict {
             metadata: inspection.metadata,
             remove_headers: inspection.remove_headers,
             route,
             policy: set.label().to_string(),
         })
+    }
+}
+
+impl WasmTxn {
+    /// Compares the shadow set's inspection and route with the live ones
+    /// (`route` is `None` when the live inspection refused the message).
+    fn shadow_message(
+        &self,
+        envelope: &Envelope,
+        args: &MessageArgs,
+        inspection: &Result<mailwit_runtime::Inspection, Reply>,
+        route: Option<&Result<Route, Reply>>,
+    ) {
+        let (inspect, routes) = (self.shadow("inspect-message"), self.shadow("route"));
+        let Some(run) = inspect.clone().or(routes.clone()) else {
+            return;
+        };
+        use shadow::Outcome;
+        let live_inspection = Outcome::of_reply(inspection, |i| Outcome::Inspected(i.clone()));
+        let live_route = route.map(|r| Outcome::of_reply(r, |r| Outcome::Routed(r.clone())));
+        let (rt, s, args) = (self.rt.clone(), self.session.clone(), args.clone());
+        let live_metadata = inspection.as_ref().ok().map(|i| i.metadata.clone());
+        let about = format!(
+            "from {} to {}",
+            envelope.sender,
+            envelope.recipients.join(",")
+        );
+        let recompute_inspection = inspect.is_some();
+        run.shadow.clone().spawn(async move {
+            let set = &run.set;
+            // The shadow's own inspection when the candidate inspects; else
+            // the live one's metadata feeds its route.
+            let metadata = match recompute_inspection {
+                true => {
+                    let d = set.inspect_message(&rt, set.limits, &s, &args).await;
+                    let metadata = match &d {
+                        Ok(Decision::Accept(i)) => Some(i.metadata.clone()),
+                        _ => None,
+                    };
+                    let out = Outcome::of_decision(d, Outcome::Inspected);
+                    run.shadow
+                        .record(&run.txn, "inspect-message", &about, &live_inspection, out);
+                    metadata
+                }
+                false => live_metadata,
+            };
+            if let (Some(metadata), Some(live_route)) = (metadata, live_route) {
+                let d = set.route(&rt, set.limits, &s, &args, &metadata).await;
+                let out = Outcome::of_decision(d, Outcome::Routed);
+                run.shadow
+                    .record(&run.txn, "route", &about, &live_route, out);
+            }
+        });
     }
 }
 
@@ -544,6 +658,7 @@ mod tests {
             f.tenants.clone(),
             metrics.clone(),
             gate.clone(),
+            Arc::new(Shadows::new(0.0)),
         );
         (p, metrics, gate)
     }

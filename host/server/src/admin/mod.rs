@@ -54,6 +54,7 @@ pub struct Admin {
     pub auth_gate: Arc<crate::authgate::AuthGate>,
     pub budget: Arc<crate::budget::ContentBudget>,
     pub tokens: tokens::Tokens,
+    pub shadows: Arc<crate::shadow::Shadows>,
 }
 
 /// Serves the admin API until shutdown (over TLS with `tls`).
@@ -179,6 +180,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let status_api = admin.status_api.clone();
     let sandbox = admin.sandbox.clone();
     let reload = admin.reload.clone();
+    let shadows = admin.shadows.clone();
     // The status store's reads are async: run from the blocking thread.
     let handle = tokio::runtime::Handle::current();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
@@ -214,9 +216,31 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 &query,
                 &body,
             ),
+            (Method::PUT, ["v1", "tenants", t, "functions", f])
+                if query.split('&').any(|kv| kv == "shadow=true") =>
+            {
+                let version = tenants.shadow_candidate(t, f, &body)?;
+                shadows.start(t, f, version, body.to_vec());
+                Ok(serde_json::json!({ "tenant": t, "function": f, "shadow": true }))
+            }
             (Method::PUT, ["v1", "tenants", t, "functions", f]) => tenants
                 .deploy(t, f, &body)
                 .map(|s| serde_json::json!({ "tenant": t, "deployed": s })),
+            (Method::GET, ["v1", "tenants", t, "shadow"]) => shadows
+                .report(t)
+                .ok_or_else(|| AdminError::NotFound(format!("tenant {t} has no shadow"))),
+            (Method::POST, ["v1", "tenants", t, "shadow", "promote"]) => {
+                let shadow = shadows
+                    .get(t)
+                    .ok_or_else(|| AdminError::NotFound(format!("tenant {t} has no shadow")))?;
+                let deployed = tenants.deploy(t, &shadow.function, &shadow.bytes)?;
+                shadows.stop(t);
+                Ok(serde_json::json!({ "tenant": t, "promoted": deployed }))
+            }
+            (Method::DELETE, ["v1", "tenants", t, "shadow"]) => shadows
+                .stop(t)
+                .map(|s| serde_json::json!({ "tenant": t, "dropped": s.function }))
+                .ok_or_else(|| AdminError::NotFound(format!("tenant {t} has no shadow"))),
             (Method::PUT, ["v1", "tenants", t, "rules"]) => {
                 let text = String::from_utf8(body.to_vec())
                     .map_err(|_| AdminError::Invalid("rules must be UTF-8 TOML".into()))?;

@@ -18,6 +18,20 @@ pub enum TenantCommand {
         tenant: String,
         function: String,
         component: PathBuf,
+        /// Run it as a shadow beside the live version instead: compared on
+        /// a share of the transactions, it changes no reply, route or
+        /// header (`tenant shadow` shows what it would have changed).
+        #[arg(long)]
+        shadow: bool,
+    },
+    /// A tenant's shadow: its report (differences by kind, samples,
+    /// failures), or `promote` it (an ordinary deploy) or `drop` it.
+    Shadow {
+        tenant: String,
+        /// The function in shadow (checked against the shadow's).
+        function: String,
+        #[arg(value_enum)]
+        action: Option<ShadowAction>,
     },
     /// Replace a tenant's rules (a TOML file).
     Rules { tenant: String, rules: PathBuf },
@@ -125,6 +139,14 @@ pub enum UserCommand {
     Remove { tenant: String, login: String },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ShadowAction {
+    /// Make the candidate live (a new version, as `deploy`) and end the shadow.
+    Promote,
+    /// End the shadow; the live version stays.
+    Drop,
+}
+
 #[derive(Subcommand)]
 pub enum KeyCommand {
     /// Create a key; it is printed once, as `<id>.<secret>`.
@@ -150,12 +172,46 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
             tenant,
             function,
             component,
+            shadow,
         } => (
             Method::PUT,
-            format!("/v1/tenants/{tenant}/functions/{function}"),
+            format!(
+                "/v1/tenants/{tenant}/functions/{function}{}",
+                if shadow { "?shadow=true" } else { "" }
+            ),
             std::fs::read(&component)
                 .with_context(|| format!("reading {}", component.display()))?,
         ),
+        TenantCommand::Shadow {
+            tenant,
+            function,
+            action,
+        } => {
+            let report = admin_call(
+                &config,
+                Method::GET,
+                &format!("/v1/tenants/{tenant}/shadow"),
+                Vec::new(),
+            )?;
+            anyhow::ensure!(
+                report["function"] == function.as_str(),
+                "tenant {tenant}'s shadow is of {}, not {function}",
+                report["function"]
+            );
+            match action {
+                None => return print_json(&report),
+                Some(ShadowAction::Promote) => (
+                    Method::POST,
+                    format!("/v1/tenants/{tenant}/shadow/promote"),
+                    Vec::new(),
+                ),
+                Some(ShadowAction::Drop) => (
+                    Method::DELETE,
+                    format!("/v1/tenants/{tenant}/shadow"),
+                    Vec::new(),
+                ),
+            }
+        }
         TenantCommand::Rules { tenant, rules } => (
             Method::PUT,
             format!("/v1/tenants/{tenant}/rules"),

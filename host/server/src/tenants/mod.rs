@@ -544,6 +544,35 @@ impl Tenants {
             .unwrap_or_default()
     }
 
+    /// Validates a shadow candidate for `tenant`'s function `name` (it
+    /// must compile, link and export a decision point, as a deploy), and
+    /// loads it; nothing is stored (see [`crate::shadow`]).
+    pub fn shadow_candidate(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<mailwit_runtime::Function, AdminError> {
+        if !valid_name(name) || name == RULES {
+            return Err(AdminError::Invalid(format!(
+                "function names are 1-64 of [a-z0-9_-] (and not {RULES:?})"
+            )));
+        }
+        if self.get(tenant).is_none() {
+            return Err(AdminError::NoTenant(tenant.to_string()));
+        }
+        let version = self
+            .state_of(tenant)
+            .functions
+            .get(name)
+            .map(|t| t.latest)
+            .unwrap_or(0)
+            + 1;
+        self.rt
+            .load(name, version, bytes)
+            .map_err(|e| AdminError::Invalid(e.to_string()))
+    }
+
     /// Validates, stores and activates a new version of a function
     /// (appending it to the tenant's set when new; creating the tenant when
     /// unknown). Returns the new version number.
