@@ -182,3 +182,94 @@ fn a_shadow_router_changes_nothing_counts_its_differences_and_is_promoted() {
     let (ok, out) = s.cli("tenant", &["shadow", "acme", "router"]);
     assert!(!ok && out.contains("no shadow"), "{out}");
 }
+
+/// `tenant test FILE`: the report's JSON and whether it exited 0.
+fn tenant_test(
+    s: &Server,
+    candidate: &str,
+    eml: Option<&std::path::Path>,
+) -> (bool, serde_json::Value) {
+    let path = component(candidate);
+    let mut args = vec!["test", "acme", "router", path.to_str().unwrap()];
+    let dir;
+    if let Some(d) = eml {
+        dir = d.to_str().unwrap().to_string();
+        args.extend(["--eml", &dir]);
+    }
+    let (ok, out) = s.cli("tenant", &args);
+    // The report is printed first; an error (and a backtrace) may follow.
+    let json = out.find('{').map(|i| &out[i..]).unwrap_or("");
+    let report = serde_json::Deserializer::from_str(json)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap_or_else(|| panic!("no report: {out}"))
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    (ok, report)
+}
+
+/// `tenant test` runs a candidate against the tenant's recorded
+/// transactions and against a folder of `.eml` files, next to the live
+/// version: an identical router differs nowhere (exit 0); the staging
+/// router differs exactly on the messages to staging.example, in their
+/// route (exit 1).
+#[test]
+fn tenant_test_replays_recorded_transactions_and_eml_files() {
+    let s = Server::start_with(Options {
+        acme_rules: rules(),
+        ..Options::default()
+    });
+    let mut r = Raw::logged_in(&s);
+    for to in [
+        "a@example.net",
+        "b@staging.example",
+        "c@example.net",
+        "d@staging.example",
+        "e@example.net",
+    ] {
+        send(&mut r, to);
+    }
+    let (ok, same) = tenant_test(&s, "router", None);
+    assert!(ok, "{same}");
+    assert_eq!(same["source"], "recorded transactions");
+    assert_eq!(same["cases"], 5, "{same}");
+    assert_eq!(same["differences"], serde_json::json!([]), "{same}");
+    let (ok, changed) = tenant_test(&s, "router_sandbox", None);
+    assert!(!ok, "differences must fail the command: {changed}");
+    let diffs = changed["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 2, "{changed}");
+    for d in diffs {
+        assert_eq!(d["decision"], "route");
+        assert_eq!(d["kinds"], serde_json::json!(["route"]));
+        assert!(
+            d["about"].as_str().unwrap().contains("@staging.example"),
+            "{d}"
+        );
+        assert_eq!(
+            (d["live"].as_str(), d["candidate"].as_str()),
+            (Some("route discard"), Some("route sandbox"))
+        );
+    }
+    // A folder of .eml files, the envelope from their headers.
+    let dir = s.dir.path().join("eml");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, to) in [
+        ("1.eml", "x@example.net"),
+        ("2.eml", "y@staging.example"),
+        ("3.eml", "z@example.net"),
+    ] {
+        let eml = format!("From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: {name}\r\n\r\nhello\r\n");
+        std::fs::write(dir.join(name), eml).unwrap();
+    }
+    let (ok, same) = tenant_test(&s, "router", Some(&dir));
+    assert!(ok, "{same}");
+    assert_eq!(
+        (same["source"].as_str(), same["cases"].as_u64()),
+        (Some("messages"), Some(3))
+    );
+    let (ok, changed) = tenant_test(&s, "router_sandbox", Some(&dir));
+    assert!(!ok);
+    let diffs = changed["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{changed}");
+    assert_eq!(diffs[0]["case"], "2.eml");
+    assert_eq!(diffs[0]["decision"], "route");
+}

@@ -129,6 +129,9 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let tls = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
     let auth_gate = Arc::new(crate::authgate::AuthGate::new(config.auth.gate()));
     let shadows = Arc::new(crate::shadow::Shadows::new(config.runtime.shadow_share));
+    let recorder = Arc::new(crate::replay::Recorder::new(
+        config.runtime.replay_transactions,
+    ));
     let policy: Arc<dyn Policy> = if noop {
         tracing::warn!(
             "--unsafe-noop-policy: every login and message is accepted; benchmark use only"
@@ -141,6 +144,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
             metrics.clone(),
             auth_gate.clone(),
             shadows.clone(),
+            recorder.clone(),
         ))
     };
     let status = stores.status.clone();
@@ -220,6 +224,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         auth_gate,
         budget,
         shadows,
+        recorder,
         tokens: admin::tokens::Tokens::new(stores.artifacts.clone(), token),
     });
     let admin_task = tokio::spawn(admin::serve(

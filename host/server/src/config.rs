@@ -325,6 +325,9 @@ pub struct RuntimeSection {
     /// The share of a tenant's transactions its shadow (`tenant deploy
     /// --shadow`) is compared on, 0 to 1. Default 0.25.
     pub shadow_share: f64,
+    /// Transactions whose policy inputs are kept per tenant for `tenant
+    /// test` (at most 1 MiB, a day old); 0 keeps none. Default 100.
+    pub replay_transactions: usize,
 }
 
 impl RuntimeSection {
@@ -349,6 +352,7 @@ impl Default for RuntimeSection {
             tenant_cpu_share: 0.25,
             tenant_cpu_burst_ms: 100,
             shadow_share: 0.25,
+            replay_transactions: 100,
         }
     }
 }

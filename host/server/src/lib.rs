@@ -22,6 +22,8 @@
 //!   component's refusal (`Reply::from_component`) before a client sees it.
 //! - [`shadow`]: shadow deploys: a candidate function compared with the
 //!   live set on a share of the transactions, off the reply path.
+//! - [`replay`]: each tenant's last transactions' policy inputs, and a
+//!   candidate compared with the live set on them (`tenant test`).
 //! - [`authgate`]: bounded work before authentication: the password
 //!   checks' pool and queue, and back-off per client address.
 //! - [`budget`]: the ceiling on message content held in memory, server-wide
@@ -66,12 +68,13 @@
 //! | module | imports |
 //! |---|---|
 //! | `app` | `admin`, `reload`, `server`, `submission`, `policy`, `shadow`, `statusapi`, `delivery`, `metrics`, `artifacts`, `cluster`, `queue`, `tenants`, `config`, `authgate`, `budget`, `tls` |
-//! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `shadow`, `authgate`, `budget`, `httpd` |
+//! | `admin` | `reload`, `statusapi`, `delivery`, `metrics`, `tenants`, `replay`, `shadow`, `authgate`, `budget`, `httpd` |
 //! | `reload` | `server`, `config`, `tls` |
 //! | `server` | `driver`, `submission`, `config`, `budget` |
 //! | `driver` | `submission`, `policy`, `config`, `budget`, `replies` |
 //! | `submission` | `policy`, `metrics`, `queue`, `spool`, `replies`, `wallclock` |
-//! | `policy` | `metrics`, `tenants`, `shadow`, `authgate`, `message`, `replies`, `wallclock` |
+//! | `policy` | `metrics`, `tenants`, `replay`, `shadow`, `authgate`, `message`, `replies`, `wallclock` |
+//! | `replay` | `shadow`, `message`, `wallclock` |
 //! | `shadow` | `wallclock` |
 //! | `statusapi` | `artifacts`, `delivery`, `metrics`, `tenants`, `config`, `authgate`, `httpd` |
 //! | `delivery` | `cluster`, `queue`, `spool`, `tenants`, `config`, `budget`, `fsutil`, `wallclock` |
@@ -104,6 +107,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod reload;
+pub mod replay;
 pub mod replies;
 pub mod server;
 pub mod shadow;

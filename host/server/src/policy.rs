@@ -24,6 +24,7 @@ use mailwit_smtp::{Envelope, Mechanism, Reply};
 
 use crate::authgate::{self, AuthGate};
 use crate::metrics::Metrics;
+use crate::replay::{self, Recorder};
 use crate::replies::{auth_backoff, auth_busy, auth_failed, policy_failed};
 use crate::shadow::{self, Shadows};
 use crate::tenants::Tenants;
@@ -102,6 +103,8 @@ pub struct WasmPolicy {
     gate: Arc<AuthGate>,
     /// Candidates running beside the live sets (see [`crate::shadow`]).
     shadows: Arc<Shadows>,
+    /// Each tenant's last transactions' inputs (see [`crate::replay`]).
+    recorder: Arc<Recorder>,
 }
 
 impl WasmPolicy {
@@ -111,6 +114,7 @@ impl WasmPolicy {
         metrics: Arc<Metrics>,
         gate: Arc<AuthGate>,
         shadows: Arc<Shadows>,
+        recorder: Arc<Recorder>,
     ) -> Self {
         WasmPolicy {
             rt,
@@ -118,6 +122,7 @@ impl WasmPolicy {
             metrics,
             gate,
             shadows,
+            recorder,
         }
     }
 }
@@ -373,6 +378,8 @@ impl Policy for WasmPolicy {
         Ok(Arc::new(WasmTxn {
             rt: self.rt.clone(),
             shadow: self.shadows.pick(&set),
+            recorder: self.recorder.wants(&set).then(|| self.recorder.clone()),
+            mail: std::sync::Mutex::default(),
             set,
             metrics: self.metrics.clone(),
             session: Session::new(session),
@@ -389,6 +396,10 @@ struct WasmTxn {
     session: Session,
     /// The tenant's shadow, when this transaction is compared.
     shadow: Option<shadow::Run>,
+    /// Where the transaction's inputs are kept for replay, if they are.
+    recorder: Option<Arc<Recorder>>,
+    /// MAIL's sender and parameters, for the recorder.
+    mail: std::sync::Mutex<(String, Option<u64>, bool)>,
 }
 
 impl WasmTxn {
@@ -412,6 +423,9 @@ impl TxnPolicy for WasmTxn {
         let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
         let call = set.check_sender(rt, set.limits, s, sender, size, eight_bit);
         let result = decide(&self.metrics, set, "check-sender", call).await;
+        if self.recorder.is_some() {
+            *self.mail.lock().expect("mail lock") = (sender.to_string(), size, eight_bit);
+        }
         if let Some(run) = self.shadow("check-sender") {
             let live = shadow::Outcome::of_reply(&result, |_| shadow::Outcome::Accepted);
             let (rt, s, sender) = (self.rt.clone(), self.session.clone(), sender.to_string());
@@ -462,7 +476,23 @@ impl TxnPolicy for WasmTxn {
             true => crate::message::summarize(content),
             false => MessageInfo::default(),
         };
+        let bytes = self
+            .recorder
+            .is_some()
+            .then(|| replay::summary_bytes(&summary));
         let args = MessageArgs::new(&envelope.sender, &envelope.recipients, summary);
+        if let (Some(recorder), Some(bytes)) = (&self.recorder, bytes) {
+            let mail = self.mail.lock().expect("mail lock").clone();
+            let case = replay::Case::new(
+                ulid::Ulid::new().to_string(),
+                s.clone(),
+                mail,
+                envelope.recipients.clone(),
+                args.clone(),
+                bytes,
+            );
+            recorder.record(&set.tenant, case);
+        }
         let call = set.inspect_message(rt, set.limits, s, &args);
         let inspected = decide(&self.metrics, set, "inspect-message", call).await;
         let (inspection, route) = match inspected {
@@ -659,6 +689,7 @@ mod tests {
             metrics.clone(),
             gate.clone(),
             Arc::new(Shadows::new(0.0)),
+            Arc::new(Recorder::new(0)),
         );
         (p, metrics, gate)
     }

@@ -141,26 +141,14 @@ impl Shadows {
 }
 
 impl Shadow {
-    /// The live set with the candidate in its function's place.
+    /// The live set with the candidate in its function's place (cached
+    /// per generation of the live set).
     fn set_for(&self, live: &Arc<PolicySet>) -> Arc<PolicySet> {
         let mut cached = self.set.lock().expect("shadow lock");
         if let Some(s) = cached.as_ref().filter(|s| s.generation == live.generation) {
             return s.clone();
         }
-        let mut functions = live.functions.clone();
-        match functions.iter().position(|f| f.name == self.function) {
-            Some(i) => functions[i] = self.candidate.clone(),
-            None => functions.push(self.candidate.clone()),
-        }
-        let set = Arc::new(PolicySet {
-            tenant: Arc::from(format!("{}~shadow", live.tenant)),
-            generation: live.generation,
-            functions,
-            rules: live.rules.clone(),
-            rules_version: live.rules_version,
-            limits: live.limits,
-            label: std::sync::OnceLock::new(),
-        });
+        let set = with_candidate(live, &self.candidate, &self.function, "~shadow");
         *cached = Some(set.clone());
         set
     }
@@ -251,6 +239,31 @@ impl Shadow {
     }
 }
 
+/// `live` with `candidate` in the place of its function `name` (or added
+/// at the end), under the tenant name `<tenant><suffix>`: its calls are
+/// metered and warmed apart from the live ones.
+pub fn with_candidate(
+    live: &PolicySet,
+    candidate: &Arc<Function>,
+    name: &str,
+    suffix: &str,
+) -> Arc<PolicySet> {
+    let mut functions = live.functions.clone();
+    match functions.iter().position(|f| f.name == name) {
+        Some(i) => functions[i] = candidate.clone(),
+        None => functions.push(candidate.clone()),
+    }
+    Arc::new(PolicySet {
+        tenant: Arc::from(format!("{}{suffix}", live.tenant)),
+        generation: live.generation,
+        functions,
+        rules: live.rules.clone(),
+        rules_version: live.rules_version,
+        limits: live.limits,
+        label: std::sync::OnceLock::new(),
+    })
+}
+
 impl Shadows {
     /// `tenant`'s report, if it has a shadow.
     pub fn report(&self, tenant: &str) -> Option<serde_json::Value> {
@@ -293,7 +306,7 @@ impl Outcome {
     }
 
     /// The kinds of difference between two outcomes of one decision.
-    fn differences(&self, other: &Outcome) -> Vec<&'static str> {
+    pub fn differences(&self, other: &Outcome) -> Vec<&'static str> {
         use Outcome::*;
         match (self, other) {
             (a, b) if a == b => Vec::new(),

@@ -55,6 +55,7 @@ pub struct Admin {
     pub budget: Arc<crate::budget::ContentBudget>,
     pub tokens: tokens::Tokens,
     pub shadows: Arc<crate::shadow::Shadows>,
+    pub recorder: Arc<crate::replay::Recorder>,
 }
 
 /// Serves the admin API until shutdown (over TLS with `tls`).
@@ -181,6 +182,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let sandbox = admin.sandbox.clone();
     let reload = admin.reload.clone();
     let shadows = admin.shadows.clone();
+    let recorder = admin.recorder.clone();
     // The status store's reads are async: run from the blocking thread.
     let handle = tokio::runtime::Handle::current();
     let owned: Vec<String> = path.iter().map(|s| s.to_string()).collect();
@@ -226,6 +228,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             (Method::PUT, ["v1", "tenants", t, "functions", f]) => tenants
                 .deploy(t, f, &body)
                 .map(|s| serde_json::json!({ "tenant": t, "deployed": s })),
+            (Method::POST, ["v1", "tenants", t, "functions", f, "test"]) => {
+                test_candidate(&tenants, &recorder, &handle, t, f, &body)
+            }
             (Method::GET, ["v1", "tenants", t, "shadow"]) => shadows
                 .report(t)
                 .ok_or_else(|| AdminError::NotFound(format!("tenant {t} has no shadow"))),
@@ -427,4 +432,64 @@ pub async fn request(
     let status = res.status();
     let body = res.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `POST /v1/tenants/{t}/functions/{f}/test`: the candidate (base64 in
+/// `component`) against the `.eml` files given (`messages`: `name` and
+/// base64 `content`), or else the tenant's recorded transactions, next to
+/// the live set (see [`crate::replay`]).
+fn test_candidate(
+    tenants: &Tenants,
+    recorder: &crate::replay::Recorder,
+    handle: &tokio::runtime::Handle,
+    t: &str,
+    f: &str,
+    body: &[u8],
+) -> Result<serde_json::Value, AdminError> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Eml {
+        name: String,
+        content: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        component: String,
+        messages: Option<Vec<Eml>>,
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |e: String| AdminError::Invalid(e);
+    let req: Request = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let bytes = b64
+        .decode(&req.component)
+        .map_err(|e| bad(format!("component: {e}")))?;
+    let candidate = Arc::new(tenants.shadow_candidate(t, f, &bytes)?);
+    let live = tenants
+        .get(t)
+        .ok_or_else(|| AdminError::NoTenant(t.to_string()))?;
+    let set = crate::shadow::with_candidate(&live, &candidate, f, "~test");
+    let (cases, source) = match req.messages {
+        Some(list) => {
+            let mut cases = Vec::new();
+            for m in list {
+                let content = b64
+                    .decode(&m.content)
+                    .map_err(|e| bad(format!("{}: {e}", m.name)))?;
+                cases.push(Arc::new(
+                    crate::replay::Case::from_eml(m.name, t, &content).map_err(bad)?,
+                ));
+            }
+            (cases, "messages")
+        }
+        None => (recorder.recorded(t), "recorded transactions"),
+    };
+    let mut report = handle.block_on(crate::replay::compare(
+        tenants.runtime(),
+        &live,
+        &set,
+        &cases,
+    ));
+    report["source"] = source.into();
+    report["function"] = f.into();
+    Ok(report)
 }

@@ -24,6 +24,18 @@ pub enum TenantCommand {
         #[arg(long)]
         shadow: bool,
     },
+    /// Run a candidate against the tenant's recorded transactions (or the
+    /// `.eml` files of a directory) next to the live version; prints every
+    /// difference and exits 1 when there is any.
+    Test {
+        tenant: String,
+        function: String,
+        component: PathBuf,
+        /// A directory of `.eml` files: each is a transaction whose sender
+        /// is its From and recipients its To, Cc and Bcc.
+        #[arg(long)]
+        eml: Option<PathBuf>,
+    },
     /// A tenant's shadow: its report (differences by kind, samples,
     /// failures), or `promote` it (an ordinary deploy) or `drop` it.
     Shadow {
@@ -182,6 +194,12 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
             std::fs::read(&component)
                 .with_context(|| format!("reading {}", component.display()))?,
         ),
+        TenantCommand::Test {
+            tenant,
+            function,
+            component,
+            eml,
+        } => return test(&config, &tenant, &function, &component, eml.as_deref()),
         TenantCommand::Shadow {
             tenant,
             function,
@@ -387,6 +405,61 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
         ),
     };
     print_json(&admin_call(&config, method, &path, body)?)
+}
+
+/// `mailwit tenant test`: the report, and an error (exit 1) when the
+/// candidate differs from the live version anywhere.
+fn test(
+    config: &Config,
+    tenant: &str,
+    function: &str,
+    component: &std::path::Path,
+    eml: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wasm =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let mut body = json!({ "component": b64.encode(wasm) });
+    if let Some(dir) = eml {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        anyhow::ensure!(!files.is_empty(), "no .eml files in {}", dir.display());
+        let mut messages = Vec::new();
+        for f in files {
+            let content = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            let name = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            messages.push(json!({ "name": name, "content": b64.encode(content) }));
+        }
+        body["messages"] = messages.into();
+    }
+    let report = admin_call(
+        config,
+        Method::POST,
+        &format!("/v1/tenants/{tenant}/functions/{function}/test"),
+        serde_json::to_vec(&body)?,
+    )?;
+    print_json(&report)?;
+    let differences = report["differences"].as_array().map_or(0, Vec::len);
+    if report["cases"] == 0 {
+        eprintln!(
+            "nothing to compare: no {}",
+            report["source"].as_str().unwrap_or("cases")
+        );
+    }
+    anyhow::ensure!(
+        differences == 0,
+        "{differences} difference(s) between the candidate and the live {function}"
+    );
+    Ok(())
 }
 
 /// The password on stdin's first line, when asked to read it (a password

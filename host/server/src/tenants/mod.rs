@@ -726,6 +726,11 @@ impl Tenants {
     }
 
     /// Every tenant, its functions and active versions.
+    /// The policy runtime the tenants' functions run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
     /// Each tenant's policy CPU time and throttled calls (see the
     /// runtime's CPU shares).
     pub fn cpu_usage(&self) -> Vec<mailwit_runtime::CpuUse> {
