@@ -1,6 +1,7 @@
 //! Tenants serving themselves: a tenant's lifecycle, its SMTP users and API
 //! keys, made through the CLI and the admin API, used by swaks and smtplib.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::harness::*;
@@ -634,4 +635,77 @@ fn the_admin_listener_serves_tls_and_the_cli_follows() {
             .any(|l| l.contains("listener=admin") && l.contains("tls=implicit")),
         "{log}"
     );
+}
+
+/// The tenant console in a real browser (Debian's chromium, driven by
+/// selenium: tests/e2e/console.py): signed in with acme's token, it finds
+/// a message sent with swaks, shows its timeline, opens it in the sandbox
+/// (its HTML frame sandboxed), rolls back acme's router (version 2 to 1,
+/// as the API then says), and shows nothing of shop's message. The
+/// screenshots go to `$MAILWIT_CONSOLE_SHOTS` (default: the test's
+/// directory).
+#[test]
+fn the_console_in_a_browser_shows_the_tenants_own_mail_and_rolls_back() {
+    let s = Server::start_with(Options {
+        acme_rules: route_rules("sandbox"),
+        ..Options::default()
+    });
+    shop(&s);
+    let key = tenant_json(&s, &["key", "create", "shop", "--id", "shopkey"]);
+    let out = shop_swaks(&s, "App", key["key"].as_str().unwrap());
+    let other = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
+    let router = component("router_sandbox");
+    tenant_json(&s, &["deploy", "acme", "router", router.to_str().unwrap()]);
+    let out = swaks_plain(
+        &s,
+        LOGIN,
+        PASSWORD,
+        SENDER,
+        "reader@example.net",
+        &["--header", "Subject: seen in the console"],
+    );
+    let id = queue_id(&out).unwrap_or_else(|| panic!("{out}"));
+    wait_for("the message in acme's sandbox", || {
+        s.statuses(&id, "reader@example.net")
+            .contains(&"delivered_to_sandbox".to_string())
+    });
+    let token = tenant_json(&s, &["token", "issue", "acme", "--days", "1"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shots = std::env::var("MAILWIT_CONSOLE_SHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| s.dir.path().join("shots"));
+    let base = format!("http://127.0.0.1:{}", s.port("admin"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/e2e/console.py");
+    let (ok, out) = run(Command::new("python3").args([
+        script,
+        &base,
+        &token,
+        &id,
+        &other,
+        shots.to_str().unwrap(),
+    ]));
+    assert!(ok, "{out}");
+    eprintln!("{out}");
+    assert!(out.contains("signed in as acme"), "{out}");
+    assert!(out.contains("opened: seen in the console"), "{out}");
+    let show = tenant_json(&s, &["show", "acme", "--json"]);
+    let router = show["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "router")
+        .unwrap()
+        .clone();
+    assert_eq!(router["version"], 1, "the rollback did not happen: {show}");
+    for n in 1..=6 {
+        let found = std::fs::read_dir(&shots).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{n}-"))
+        });
+        assert!(found, "screenshot {n} missing in {}", shots.display());
+    }
 }

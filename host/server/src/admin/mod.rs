@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod accounts;
+mod console;
 pub mod tokens;
 
 use crate::delivery::status::StatusStore;
@@ -104,6 +105,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
         .map(str::to_string)
         .collect();
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    if req.method() == Method::GET && path == ["console"] {
+        return reply(StatusCode::OK, console::PAGE, "text/html; charset=utf-8");
+    }
     if req.method() == Method::GET && path == ["metrics"] {
         let mut text = admin
             .metrics
@@ -144,6 +148,19 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             Some(t.clone())
         }
     };
+    if let (&Method::GET, ["v1", "tenants", t, "sandbox", id, "view"]) =
+        (req.method(), path.as_slice())
+    {
+        return match admin.sandbox.message(t, id).await {
+            Ok(Some(raw)) => json(StatusCode::OK, console::view(&raw)),
+            Ok(None) => error(AdminError::NotFound(format!(
+                "no sandboxed message {id} for tenant {t}"
+            ))),
+            Err(e) => error(AdminError::Storage(
+                anyhow::Error::new(e).context("reading the sandbox"),
+            )),
+        };
+    }
     if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
         return match admin.sandbox.message(t, id).await {
             Ok(Some(raw)) => reply(StatusCode::OK, raw, "message/rfc822"),
