@@ -639,7 +639,8 @@ fn the_admin_listener_serves_tls_and_the_cli_follows() {
 
 /// The tenant console in a real browser (Debian's chromium, driven by
 /// selenium: tests/e2e/console.py): signed in with acme's token, it finds
-/// a message sent with swaks, shows its timeline, opens it in the sandbox
+/// a message sent with swaks by its recipient, shows its timeline, opens
+/// it in the sandbox
 /// (its HTML frame sandboxed), rolls back acme's router (version 2 to 1,
 /// as the API then says), and shows nothing of shop's message. The
 /// screenshots go to `$MAILWIT_CONSOLE_SHOTS` (default: the test's
@@ -699,7 +700,8 @@ fn the_console_in_a_browser_shows_the_tenants_own_mail_and_rolls_back() {
         .unwrap()
         .clone();
     assert_eq!(router["version"], 1, "the rollback did not happen: {show}");
-    for n in 1..=6 {
+    assert!(out.contains(&format!("found: {id}")), "{out}");
+    for n in 1..=7 {
         let found = std::fs::read_dir(&shots).unwrap().any(|e| {
             e.unwrap()
                 .file_name()

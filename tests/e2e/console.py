@@ -2,7 +2,8 @@
 
     console.py BASE_URL TOKEN QUEUE_ID OTHER_QUEUE_ID SHOTS_DIR
 
-Signs in with the tenant token, finds QUEUE_ID's timeline, opens it in
+Signs in with the tenant token, finds QUEUE_ID by its recipient
+(reader@example.net) and opens its timeline, opens it in
 the sandbox, rolls back the function `router`, and looks up
 OTHER_QUEUE_ID (another tenant's message), which must not be shown.
 Saves a screenshot of each step in SHOTS_DIR; prints what it saw; exits
@@ -13,6 +14,7 @@ import os
 import sys
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -26,7 +28,11 @@ options.binary_location = "/usr/bin/chromium"
 for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
     options.add_argument(flag)
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-wait = WebDriverWait(driver, 20)
+# The page re-renders its tables as answers arrive: an element found just
+# before may be replaced, which only means "look again".
+wait = WebDriverWait(
+    driver, 20, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+)
 
 
 def shot(name):
@@ -45,36 +51,40 @@ try:
     wait.until(ec.visibility_of_element_located((By.ID, "app")))
     print("signed in as", text("tenant-name"))
 
-    # The message's timeline.
-    driver.find_element(By.ID, "queue-id").send_keys(queue_id)
-    driver.find_element(By.ID, "lookup-button").click()
+    # Found by its recipient, then its timeline.
+    driver.find_element(By.ID, "s-recipient").send_keys("reader@example.net")
+    driver.find_element(By.ID, "search-button").click()
+    found = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"#results tr[data-id='{queue_id}']")))
+    print("found:", found.text)
+    shot("2-search")
+    found.click()
     wait.until(lambda d: "delivered_to_sandbox" in text("timeline"))
     timeline = text("timeline")
     assert "received" in timeline, timeline
     print("timeline:", timeline.replace("\n", " | "))
-    shot("2-timeline")
+    shot("3-timeline")
 
     # The sandbox: the message in the list, then opened.
     driver.find_element(By.CSS_SELECTOR, "nav button[data-tab=sandbox]").click()
-    row = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"tr[data-id='{queue_id}']")))
+    row = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, f"#inbox tr[data-id='{queue_id}']")))
     row.click()
     wait.until(lambda d: text("v-subject") != "")
     subject = text("v-subject")
     frame = driver.find_element(By.ID, "v-html")
     assert frame.get_attribute("sandbox") == "", "the HTML frame must be sandboxed"
     print("opened:", subject, "| text:", text("v-text")[:60].replace("\n", " "))
-    shot("3-sandbox-message")
+    shot("4-sandbox-message")
 
     # Functions: roll back the router.
     driver.find_element(By.CSS_SELECTOR, "nav button[data-tab=functions]").click()
     wait.until(ec.element_to_be_clickable((By.ID, "rollback-router")))
-    before = driver.find_element(By.CSS_SELECTOR, "tr[data-function=router]").text
-    shot("4-functions")
+    before = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-function=router]").text)
+    shot("5-functions")
     driver.find_element(By.ID, "rollback-router").click()
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-function=router]").text != before)
-    after = driver.find_element(By.CSS_SELECTOR, "tr[data-function=router]").text
+    after = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-function=router]").text)
     print("router before:", before, "| after:", after)
-    shot("5-rolled-back")
+    shot("6-rolled-back")
 
     # Another tenant's message is not shown.
     driver.find_element(By.CSS_SELECTOR, "nav button[data-tab=messages]").click()
@@ -85,6 +95,6 @@ try:
     wait.until(lambda d: text("lookup-error") != "")
     assert text("timeline") == "", "another tenant's timeline was shown"
     print("other tenant's message:", text("lookup-error"))
-    shot("6-other-tenant")
+    shot("7-other-tenant")
 finally:
     driver.quit()

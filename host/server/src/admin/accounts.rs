@@ -71,7 +71,7 @@ fn storage(what: &str, e: std::io::Error) -> AdminError {
 }
 
 /// `%XX` escapes in a path segment (a login such as `app%40acme.example`).
-fn decoded(segment: &str) -> String {
+pub(super) fn decoded(segment: &str) -> String {
     let b = segment.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -284,6 +284,26 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                     .collect();
                 Ok(serde_json::json!({ "tenant": t, "messages": list }))
             }
+            (Method::GET, ["v1", "tenants", t, "messages"]) => {
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                        .map(accounts::decoded)
+                        .filter(|v| !v.is_empty())
+                };
+                let ms = |k: &str| param(k).and_then(|v| v.parse::<u64>().ok());
+                let q = crate::delivery::status::Search {
+                    recipient: param("recipient"),
+                    bulk_id: param("bulk"),
+                    since_ms: ms("since_ms"),
+                    until_ms: ms("until_ms"),
+                };
+                let found = handle.block_on(status.search(t, &q)).map_err(|e| {
+                    AdminError::Storage(anyhow::Error::new(e).context("searching the status store"))
+                })?;
+                Ok(serde_json::json!({ "tenant": t, "messages": found }))
+            }
             (Method::GET, ["v1", "messages", id]) => {
                 let recipient = query
                     .split('&')

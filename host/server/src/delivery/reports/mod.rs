@@ -308,6 +308,7 @@ impl Reports {
                     recipient: r.clone(),
                     status: Status::ReportFailed,
                     detail: detail.clone(),
+                    bulk_id: None,
                 })
                 .collect();
             if let Err(e) = self.status.record(events).await {

@@ -11,6 +11,9 @@
 
 use std::time::Duration;
 
+/// Events one search reads at most (see `search`).
+pub const MAX_SEARCHED: usize = 20_000;
+
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_trait::async_trait;
 
@@ -55,6 +58,35 @@ fn other(what: &str, e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
 }
 
+impl JetStreamStatusStore {
+    /// The events on `subject` (wildcards allowed), in the stream's order,
+    /// at most `limit` of them. An event this version cannot read is
+    /// skipped, as the file store skips a line it cannot read.
+    async fn read(&self, subject: &str, limit: usize) -> std::io::Result<Vec<Event>> {
+        let mut events = Vec::new();
+        let mut from = 1;
+        while events.len() < limit {
+            let m = match self
+                .stream
+                .raw_message_builder()
+                .sequence(from)
+                .next_by_subject(subject.to_string())
+                .send()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(other("reading status events", e)),
+            };
+            from = m.sequence + 1;
+            if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
+                events.push(e);
+            }
+        }
+        Ok(events)
+    }
+}
+
 #[async_trait]
 impl StatusStore for JetStreamStatusStore {
     async fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
@@ -95,28 +127,7 @@ impl StatusStore for JetStreamStatusStore {
             tenant.map(token).unwrap_or_else(|| "*".into()),
             token(id)
         );
-        let mut events = Vec::new();
-        let mut from = 1;
-        loop {
-            let m = match self
-                .stream
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(other("reading status events", e)),
-            };
-            from = m.sequence + 1;
-            // An event this version cannot read is skipped, as the file
-            // store skips a line it cannot read.
-            if let Ok(e) = serde_json::from_slice::<Event>(&m.payload) {
-                events.push(e);
-            }
-        }
+        let mut events = self.read(&subject, usize::MAX).await?;
         if super::expired(&events, Some(self.retention), crate::wallclock::now_ms()) {
             return Ok(Vec::new());
         }
@@ -130,6 +141,22 @@ impl StatusStore for JetStreamStatusStore {
     /// JetStream drops events older than the stream's `max_age` itself.
     async fn purge(&self, _cutoff_ms: u64) -> std::io::Result<usize> {
         Ok(0)
+    }
+
+    /// Reads the tenant's events in the stream's order, at most
+    /// [`MAX_SEARCHED`] of them (JetStream keeps no index but the subject:
+    /// a search of a tenant with more events sees the oldest only, which
+    /// the answer's length cannot show; the file store has no such cap).
+    async fn search(&self, tenant: &str, q: &super::Search) -> std::io::Result<Vec<super::Found>> {
+        let subject = format!("{}.{}.*", self.subject, token(tenant));
+        let events = self.read(&subject, MAX_SEARCHED).await?;
+        let now = crate::wallclock::now_ms();
+        let mut by_id: std::collections::HashMap<String, Vec<Event>> = Default::default();
+        for e in events {
+            by_id.entry(e.message_id.clone()).or_default().push(e);
+        }
+        by_id.retain(|_, events| !super::expired(events, Some(self.retention), now));
+        Ok(super::search(by_id.values().flatten(), q))
     }
 
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {

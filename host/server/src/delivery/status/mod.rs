@@ -69,6 +69,9 @@ pub struct Event {
     pub status: Status,
     /// The next hop's reply, the error, or what happened.
     pub detail: String,
+    /// The message's bulk id (Infobip's `X-IB-bulk-id`), for searches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulk_id: Option<String>,
 }
 
 impl Event {
@@ -87,8 +90,88 @@ impl Event {
             recipient: recipient.to_string(),
             status,
             detail: detail.into(),
+            bulk_id: meta
+                .metadata
+                .iter()
+                .find(|(k, _)| k == "bulkId")
+                .map(|(_, v)| v.clone()),
         }
     }
+}
+
+/// What a search of a tenant's messages asks for; each given field must
+/// match (a recipient or bulk id exactly, ignoring case; the time is when
+/// the message was received, its first event).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    pub recipient: Option<String>,
+    pub bulk_id: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+}
+
+/// Most messages one search answers (the newest).
+pub const SEARCH_LIMIT: usize = 100;
+
+/// One message a search found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Found {
+    pub message_id: String,
+    pub received_ms: u64,
+    pub bulk_id: Option<String>,
+    pub recipients: Vec<String>,
+    /// Each recipient's last status, in `recipients`' order.
+    pub statuses: Vec<Status>,
+}
+
+/// The messages among `events` (one tenant's, in any order) that `q`
+/// matches, newest first, at most [`SEARCH_LIMIT`].
+pub fn search<'a>(events: impl IntoIterator<Item = &'a Event>, q: &Search) -> Vec<Found> {
+    let mut by_id: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in events {
+        by_id.entry(&e.message_id).or_default().push(e);
+    }
+    let same = |a: &str, b: &Option<String>| b.as_deref().is_none_or(|b| a.eq_ignore_ascii_case(b));
+    let mut found: Vec<Found> = by_id
+        .into_iter()
+        .filter_map(|(id, mut events)| {
+            events.sort_by_key(|e| e.ts_ms);
+            let received_ms = events.first()?.ts_ms;
+            let bulk_id = events.iter().find_map(|e| e.bulk_id.clone());
+            let matches = q.since_ms.is_none_or(|t| received_ms >= t)
+                && q.until_ms.is_none_or(|t| received_ms <= t)
+                && same(bulk_id.as_deref().unwrap_or(""), &q.bulk_id)
+                && events.iter().any(|e| same(&e.recipient, &q.recipient));
+            if !matches {
+                return None;
+            }
+            let mut recipients: Vec<String> = Vec::new();
+            let mut statuses = Vec::new();
+            for e in &events {
+                match recipients.iter().position(|r| *r == e.recipient) {
+                    Some(i) => statuses[i] = e.status,
+                    None => {
+                        recipients.push(e.recipient.clone());
+                        statuses.push(e.status);
+                    }
+                }
+            }
+            Some(Found {
+                message_id: id.to_string(),
+                received_ms,
+                bulk_id,
+                recipients,
+                statuses,
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| {
+        b.received_ms
+            .cmp(&a.received_ms)
+            .then(b.message_id.cmp(&a.message_id))
+    });
+    found.truncate(SEARCH_LIMIT);
+    found
 }
 
 /// Where events are kept. An error is an error: a store that cannot be
@@ -110,6 +193,8 @@ pub trait StatusStore: Send + Sync {
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize>;
     /// Drops every event of a tenant (the tenant is being deleted).
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize>;
+    /// A tenant's messages that `q` matches ([`search`]).
+    async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>>;
 }
 
 /// The file store's blocking I/O, each call on a blocking thread.
@@ -151,6 +236,11 @@ impl StatusStore for Arc<FileStatusStore> {
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
         let (s, tenant) = (self.clone(), tenant.to_string());
         blocking(move || s.retain(|events| events.iter().all(|e| e.tenant != tenant))).await
+    }
+
+    async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>> {
+        let (s, tenant, q) = (self.clone(), tenant.to_string(), q.clone());
+        blocking(move || Ok(FileStatusStore::search(&s, &tenant, &q))).await
     }
 }
 
@@ -325,6 +415,20 @@ impl FileStatusStore {
             .unwrap_or_default()
     }
 
+    /// A tenant's messages that `q` matches, as [`StatusStore::search`]
+    /// (blocking: waits for a commit in progress).
+    pub fn search(&self, tenant: &str, q: &Search) -> Vec<Found> {
+        let inner = self.inner.lock().expect("status lock");
+        let now = crate::wallclock::now_ms();
+        let events = inner
+            .by_id
+            .values()
+            .filter(|events| events.first().is_some_and(|e| e.tenant == tenant))
+            .filter(|events| !expired(events, self.retention, now))
+            .flatten();
+        search(events, q)
+    }
+
     /// Drops the messages received before `cutoff_ms`, all their events
     /// together (blocking: rewrites the file).
     pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
@@ -368,7 +472,42 @@ mod tests {
             recipient: rcpt.into(),
             status,
             detail: String::new(),
+            bulk_id: None,
         }
+    }
+
+    /// A search matches a recipient, a bulk id and the time received,
+    /// each when given, and lists each recipient's last status.
+    #[test]
+    fn a_search_matches_what_it_is_given() {
+        let mut events = vec![
+            ev("m1", "t", "a@x", 10, Status::Received),
+            ev("m1", "t", "a@x", 11, Status::Sent),
+            ev("m1", "t", "b@x", 11, Status::Received),
+            ev("m2", "t", "c@x", 20, Status::Received),
+        ];
+        events[0].bulk_id = Some("B1".into());
+        let q = |recipient: Option<&str>, bulk: Option<&str>, since: Option<u64>| Search {
+            recipient: recipient.map(str::to_string),
+            bulk_id: bulk.map(str::to_string),
+            since_ms: since,
+            until_ms: None,
+        };
+        let ids = |q: Search| -> Vec<String> {
+            search(&events, &q)
+                .into_iter()
+                .map(|f| f.message_id)
+                .collect()
+        };
+        assert_eq!(ids(q(None, None, None)), ["m2", "m1"]);
+        assert_eq!(ids(q(Some("B@X"), None, None)), ["m1"]);
+        assert_eq!(ids(q(None, Some("b1"), None)), ["m1"]);
+        assert_eq!(ids(q(None, None, Some(15))), ["m2"]);
+        assert!(ids(q(Some("c@x"), Some("B1"), None)).is_empty());
+        let m1 = &search(&events, &q(Some("a@x"), None, None))[0];
+        assert_eq!(m1.recipients, ["a@x", "b@x"]);
+        assert_eq!(m1.statuses, [Status::Sent, Status::Received]);
+        assert_eq!(m1.bulk_id.as_deref(), Some("B1"));
     }
 
     #[test]
