@@ -642,7 +642,8 @@ fn the_admin_listener_serves_tls_and_the_cli_follows() {
 /// a message sent with swaks by its recipient, shows its timeline, opens
 /// it in the sandbox
 /// (its HTML frame sandboxed), rolls back acme's router (version 2 to 1,
-/// as the API then says), and shows nothing of shop's message. The
+/// as the API then says), shows nothing of shop's message, and signs in
+/// again with acme's SMTP login (a wrong password gets `401`). The
 /// screenshots go to `$MAILWIT_CONSOLE_SHOTS` (default: the test's
 /// directory).
 #[test]
@@ -686,6 +687,8 @@ fn the_console_in_a_browser_shows_the_tenants_own_mail_and_rolls_back() {
         &id,
         &other,
         shots.to_str().unwrap(),
+        LOGIN,
+        PASSWORD,
     ]));
     assert!(ok, "{out}");
     eprintln!("{out}");
@@ -701,7 +704,23 @@ fn the_console_in_a_browser_shows_the_tenants_own_mail_and_rolls_back() {
         .clone();
     assert_eq!(router["version"], 1, "the rollback did not happen: {show}");
     assert!(out.contains(&format!("found: {id}")), "{out}");
-    for n in 1..=7 {
+    assert!(
+        out.contains("signed in with the SMTP login as acme"),
+        "{out}"
+    );
+    // A wrong password gets no token (and counts against the address).
+    let (code, body) = api(
+        &s,
+        "",
+        "POST",
+        "/v1/console/session",
+        Some(&format!(
+            r#"{{"login":"{LOGIN}","password":"wrong-password"}}"#
+        )),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("535 5.7.8"), "{body}");
+    for n in 1..=8 {
         let found = std::fs::read_dir(&shots).unwrap().any(|e| {
             e.unwrap()
                 .file_name()

@@ -1,11 +1,12 @@
 """Drives the tenant console in Debian's chromium (headless) with selenium.
 
-    console.py BASE_URL TOKEN QUEUE_ID OTHER_QUEUE_ID SHOTS_DIR
+    console.py BASE_URL TOKEN QUEUE_ID OTHER_QUEUE_ID SHOTS_DIR LOGIN PASSWORD
 
 Signs in with the tenant token, finds QUEUE_ID by its recipient
 (reader@example.net) and opens its timeline, opens it in
 the sandbox, rolls back the function `router`, and looks up
-OTHER_QUEUE_ID (another tenant's message), which must not be shown.
+OTHER_QUEUE_ID (another tenant's message), which must not be shown;
+then signs out and in again with the SMTP login.
 Saves a screenshot of each step in SHOTS_DIR; prints what it saw; exits
 non-zero (an exception) when a step does not show what it should.
 """
@@ -20,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-base, token, queue_id, other_id, shots = sys.argv[1:6]
+base, token, queue_id, other_id, shots, login, password = sys.argv[1:8]
 os.makedirs(shots, exist_ok=True)
 
 options = webdriver.ChromeOptions()
@@ -96,5 +97,15 @@ try:
     assert text("timeline") == "", "another tenant's timeline was shown"
     print("other tenant's message:", text("lookup-error"))
     shot("7-other-tenant")
+
+    # Out, and in again with an SMTP login instead of the token.
+    driver.find_element(By.ID, "signout").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "signin")))
+    driver.find_element(By.ID, "login").send_keys(login)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login-button").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "app")))
+    print("signed in with the SMTP login as", text("tenant-name"))
+    shot("8-smtp-login")
 finally:
     driver.quit()

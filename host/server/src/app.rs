@@ -204,7 +204,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
     let status_addr = status_listener.local_addr()?;
     tracing::info!(event = "listening", listener = %"status-api", addr = %status_addr, tls = %"none");
     let services = Arc::new(crate::submission::Services {
-        policy,
+        policy: policy.clone(),
         usage: tenants.usage().clone(),
         metrics: metrics.clone(),
         queue: queue.clone(),
@@ -225,6 +225,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Running> 
         budget,
         shadows,
         recorder,
+        policy: policy.clone(),
         tokens: admin::tokens::Tokens::new(stores.artifacts.clone(), token),
     });
     let admin_task = tokio::spawn(admin::serve(

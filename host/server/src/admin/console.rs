@@ -1,10 +1,83 @@
 //! The tenant console: one page (`console.html`, served at `/console` by
 //! the admin listener, no build step) that signs in with a tenant token
-//! and reads everything through the admin API, and the API's view of a
-//! sandboxed message for it (`GET /v1/tenants/{t}/sandbox/{id}/view`).
+//! (or an SMTP login, exchanged for a token of an hour) and reads
+//! everything through the admin API, and the API's view of a sandboxed
+//! message for it (`GET /v1/tenants/{t}/sandbox/{id}/view`).
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::{Value, json};
+
+use super::Admin;
+
+/// How long a console sign-in with an SMTP login lasts.
+pub const SESSION_SECS: u64 = 3600;
+
+/// `POST /v1/console/session` (`{"login", "password"}`): an SMTP login
+/// checked exactly as a login is (the tenant's auth function, the auth
+/// gate with its back-off, a suspended tenant refused), answered with a
+/// token of its tenant for [`SESSION_SECS`].
+pub async fn sign_in(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let peer = req
+        .extensions()
+        .get::<crate::httpd::Peer>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+    let body = match Limited::new(req.into_body(), 16 << 10).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return super::json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": "body too large" }),
+            );
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Login {
+        login: String,
+        password: String,
+    }
+    let Ok(l) = serde_json::from_slice::<Login>(&body) else {
+        return super::json(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "expected {\"login\", \"password\"}" }),
+        );
+    };
+    let client = crate::policy::ClientInfo {
+        ip: peer.ip(),
+        port: peer.port(),
+        listener: "console".into(),
+        tls: false,
+        server_name: None,
+    };
+    let principal = admin
+        .policy
+        .authenticate(
+            &client,
+            mailwit_smtp::Mechanism::Plain,
+            &l.login,
+            &l.password,
+        )
+        .await;
+    match principal {
+        Ok(p) => match admin.tokens.issue(&p.tenant, SESSION_SECS).await {
+            Ok(issued) => {
+                tracing::info!(event = "console.sign_in", tenant = %p.tenant, login = %p.login);
+                super::json(StatusCode::OK, issued)
+            }
+            Err(e) => super::error(e),
+        },
+        Err(reply) => {
+            tracing::info!(event = "console.sign_in_refused", code = reply.code);
+            super::json(
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": reply.to_wire().trim_end() }),
+            )
+        }
+    }
+}
 
 /// The page. It holds no data: each request it makes carries the token.
 pub const PAGE: &str = include_str!("console.html");

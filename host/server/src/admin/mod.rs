@@ -57,6 +57,8 @@ pub struct Admin {
     pub tokens: tokens::Tokens,
     pub shadows: Arc<crate::shadow::Shadows>,
     pub recorder: Arc<crate::replay::Recorder>,
+    /// Checks the console's SMTP-login sign-ins, as a login is checked.
+    pub policy: Arc<dyn crate::policy::Policy>,
 }
 
 /// Serves the admin API until shutdown (over TLS with `tls`).
@@ -107,6 +109,9 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     if req.method() == Method::GET && path == ["console"] {
         return reply(StatusCode::OK, console::PAGE, "text/html; charset=utf-8");
+    }
+    if req.method() == Method::POST && path == ["v1", "console", "session"] {
+        return console::sign_in(admin, req).await;
     }
     if req.method() == Method::GET && path == ["metrics"] {
         let mut text = admin

@@ -48,6 +48,9 @@ struct State {
     tokens: BTreeMap<String, Stored>,
 }
 
+/// How long an expired token is still listed before it is forgotten.
+pub const FORGET_EXPIRED_MS: u64 = 7 * 24 * 3600 * 1000;
+
 pub struct Tokens {
     store: Arc<dyn ArtifactStore>,
     operator: String,
@@ -108,6 +111,7 @@ impl Tokens {
     }
 
     /// Issues a token for `tenant` (which the caller checked exists).
+    /// Tokens expired more than [`FORGET_EXPIRED_MS`] ago are dropped.
     pub async fn issue(
         &self,
         tenant: &str,
@@ -118,6 +122,11 @@ impl Tokens {
         let token = format!("{PREFIX}{id}.{}", random_hex(24));
         let created = now_ms();
         let expires = created.saturating_add(ttl_secs.saturating_mul(1000));
+        // Tokens that expired a week ago are of no use even to `token
+        // list`: forgotten, so that console sign-ins do not pile up.
+        state
+            .tokens
+            .retain(|_, t| t.expires_ms.saturating_add(FORGET_EXPIRED_MS) > created);
         state.tokens.insert(
             id.clone(),
             Stored {
