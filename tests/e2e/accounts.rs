@@ -695,14 +695,8 @@ fn the_console_in_a_browser_shows_the_tenants_own_mail_and_rolls_back() {
     assert!(out.contains("signed in as acme"), "{out}");
     assert!(out.contains("opened: seen in the console"), "{out}");
     let show = tenant_json(&s, &["show", "acme", "--json"]);
-    let router = show["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "router")
-        .unwrap()
-        .clone();
-    assert_eq!(router["version"], 1, "the rollback did not happen: {show}");
+    let router = active_version(&show["functions"], "router");
+    assert_eq!(router, 1, "the rollback did not happen: {show}");
     assert!(out.contains(&format!("found: {id}")), "{out}");
     assert!(
         out.contains("signed in with the SMTP login as acme"),

@@ -719,6 +719,16 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// Rules for the acme tenant whose messages all take `route`
 /// (`sandbox`, `discard`, `relay:<name>`).
+/// The active version of `name` in a tenant's `functions` (as `tenant
+/// list --json` and `tenant show --json` give them).
+pub fn active_version(functions: &serde_json::Value, name: &str) -> u64 {
+    functions
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+        .and_then(|f| f["version"].as_u64())
+        .unwrap_or_else(|| panic!("no function {name} in {functions}"))
+}
+
 pub fn route_rules(route: &str) -> String {
     format!("[tenants.rules.route]\ndefault = \"{route}\"\n")
 }

@@ -13,6 +13,8 @@ mod in_process;
 mod limits;
 mod memory;
 mod policy;
+#[path = "../../bench/proc.rs"]
+mod proc;
 mod protocol;
 mod reload;
 mod shadow;

@@ -592,14 +592,7 @@ fn a_deploy_that_does_not_match_the_world_is_refused() {
     let (ok, out) = admin(&s, &["list", "--json"]);
     assert!(ok);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let router = list[0]["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "router")
-        .unwrap()
-        .clone();
-    assert_eq!(router["version"], 1, "{out}");
+    assert_eq!(active_version(&list[0]["functions"], "router"), 1, "{out}");
     // Mail still flows on the running version.
     let out = swaks(&s, LOGIN, PASSWORD, SENDER, "a@example.net", &[]);
     assert!(queue_id(&out).is_some(), "{out}");
@@ -1136,24 +1129,14 @@ fn a_tenants_policy_cpu_is_held_to_its_share() {
         "deadline-ms = 3000",
     );
     let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
-    let cpu = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let rest = stat.rsplit_once(')').unwrap().1;
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse().unwrap())
-            .collect();
-        (f[0] + f[1]) / 100.0
-    };
-    let before = cpu(s.pid());
+    let cpu = || crate::proc::cpu_seconds(s.pid());
+    let before = cpu();
     for _ in 0..5 {
         let reply = r.cmd("MAIL FROM:<m@evil.example>");
         assert!(reply.starts_with("250"), "{reply}");
         r.cmd("RSET");
     }
-    let spent = cpu(s.pid()) - before;
+    let spent = cpu() - before;
     let charged = metric(&s, r#"mailwit_policy_cpu_seconds_total{tenant="evil"}"#);
     let throttled = metric(&s, r#"mailwit_policy_cpu_throttled_total{tenant="evil"}"#);
     eprintln!(

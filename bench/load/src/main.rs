@@ -331,18 +331,8 @@ async fn flood(
     st
 }
 
-/// The process's CPU time so far (user + system), in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
-}
+#[path = "../../proc.rs"]
+mod proc;
 
 /// The `q` quantile of sorted microseconds, in ms.
 fn quantile(sorted: &[u32], q: f64) -> f64 {
@@ -454,7 +444,7 @@ async fn main() -> Result<()> {
             }
         })
         .collect();
-    let cpu0 = cpu_seconds();
+    let cpu0 = proc::cpu_seconds("self");
     start.wait().await;
     let t0 = Instant::now();
     let mut st = Stats::default();
@@ -462,7 +452,7 @@ async fn main() -> Result<()> {
         merge(&mut st, t.await?);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = proc::cpu_seconds("self") - cpu0;
     st.latencies.sort_unstable();
     st.logins.sort_unstable();
     let out = serde_json::json!({

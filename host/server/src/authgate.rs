@@ -47,8 +47,9 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// (`421 4.7.0`) rather than kept waiting.
 pub const MAX_TARPIT: Duration = Duration::from_secs(10);
 /// How long an SMTP client waits for its `454 4.7.0` when the checks are
-/// busy, or for its `421 4.7.0` in back-off: a flood then asks at most
-/// once a second per connection.
+/// busy, or for its `421 4.7.0` in back-off (the SMTP gate's
+/// `refusal_hold`): a flood then asks at most once a second per
+/// connection, instead of thousands of times, each a reply and a log line.
 pub const BUSY_TARPIT: Duration = Duration::from_secs(1);
 /// Failures are forgotten after this long without one.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
@@ -68,7 +69,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// its priority but not raise it again, so they are kept apart from
 /// tokio's blocking pool).
 struct Checkers {
-    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Checkers {
@@ -96,9 +97,7 @@ impl Checkers {
                 tracing::error!(cause = %e, "could not start a password check thread");
             }
         }
-        Checkers {
-            jobs: Mutex::new(tx),
-        }
+        Checkers { jobs: tx }
     }
 }
 
@@ -117,6 +116,10 @@ pub struct GateConfig {
     pub workers: usize,
     pub queue: usize,
     pub queue_timeout: Duration,
+    /// How long a refusal is held before it is answered ([`BUSY_TARPIT`]
+    /// for SMTP; none for the status API, whose `503` and `429` carry a
+    /// `Retry-After`).
+    pub refusal_hold: Duration,
 }
 
 /// An address's recent failures.
@@ -179,7 +182,7 @@ impl AuthGate {
                 check,
             )));
         });
-        let sent = checkers.jobs.lock().expect("checkers lock").send(job);
+        let sent = checkers.jobs.send(job);
         match (sent, rx.await) {
             (Ok(()), Ok(Ok(r))) => r,
             (Ok(()), Ok(Err(panic))) => std::panic::resume_unwind(panic),
@@ -188,8 +191,17 @@ impl AuthGate {
     }
 
     /// Waits for `ip`'s turn and a place in the pool; the permit is the
-    /// right to run one check, until dropped.
+    /// right to run one check, until dropped. A refusal comes after the
+    /// configured `refusal_hold`.
     pub async fn enter(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Refusal> {
+        let entered = self.admit(ip).await;
+        if entered.is_err() && !self.config.refusal_hold.is_zero() {
+            tokio::time::sleep(self.config.refusal_hold).await;
+        }
+        entered
+    }
+
+    async fn admit(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Refusal> {
         if let Some(at) = self.turn(ip, Instant::now())? {
             self.stats.delayed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep_until(at).await;
@@ -318,6 +330,7 @@ mod tests {
             workers,
             queue,
             queue_timeout: Duration::from_secs(5),
+            refusal_hold: Duration::ZERO,
         })
     }
 

@@ -171,6 +171,7 @@ impl AuthConfig {
             },
             queue: self.queue,
             queue_timeout: Duration::from_secs(self.queue_timeout_secs),
+            refusal_hold: crate::authgate::BUSY_TARPIT,
         }
     }
 }

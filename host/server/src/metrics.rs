@@ -210,20 +210,19 @@ impl Metrics {
 /// Appends each tenant's policy CPU time and the calls slowed or refused
 /// for its share.
 pub fn render_cpu(usage: &[mailwit_runtime::CpuUse], out: &mut String) {
-    let _ = writeln!(out, "# TYPE mailwit_policy_cpu_seconds_total counter");
-    for u in usage {
-        let _ = writeln!(
-            out,
-            "mailwit_policy_cpu_seconds_total{{tenant=\"{}\"}} {:.6}",
-            u.tenant, u.seconds
-        );
-    }
-    let _ = writeln!(out, "# TYPE mailwit_policy_cpu_throttled_total counter");
-    for u in usage {
-        let _ = writeln!(
-            out,
-            "mailwit_policy_cpu_throttled_total{{tenant=\"{}\"}} {}",
-            u.tenant, u.throttled
-        );
+    type Value = fn(&mailwit_runtime::CpuUse) -> String;
+    let series: [(&str, Value); 2] = [
+        ("mailwit_policy_cpu_seconds_total", |u| {
+            format!("{:.6}", u.seconds)
+        }),
+        ("mailwit_policy_cpu_throttled_total", |u| {
+            u.throttled.to_string()
+        }),
+    ];
+    for (name, value) in series {
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for u in usage {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", u.tenant, value(u));
+        }
     }
 }

@@ -290,10 +290,6 @@ impl Policy for WasmPolicy {
                 Ok(permit) => Some(permit),
                 Err(authgate::Refusal::Busy) => {
                     tracing::info!(event = "smtp.auth_busy", "password checks all busy");
-                    // Not at once: a client asking again and again while
-                    // the checks are busy would otherwise cost the server a
-                    // reply (and a log line) per try, thousands a second.
-                    tokio::time::sleep(authgate::BUSY_TARPIT).await;
                     return Err(auth_busy());
                 }
                 Err(authgate::Refusal::BackOff) => {
@@ -301,8 +297,6 @@ impl Policy for WasmPolicy {
                         event = "smtp.auth_backoff",
                         "too many failed logins from this address"
                     );
-                    // Held as long before the 421, for the same reason.
-                    tokio::time::sleep(authgate::BUSY_TARPIT).await;
                     return Err(auth_backoff());
                 }
             },
@@ -379,7 +373,7 @@ impl Policy for WasmPolicy {
             rt: self.rt.clone(),
             shadow: self.shadows.pick(&set),
             recorder: self.recorder.wants(&set).then(|| self.recorder.clone()),
-            mail: std::sync::Mutex::default(),
+            mail_params: std::sync::OnceLock::new(),
             set,
             metrics: self.metrics.clone(),
             session: Session::new(session),
@@ -398,8 +392,9 @@ struct WasmTxn {
     shadow: Option<shadow::Run>,
     /// Where the transaction's inputs are kept for replay, if they are.
     recorder: Option<Arc<Recorder>>,
-    /// MAIL's sender and parameters, for the recorder.
-    mail: std::sync::Mutex<(String, Option<u64>, bool)>,
+    /// MAIL's parameters (declared size, 8-bit), for the recorder; the
+    /// sender is the envelope's.
+    mail_params: std::sync::OnceLock<(Option<u64>, bool)>,
 }
 
 impl WasmTxn {
@@ -424,7 +419,7 @@ impl TxnPolicy for WasmTxn {
         let call = set.check_sender(rt, set.limits, s, sender, size, eight_bit);
         let result = decide(&self.metrics, set, "check-sender", call).await;
         if self.recorder.is_some() {
-            *self.mail.lock().expect("mail lock") = (sender.to_string(), size, eight_bit);
+            let _ = self.mail_params.set((size, eight_bit));
         }
         if let Some(run) = self.shadow("check-sender") {
             let live = shadow::Outcome::of_reply(&result, |_| shadow::Outcome::Accepted);
@@ -482,11 +477,11 @@ impl TxnPolicy for WasmTxn {
             .then(|| replay::summary_bytes(&summary));
         let args = MessageArgs::new(&envelope.sender, &envelope.recipients, summary);
         if let (Some(recorder), Some(bytes)) = (&self.recorder, bytes) {
-            let mail = self.mail.lock().expect("mail lock").clone();
+            let (size, eight_bit) = self.mail_params.get().copied().unwrap_or_default();
             let case = replay::Case::new(
                 ulid::Ulid::new().to_string(),
                 s.clone(),
-                mail,
+                (envelope.sender.clone(), size, eight_bit),
                 envelope.recipients.clone(),
                 args.clone(),
                 bytes,
@@ -682,6 +677,7 @@ mod tests {
             workers: 2,
             queue: 16,
             queue_timeout: Duration::from_secs(30),
+            refusal_hold: Duration::ZERO,
         }));
         let p = WasmPolicy::new(
             f.rt.clone(),

@@ -129,7 +129,15 @@ pub fn summary_bytes(summary: &MessageInfo) -> usize {
 /// Each tenant's recorded transactions, newest last.
 pub struct Recorder {
     keep: usize,
-    by_tenant: Mutex<HashMap<String, VecDeque<Arc<Case>>>>,
+    by_tenant: Mutex<HashMap<String, Kept>>,
+}
+
+/// One tenant's recorded transactions and their bytes together (kept as
+/// they change, so that recording a message costs no walk of the others).
+#[derive(Default)]
+struct Kept {
+    cases: VecDeque<Arc<Case>>,
+    bytes: usize,
 }
 
 impl Recorder {
@@ -148,12 +156,16 @@ impl Recorder {
 
     pub fn record(&self, tenant: &str, case: Case) {
         let mut map = self.by_tenant.lock().expect("recorder lock");
-        let kept = map.entry(tenant.to_string()).or_default();
-        kept.push_back(Arc::new(case));
-        let mut bytes: usize = kept.iter().map(|c| c.bytes).sum();
-        while kept.len() > self.keep || bytes > MAX_BYTES {
-            match kept.pop_front() {
-                Some(c) => bytes -= c.bytes,
+        // The tenant's name is copied once, not per message.
+        let kept = match map.get_mut(tenant) {
+            Some(k) => k,
+            None => map.entry(tenant.to_string()).or_default(),
+        };
+        kept.bytes += case.bytes;
+        kept.cases.push_back(Arc::new(case));
+        while kept.cases.len() > self.keep || kept.bytes > MAX_BYTES {
+            match kept.cases.pop_front() {
+                Some(c) => kept.bytes -= c.bytes,
                 None => break,
             }
         }
@@ -166,8 +178,12 @@ impl Recorder {
         let Some(kept) = map.get_mut(tenant) else {
             return Vec::new();
         };
-        kept.retain(|c| c.at_ms >= cutoff);
-        kept.iter().cloned().collect()
+        // Oldest first: the too old are at the front.
+        while kept.cases.front().is_some_and(|c| c.at_ms < cutoff) {
+            let c = kept.cases.pop_front().expect("a front");
+            kept.bytes -= c.bytes;
+        }
+        kept.cases.iter().cloned().collect()
     }
 
     /// Forgets a tenant's transactions (it is deleted).

@@ -111,6 +111,7 @@ impl StatusApi {
                 workers: config.max_concurrent,
                 queue: config.queue,
                 queue_timeout: std::time::Duration::from_millis(config.queue_timeout_ms),
+                refusal_hold: std::time::Duration::ZERO,
             }),
             config,
             active: RwLock::new(Arc::new(f)),

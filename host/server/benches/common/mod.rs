@@ -46,21 +46,9 @@ default = "discard"
     )
 }
 
-/// A process's CPU time so far (user + system), in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th of the whole line, in clock ticks (100 per second on
-    // Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
-}
+#[path = "../../../../bench/proc.rs"]
+mod proc;
+pub use proc::cpu_seconds;
 
 /// One session's `n` messages; returns when its greeting arrived, and
 /// each message's time from the end of its data to its `250`.

@@ -7,7 +7,7 @@
 //! | `GET /v1/tenants/{t}` | | versions, status, users, keys, limits |
 //! | `POST /v1/tenants/{t}/suspend` | `{"reason"}` (optional) | refuse its logins, hold its mail |
 //! | `POST /v1/tenants/{t}/resume` | | |
-//! | `DELETE /v1/tenants/{t}?confirm={t}` | | versions, rules, users, keys, status, sandbox |
+//! | `DELETE /v1/tenants/{t}?confirm={t}` | | versions, rules, users, keys, status, sandbox, this host's recordings and shadow |
 //! | `POST /v1/tenants/{t}/users` | `{"login", "password"?}` | a new SMTP user (a password is made when none is given, and answered once) |
 //! | `PUT /v1/tenants/{t}/users/{login}/password` | `{"password"?}` | a new password |
 //! | `DELETE /v1/tenants/{t}/users/{login}` | | |
@@ -31,6 +31,10 @@ pub struct Stores<'a> {
     pub status: &'a dyn StatusStore,
     pub sandbox: &'a dyn SandboxStore,
     pub handle: &'a tokio::runtime::Handle,
+    /// What this host keeps of a tenant in memory: its recorded
+    /// transactions and its shadow, forgotten with it.
+    pub recorder: &'a crate::replay::Recorder,
+    pub shadows: &'a crate::shadow::Shadows,
 }
 
 /// Whether `rest` (the path after `/v1/tenants`) is one of these routes.
@@ -120,6 +124,8 @@ pub fn route(
                 )));
             }
             t.delete(tenant)?;
+            s.recorder.forget(tenant);
+            s.shadows.stop(tenant);
             let events = s
                 .handle
                 .block_on(s.status.purge_tenant(tenant))

@@ -119,7 +119,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             .render(&admin.tenants.list(), admin.delivery.gauges());
         admin.auth_gate.render("mailwit_auth", &mut text);
         admin.budget.render(&mut text);
-        crate::metrics::render_cpu(&admin.tenants.cpu_usage(), &mut text);
+        crate::metrics::render_cpu(&admin.tenants.runtime().cpu_usage(), &mut text);
         admin
             .status_api
             .gate()
@@ -153,22 +153,14 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             Some(t.clone())
         }
     };
-    if let (&Method::GET, ["v1", "tenants", t, "sandbox", id, "view"]) =
+    // A sandboxed message, raw or as the console views it.
+    if let (&Method::GET, ["v1", "tenants", t, "sandbox", id, rest @ ..]) =
         (req.method(), path.as_slice())
+        && matches!(rest, [] | ["view"])
     {
         return match admin.sandbox.message(t, id).await {
+            Ok(Some(raw)) if rest.is_empty() => reply(StatusCode::OK, raw, "message/rfc822"),
             Ok(Some(raw)) => json(StatusCode::OK, console::view(&raw)),
-            Ok(None) => error(AdminError::NotFound(format!(
-                "no sandboxed message {id} for tenant {t}"
-            ))),
-            Err(e) => error(AdminError::Storage(
-                anyhow::Error::new(e).context("reading the sandbox"),
-            )),
-        };
-    }
-    if let (&Method::GET, ["v1", "tenants", t, "sandbox", id]) = (req.method(), path.as_slice()) {
-        return match admin.sandbox.message(t, id).await {
-            Ok(Some(raw)) => reply(StatusCode::OK, raw, "message/rfc822"),
             Ok(None) => error(AdminError::NotFound(format!(
                 "no sandboxed message {id} for tenant {t}"
             ))),
@@ -234,6 +226,8 @@ async fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
                     status: &*status,
                     sandbox: &*sandbox,
                     handle: &handle,
+                    recorder: &recorder,
+                    shadows: &shadows,
                 },
                 m,
                 rest,

@@ -553,24 +553,34 @@ impl Tenants {
         name: &str,
         bytes: &[u8],
     ) -> Result<mailwit_runtime::Function, AdminError> {
-        if !valid_name(name) || name == RULES {
+        self.candidate(tenant, name, bytes).map(|(f, _)| f)
+    }
+
+    /// Checks the names and that the tenant exists, and loads `bytes` as
+    /// the next version of its function `name`: compiled, linked, its
+    /// exports found and type-checked. Nothing is stored. The function, and
+    /// the tenant's state it is the next version in.
+    fn candidate(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(mailwit_runtime::Function, TenantState), AdminError> {
+        if !valid_name(tenant) || !valid_name(name) || name == RULES {
             return Err(AdminError::Invalid(format!(
-                "function names are 1-64 of [a-z0-9_-] (and not {RULES:?})"
+                "tenant and function names are 1-64 of [a-z0-9_-] (and a function may not be called {RULES:?})"
             )));
         }
         if self.get(tenant).is_none() {
             return Err(AdminError::NoTenant(tenant.to_string()));
         }
-        let version = self
-            .state_of(tenant)
-            .functions
-            .get(name)
-            .map(|t| t.latest)
-            .unwrap_or(0)
-            + 1;
-        self.rt
+        let state = self.state_of(tenant);
+        let version = state.functions.get(name).map(|t| t.latest).unwrap_or(0) + 1;
+        let f = self
+            .rt
             .load(name, version, bytes)
-            .map_err(|e| AdminError::Invalid(e.to_string()))
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        Ok((f, state))
     }
 
     /// Validates, stores and activates a new version of a function
@@ -583,22 +593,10 @@ impl Tenants {
         bytes: &[u8],
     ) -> Result<FunctionSummary, AdminError> {
         let _op = self.ops.lock().expect("ops lock");
-        if !valid_name(tenant) || !valid_name(name) || name == RULES {
-            return Err(AdminError::Invalid(format!(
-                "tenant and function names are 1-64 of [a-z0-9_-] (and a function may not be called {RULES:?})"
-            )));
-        }
-        if self.get(tenant).is_none() {
-            return Err(AdminError::NoTenant(tenant.to_string()));
-        }
-        let mut state = self.state_of(tenant);
-        let version = state.functions.get(name).map(|t| t.latest).unwrap_or(0) + 1;
-        // Validate first: compile, link, find exports. Nothing is stored on failure.
-        let f = Arc::new(
-            self.rt
-                .load(name, version, bytes)
-                .map_err(|e| AdminError::Invalid(e.to_string()))?,
-        );
+        // Validate first: nothing is stored on failure.
+        let (f, mut state) = self.candidate(tenant, name, bytes)?;
+        let version = f.version;
+        let f = Arc::new(f);
         self.handle.block_on(self.store.put_blob(
             &owner(tenant),
             &function_blob(name, version),
@@ -725,18 +723,12 @@ impl Tenants {
         Ok(active)
     }
 
-    /// Every tenant, its functions and active versions.
     /// The policy runtime the tenants' functions run on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.rt
     }
 
-    /// Each tenant's policy CPU time and throttled calls (see the
-    /// runtime's CPU shares).
-    pub fn cpu_usage(&self) -> Vec<mailwit_runtime::CpuUse> {
-        self.rt.cpu_usage()
-    }
-
+    /// Every tenant, its functions and active versions.
     pub fn list(&self) -> Vec<TenantSummary> {
         let sets = self.sets.read().expect("sets lock");
         let mut out: Vec<TenantSummary> = sets
