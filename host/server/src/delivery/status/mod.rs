@@ -6,12 +6,14 @@
 //! [`jetstream::JetStreamStatusStore`] is the cluster's.
 //! [`FileStatusStore`] is the embedded default: an append-only JSON-lines
 //! file (`<data_dir>/status/events.jsonl`), indexed in memory by message
-//! id. Appends are group-committed: events recorded while another caller's
-//! fsync runs wait for it, then go to disk together in one write and one
-//! fsync, so N concurrent deliveries cost about one fsync, not N (as in the
-//! spool); a caller returns once its own events are durable. A purge rewrites
-//! the file without the expired events (write, fsync, rename). This suits
-//! one machine's volume; it holds the retained events in memory.
+//! id. One committer thread owns the file, as in the spool: callers hand it
+//! their events and wait; it writes every batch waiting in one write and
+//! one fsync (group commit), so N concurrent deliveries cost about one
+//! fsync, not N, and a caller is answered once its own events are durable
+//! (and readable). No caller holds a thread or a lock while another's fsync
+//! runs, and reads never wait for one. A purge rewrites the file without
+//! the expired events (write, fsync, rename), in the committer's turn. This
+//! suits one machine's volume; it holds the retained events in memory.
 
 pub mod jetstream;
 
@@ -19,7 +21,10 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use serde::{Deserialize, Serialize};
 
@@ -197,12 +202,15 @@ pub trait StatusStore: Send + Sync {
     async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>>;
 }
 
-/// The file store's blocking I/O, each call on a blocking thread.
+/// The file store: appends and purges go to its committer thread, reads
+/// take the index's lock (never held across I/O, but for a search's or a
+/// purge's walk over it).
 #[async_trait::async_trait]
 impl StatusStore for Arc<FileStatusStore> {
     async fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
-        let s = self.clone();
-        blocking(move || FileStatusStore::record(&s, events)).await
+        self.send_record(events)?
+            .await
+            .unwrap_or_else(|_| Err(closed()))
     }
 
     async fn message(
@@ -211,45 +219,37 @@ impl StatusStore for Arc<FileStatusStore> {
         id: &str,
         recipient: Option<&str>,
     ) -> std::io::Result<Vec<Event>> {
-        let s = self.clone();
-        let (tenant, id, recipient) = (
-            tenant.map(str::to_string),
-            id.to_string(),
-            recipient.map(str::to_string),
-        );
-        blocking(move || {
-            Ok(FileStatusStore::message(
-                &s,
-                tenant.as_deref(),
-                &id,
-                recipient.as_deref(),
-            ))
-        })
-        .await
+        Ok(FileStatusStore::message(self, tenant, id, recipient))
     }
 
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        let s = self.clone();
-        blocking(move || FileStatusStore::purge(&s, cutoff_ms)).await
+        self.send_retain(Box::new(move |events| {
+            received_ms(events).is_some_and(|t| t >= cutoff_ms)
+        }))?
+        .await
+        .unwrap_or_else(|_| Err(closed()))
     }
 
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
-        let (s, tenant) = (self.clone(), tenant.to_string());
-        blocking(move || s.retain(|events| events.iter().all(|e| e.tenant != tenant))).await
+        let tenant = tenant.to_string();
+        self.send_retain(Box::new(move |events| {
+            events.iter().all(|e| e.tenant != tenant)
+        }))?
+        .await
+        .unwrap_or_else(|_| Err(closed()))
     }
 
     async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>> {
+        // A walk over every retained event: off the async workers.
         let (s, tenant, q) = (self.clone(), tenant.to_string(), q.clone());
-        blocking(move || Ok(FileStatusStore::search(&s, &tenant, &q))).await
+        tokio::task::spawn_blocking(move || FileStatusStore::search(&s, &tenant, &q))
+            .await
+            .map_err(std::io::Error::other)
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(std::io::Error::other)?
+fn closed() -> std::io::Error {
+    std::io::Error::other("the status store's committer has stopped")
 }
 
 /// When a message was received, for its retention: its first event.
@@ -268,42 +268,64 @@ pub fn expired(events: &[Event], retention: Option<std::time::Duration>, now_ms:
     }
 }
 
+/// How long the committer waits for more records before it commits a
+/// batch of fewer than [`LINGER_BATCH`]. An fsync costs CPU as well as
+/// time (on the development machine, fsyncs were a fifth of the server's
+/// CPU under load: `perf`, 2026-12-07); the callers are delivery workers, off every
+/// client's reply path, so a millisecond more per delivery is cheap and
+/// larger batches save most of the status store's fsyncs under load.
+const LINGER: Duration = Duration::from_millis(1);
+/// Records (one per delivery step) that commit at once, without waiting.
+const LINGER_BATCH: usize = 8;
+
+/// Messages' events by message id, as committed.
+type Index = HashMap<String, Vec<Event>>;
+
+/// Which messages a purge keeps (all of a message's events at once).
+type Keep = Box<dyn Fn(&[Event]) -> bool + Send>;
+
 pub struct FileStatusStore {
-    path: PathBuf,
     /// A message past this (from its first event) reads as nothing, even
     /// before the purge has removed it.
     retention: Option<std::time::Duration>,
-    /// Events waiting for the next commit. Never held across I/O.
-    pending: Mutex<Pending>,
-    /// The file and the index; held by the one caller committing.
-    inner: Mutex<Inner>,
+    /// To the committer thread, which owns the file.
+    jobs: mpsc::Sender<Job>,
+    /// What is committed; the committer adds to it after each fsync.
+    index: Arc<Mutex<Index>>,
 }
 
-struct Inner {
+enum Job {
+    /// Events to append, encoded, and who waits for their fsync.
+    Record {
+        buf: Vec<u8>,
+        events: Vec<Event>,
+        done: oneshot::Sender<std::io::Result<()>>,
+    },
+    /// Rewrite the file with only the messages `keep` says yes to; answers
+    /// how many events went.
+    Retain {
+        keep: Keep,
+        done: oneshot::Sender<std::io::Result<usize>>,
+    },
+}
+
+/// The committer thread's state: the file, and whether its last write may
+/// have left a partial line.
+struct Committer {
+    path: PathBuf,
     file: File,
-    by_id: HashMap<String, Vec<Event>>,
+    index: Arc<Mutex<Index>>,
     /// The last write failed and may have left a partial line: the next
     /// one starts with a line break, so only that line is lost (the loader
     /// skips lines it cannot read).
     torn: bool,
 }
 
-/// A commit's outcome for one waiting caller: `None` when durable, or the
-/// error. Filled by whichever caller committed the batch.
-type Slot = Arc<OnceLock<Option<(std::io::ErrorKind, String)>>>;
-
-#[derive(Default)]
-struct Pending {
-    buf: Vec<u8>,
-    events: Vec<Event>,
-    waiting: Vec<Slot>,
-}
-
 impl FileStatusStore {
     pub fn open(dir: &Path) -> std::io::Result<FileStatusStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("events.jsonl");
-        let mut by_id: HashMap<String, Vec<Event>> = HashMap::new();
+        let mut by_id = Index::new();
         if path.exists() {
             for line in BufReader::new(File::open(&path)?).lines() {
                 // A line cut short by a crash is skipped.
@@ -317,89 +339,83 @@ impl FileStatusStore {
         // A crash during a write can leave a partial last line; the next
         // write must not extend it into a line the loader skips.
         let torn = ends_inside_a_line(&path)?;
-        Ok(FileStatusStore {
+        let index = Arc::new(Mutex::new(by_id));
+        let (jobs, rx) = mpsc::channel();
+        let committer = Committer {
             path,
+            file,
+            index: index.clone(),
+            torn,
+        };
+        // Ends when the store (the last sender) is dropped, after what was
+        // sent before.
+        std::thread::Builder::new()
+            .name("status-committer".into())
+            .spawn(move || committer.run(rx))?;
+        Ok(FileStatusStore {
             retention: None,
-            pending: Mutex::new(Pending::default()),
-            inner: Mutex::new(Inner { file, by_id, torn }),
+            jobs,
+            index,
         })
     }
-}
 
-impl FileStatusStore {
     /// Reads answer nothing for a message older than `retention`.
     pub fn retaining(mut self, retention: std::time::Duration) -> FileStatusStore {
         self.retention = Some(retention);
         self
     }
-}
 
-/// Whether the file is not empty and its last byte is not a line end.
-fn ends_inside_a_line(path: &Path) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path)?;
-    if f.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    f.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    f.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
-}
-
-impl FileStatusStore {
-    /// Records events durably (blocking: waits for the fsync).
-    pub fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
+    /// Hands events to the committer; the answer comes once they are
+    /// durable (and readable).
+    fn send_record(
+        &self,
+        events: Vec<Event>,
+    ) -> std::io::Result<oneshot::Receiver<std::io::Result<()>>> {
         let mut buf = Vec::new();
         for e in &events {
             serde_json::to_writer(&mut buf, e)?;
             buf.push(b'\n');
         }
-        let slot = Slot::default();
-        {
-            let mut p = self.pending.lock().expect("status lock");
-            p.buf.extend_from_slice(&buf);
-            p.events.extend(events);
-            p.waiting.push(slot.clone());
-        }
-        let mut inner = self.inner.lock().expect("status lock");
-        // A slot is filled only under `inner`, by the caller that took it
-        // from `pending`; still empty means no one has: commit everything
-        // that is waiting, this caller's events included.
-        if slot.get().is_none() {
-            let mut batch = std::mem::take(&mut *self.pending.lock().expect("status lock"));
-            if inner.torn {
-                batch.buf.insert(0, b'\n');
-            }
-            let result = inner
-                .file
-                .write_all(&batch.buf)
-                .and_then(|()| inner.file.sync_data());
-            inner.torn = result.is_err();
-            let outcome = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
-            if result.is_ok() {
-                for e in batch.events {
-                    inner.by_id.entry(e.message_id.clone()).or_default().push(e);
-                }
-            }
-            for waiting in batch.waiting {
-                let _ = waiting.set(outcome.clone());
-            }
-        }
-        drop(inner);
-        match slot.get() {
-            Some(None) => Ok(()),
-            Some(Some((kind, msg))) => Err(std::io::Error::new(*kind, msg.clone())),
-            None => unreachable!("a commit answers every slot it takes"),
-        }
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Record { buf, events, done })
+            .map_err(|_| closed())?;
+        Ok(answer)
     }
 
-    /// A message's events, as [`StatusStore::message`] (blocking: waits
-    /// for a commit in progress).
+    fn send_retain(
+        &self,
+        keep: Keep,
+    ) -> std::io::Result<oneshot::Receiver<std::io::Result<usize>>> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Retain { keep, done })
+            .map_err(|_| closed())?;
+        Ok(answer)
+    }
+
+    /// Records events durably (blocking: waits for the fsync; not from
+    /// inside an async task).
+    pub fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
+        self.send_record(events)?
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Drops the messages received before `cutoff_ms`, all their events
+    /// together (blocking: waits for the rewrite).
+    pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
+        self.send_retain(Box::new(move |events| {
+            received_ms(events).is_some_and(|t| t >= cutoff_ms)
+        }))?
+        .blocking_recv()
+        .unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// A message's events, as [`StatusStore::message`].
     pub fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event> {
-        let inner = self.inner.lock().expect("status lock");
-        inner
-            .by_id
+        let index = self.index.lock().expect("status lock");
+        index
             .get(id)
             .filter(|events| !expired(events, self.retention, crate::wallclock::now_ms()))
             .map(|events| {
@@ -416,47 +432,128 @@ impl FileStatusStore {
     }
 
     /// A tenant's messages that `q` matches, as [`StatusStore::search`]
-    /// (blocking: waits for a commit in progress).
+    /// (a walk over every event, under the index's lock).
     pub fn search(&self, tenant: &str, q: &Search) -> Vec<Found> {
-        let inner = self.inner.lock().expect("status lock");
+        let index = self.index.lock().expect("status lock");
         let now = crate::wallclock::now_ms();
-        let events = inner
-            .by_id
+        let events = index
             .values()
             .filter(|events| events.first().is_some_and(|e| e.tenant == tenant))
             .filter(|events| !expired(events, self.retention, now))
             .flatten();
         search(events, q)
     }
+}
 
-    /// Drops the messages received before `cutoff_ms`, all their events
-    /// together (blocking: rewrites the file).
-    pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.retain(|events| received_ms(events).is_some_and(|t| t >= cutoff_ms))
+/// Whether the file is not empty and its last byte is not a line end.
+fn ends_inside_a_line(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+impl Committer {
+    /// Takes every record waiting, writes them in one write and one fsync
+    /// (group commit), then answers them all; a purge runs in its turn.
+    /// One thread, so callers never wait on a lock for another's fsync.
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let lingering = Instant::now() + LINGER;
+            let (mut buf, mut events, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+            let mut next = Some(first);
+            let mut retain = None;
+            while let Some(job) = next {
+                match job {
+                    Job::Record {
+                        buf: b,
+                        events: e,
+                        done,
+                    } => {
+                        buf.extend_from_slice(&b);
+                        events.extend(e);
+                        waiting.push(done);
+                    }
+                    // After the records before it.
+                    Job::Retain { keep, done } => {
+                        retain = Some((keep, done));
+                        break;
+                    }
+                }
+                next = rx.try_recv().ok();
+                // A small batch waits a little for more (see LINGER).
+                if next.is_none() && waiting.len() < LINGER_BATCH {
+                    let left = lingering.saturating_duration_since(Instant::now());
+                    next = rx.recv_timeout(left).ok();
+                }
+            }
+            if !waiting.is_empty() {
+                let outcome = self.append(buf, events);
+                for done in waiting {
+                    let _ = done.send(match &outcome {
+                        Ok(()) => Ok(()),
+                        Err((kind, msg)) => Err(std::io::Error::new(*kind, msg.clone())),
+                    });
+                }
+            }
+            if let Some((keep, done)) = retain {
+                let _ = done.send(self.retain(keep));
+            }
+        }
     }
 
-    /// Keeps only the messages whose events `keep` says yes to; returns
-    /// how many events went.
-    fn retain(&self, keep: impl Fn(&[Event]) -> bool) -> std::io::Result<usize> {
-        let mut inner = self.inner.lock().expect("status lock");
-        let before: usize = inner.by_id.values().map(Vec::len).sum();
-        inner
-            .by_id
-            .retain(|_, events| !events.is_empty() && keep(events));
-        let kept: usize = inner.by_id.values().map(Vec::len).sum();
-        if kept == before {
-            return Ok(0);
+    /// Appends and fsyncs one batch; indexes its events once durable.
+    fn append(
+        &mut self,
+        mut buf: Vec<u8>,
+        events: Vec<Event>,
+    ) -> Result<(), (std::io::ErrorKind, String)> {
+        if self.torn {
+            buf.insert(0, b'\n');
         }
-        let mut all: Vec<&Event> = inner.by_id.values().flatten().collect();
-        all.sort_by_key(|e| e.ts_ms);
-        let mut buf = Vec::new();
-        for e in all {
-            serde_json::to_writer(&mut buf, e)?;
-            buf.push(b'\n');
+        let result = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        self.torn = result.is_err();
+        result.map_err(|e| (e.kind(), e.to_string()))?;
+        let mut index = self.index.lock().expect("status lock");
+        for e in events {
+            index.entry(e.message_id.clone()).or_default().push(e);
         }
+        Ok(())
+    }
+
+    /// Keeps only the messages whose events `keep` says yes to and
+    /// rewrites the file (write, fsync, rename); returns how many events
+    /// went.
+    fn retain(&mut self, keep: Keep) -> std::io::Result<usize> {
+        let (buf, gone) = {
+            let mut index = self.index.lock().expect("status lock");
+            let before: usize = index.values().map(Vec::len).sum();
+            index.retain(|_, events| !events.is_empty() && keep(events));
+            let kept: usize = index.values().map(Vec::len).sum();
+            if kept == before {
+                return Ok(0);
+            }
+            let mut all: Vec<&Event> = index.values().flatten().collect();
+            all.sort_by_key(|e| e.ts_ms);
+            let mut buf = Vec::new();
+            for e in all {
+                serde_json::to_writer(&mut buf, e)?;
+                buf.push(b'\n');
+            }
+            (buf, before - kept)
+        };
         crate::fsutil::write_durable(&self.path, &buf)?;
-        inner.file = OpenOptions::new().append(true).open(&self.path)?;
-        Ok(before - kept)
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.torn = false;
+        Ok(gone)
     }
 }
 
