@@ -178,6 +178,9 @@ fn aborted_and_refused_large_messages_are_never_delivered() {
     let spool = s.spool();
     assert_eq!(spool.len(), 1, "only the small message was spooled");
     assert_eq!(spool[0].meta.id, id);
+    // Its Done record is written without an fsync, with the spool's next
+    // batch or within 200 ms: wait for it before the kill.
+    wait_for("the small message's Done record", || s.pending().is_empty());
     s.restart();
     assert!(
         s.pending().is_empty(),

@@ -8,8 +8,11 @@
 //! about one fsync, not N. A new segment's directory entry is fsynced before
 //! any record in it is acknowledged.
 //!
-//! `Done` records are written without an fsync of their own: they become
-//! durable with the next batch's fsync (or at shutdown). Losing one in a
+//! `Done` records are written without an fsync of their own: they wait in
+//! a list (no message to the committer, so no wake-up per delivered
+//! message), ride in the next batch's write and become durable with its
+//! fsync; when no batch comes, the committer writes them within
+//! [`DONE_LINGER`] (and at shutdown). Losing one in a
 //! crash is harmless: the message is read back as pending, its recipients
 //! all have final events in the status store (recorded durably before
 //! `mark_done`), so recovery delivers nothing again and marks it done.
@@ -41,8 +44,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -57,6 +60,11 @@ use record::{Kind, decode, decode_message, encode, encode_message};
 /// durable before its 250: the unit tests cannot tell, by design; the
 /// group commit's effect is measured by the submit benchmark.)
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// Longest a `Done` record waits for a batch to ride in before the
+/// committer writes it alone: how long a finished message may still count
+/// as pending (and keep its segment).
+const DONE_LINGER: Duration = Duration::from_millis(200);
 
 /// Why a message could not be spooled.
 #[derive(Debug, thiserror::Error)]
@@ -104,17 +112,24 @@ pub struct Pending {
 
 enum Job {
     Append(Append),
-    /// The message left the spool: a `Done` record, which needs no fsync
-    /// of its own.
-    Done(String),
     /// Commit what came before, then stop (shutdown).
     Stop,
+}
+
+/// Messages that left the spool, waiting for their `Done` records to be
+/// written (they need no fsync of their own).
+#[derive(Default)]
+struct Finished {
+    ids: Mutex<Vec<String>>,
+    /// The committer has stopped: nothing more is written.
+    closed: AtomicBool,
 }
 
 /// Handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Job>,
+    finished: Arc<Finished>,
     dir: Arc<PathBuf>,
     gauges: Arc<Gauges>,
 }
@@ -167,7 +182,10 @@ impl Spool {
             pending.push(Pending { meta: m.meta, at });
         }
         let (tx, rx) = mpsc::channel();
+        let finished = Arc::new(Finished::default());
         let mut committer = Committer {
+            finished: finished.clone(),
+            scratch: Vec::new(),
             dir: dir.to_path_buf(),
             config: config.clone(),
             segment,
@@ -184,6 +202,7 @@ impl Spool {
             .spawn(move || committer.run(rx))?;
         let spool = Spool {
             tx,
+            finished,
             dir: Arc::new(dir.to_path_buf()),
             gauges,
         };
@@ -248,9 +267,13 @@ impl Spool {
     /// good). Call only once its final events are durable: the record is
     /// written without waiting for an fsync (see the module comment).
     pub fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
-        self.tx
-            .send(Job::Done(id.to_string()))
-            .map_err(|_| SpoolError::Closed)
+        let mut ids = self.finished.ids.lock().expect("spool lock");
+        // Checked under the lock the committer takes its last list under.
+        if self.finished.closed.load(Ordering::Relaxed) {
+            return Err(SpoolError::Closed);
+        }
+        ids.push(id.to_string());
+        Ok(())
     }
 }
 
@@ -274,6 +297,10 @@ impl Segment {
 }
 
 struct Committer {
+    /// Messages marked done, whose `Done` records are still to be written.
+    finished: Arc<Finished>,
+    /// One batch's records, put together for one write.
+    scratch: Vec<u8>,
     dir: PathBuf,
     config: SpoolConfig,
     segment: Segment,
@@ -297,15 +324,26 @@ impl Committer {
         // committer was, for the statistics line.
         let (mut idle, mut committing) = (Duration::ZERO, Duration::ZERO);
         let mut stopping = false;
-        while let Ok(first) = {
+        loop {
             let waiting = Instant::now();
-            let job = rx.recv();
+            let first = rx.recv_timeout(DONE_LINGER);
             idle += waiting.elapsed();
-            job
-        } {
-            // Message records to commit, and Done records (no fsync of
-            // their own).
-            let (mut batch, mut done, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let first = match first {
+                Ok(job) => job,
+                // No batch for a while: the Done records waiting go alone.
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let (done, bytes) = self.take_done();
+                    if !done.is_empty() {
+                        let _ = self.commit(&done, &[], bytes);
+                        self.collect();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            // Message records to commit, and the Done records waiting (no
+            // fsync of their own).
+            let (mut batch, mut bytes) = (Vec::new(), 0);
             let mut next = Some(first);
             while let Some(job) = next {
                 match job {
@@ -320,19 +358,6 @@ impl Committer {
                         bytes += a.record.len();
                         batch.push(a);
                     }
-                    Job::Done(id) => {
-                        // The message may go with its segment even if this
-                        // record is never written: removing the message
-                        // record is as final as a Done record.
-                        if let Some(seq) = self.location.remove(&id) {
-                            self.live
-                                .entry(seq)
-                                .and_modify(|n| *n = n.saturating_sub(1));
-                        }
-                        let record = encode(Kind::Done, &[id.as_bytes()]);
-                        bytes += record.len();
-                        done.push(record);
-                    }
                 }
                 // Whether to take more into this batch: batching only (see
                 // MAX_BATCH_BYTES); taking none is slower, never less safe.
@@ -340,12 +365,17 @@ impl Committer {
                     .then(|| rx.try_recv().ok())
                     .flatten();
             }
+            // Marked done before this batch's messages were sent: written
+            // with it.
+            let (done, done_bytes) = self.take_done();
+            bytes += done_bytes;
             let seq = self.segment.seq;
             let started = Instant::now();
             let result = self.commit(&done, &batch, bytes);
             if batch.is_empty() {
-                // Only Done records: written, synced by a later batch (a
-                // failed write costs nothing that recovery does not redo).
+                // Only Done records (a Stop came first): written, synced
+                // below (a failed write costs nothing that recovery does
+                // not redo).
                 self.collect();
                 if stopping {
                     break;
@@ -399,6 +429,16 @@ impl Committer {
             }
         }
         self.flush_cancels();
+        // The last Done records: no mark_done is taken after this list.
+        let (done, bytes) = {
+            let ids = self.finished.ids.lock().expect("spool lock");
+            self.finished.closed.store(true, Ordering::Relaxed);
+            drop(ids);
+            self.take_done()
+        };
+        if !done.is_empty() {
+            let _ = self.commit(&done, &[], bytes);
+        }
         // Done records written since the last batch.
         // (Not counted in `syncs`: that counts the batches' fsyncs.)
         match self.segment.file.sync_data() {
@@ -416,6 +456,29 @@ impl Committer {
             commit_ms = committing.as_millis() as u64,
             "spool committer stopped"
         );
+    }
+
+    /// The messages marked done since last asked, forgotten as pending (a
+    /// message may go with its segment even if its record is never
+    /// written: removing the message record is as final as a Done record),
+    /// and their encoded Done records with their total size.
+    fn take_done(&mut self) -> (Vec<Vec<u8>>, usize) {
+        let ids = std::mem::take(&mut *self.finished.ids.lock().expect("spool lock"));
+        let mut bytes = 0;
+        let done = ids
+            .iter()
+            .map(|id| {
+                if let Some(seq) = self.location.remove(id) {
+                    self.live
+                        .entry(seq)
+                        .and_modify(|n| *n = n.saturating_sub(1));
+                }
+                let record = encode(Kind::Done, &[id.as_bytes()]);
+                bytes += record.len();
+                record
+            })
+            .collect();
+        (done, bytes)
     }
 
     /// Writes the `done` records and `batch`; with a batch, after checking
@@ -532,15 +595,25 @@ impl Committer {
         if sync {
             self.faults.write()?;
         }
+        // One write for the whole batch, not one per record.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         for rec in cancels.iter().chain(done) {
-            self.segment.file.write_all(rec)?;
-            self.segment.len += rec.len() as u64;
+            buf.extend_from_slice(rec);
         }
-        let start = self.segment.len;
+        let start = self.segment.len + buf.len() as u64;
         for rec in batch.iter().map(|a| &a.record) {
-            self.segment.file.write_all(rec)?;
-            self.segment.len += rec.len() as u64;
+            buf.extend_from_slice(rec);
         }
+        let written = self.segment.file.write_all(&buf);
+        // A failed write leaves the length unknown; the segment is then
+        // never written again (see `commit`).
+        self.segment.len += buf.len() as u64;
+        // Kept for the next batch unless it grew large.
+        if buf.capacity() <= 1 << 20 {
+            self.scratch = buf;
+        }
+        written?;
         if sync {
             self.sync()?;
             self.cancels.clear();
