@@ -72,11 +72,24 @@ impl DataReceiver {
     /// `input[n - 1]`; the bytes after it belong to the next command.
     /// Returns `None` when all of `input` was consumed and more is needed.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
-            if self.step(b) {
+        let mut i = 0;
+        while i < input.len() {
+            // Inside a line, every octet up to the next CR, LF or NUL is
+            // content as it is: kept in one copy, not stepped through one
+            // by one (most of a message is such runs).
+            if self.state == State::Mid {
+                let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.push(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            if self.step(input[i]) {
                 self.received += i as u64 + 1;
                 return Some(i + 1);
             }
+            i += 1;
         }
         self.received += input.len() as u64;
         None
@@ -205,6 +218,35 @@ mod tests {
         }
         assert_eq!(end, Some(msg.len() - 1));
         assert_eq!(r.finish().0, b"a\r\n.b\r\nc\r\n\r\n");
+    }
+
+    /// Runs of ordinary octets are kept at once: wherever the input is cut,
+    /// in two feeds, the content, the end and the defects are those of the
+    /// whole, and the content is the unstuffed message.
+    #[test]
+    fn any_cut_in_two_equals_whole() {
+        let msg = b"Subject: runs\r\n\r\nline one\r\n..stuffed\r\n.x\r\nbare\rcr\nlf\x00nul\r\n\r\n.\r\nNEXT";
+        let whole = {
+            let mut r = DataReceiver::new(1000);
+            let n = r.feed(msg).unwrap();
+            let (c, d) = r.finish();
+            (n, c, d)
+        };
+        assert_eq!(
+            whole.1,
+            b"Subject: runs\r\n\r\nline one\r\n.stuffed\r\nx\r\nbare\rcr\nlf\x00nul\r\n\r\n"
+        );
+        assert_eq!(whole.0, msg.len() - 4);
+        assert!(whole.2.bare_line_ending && whole.2.nul);
+        for cut in 0..msg.len() {
+            let mut r = DataReceiver::new(1000);
+            let n = match r.feed(&msg[..cut]) {
+                Some(n) => n,
+                None => cut + r.feed(&msg[cut..]).expect("the terminator"),
+            };
+            let (c, d) = r.finish();
+            assert_eq!((n, c, d), whole, "cut at {cut}");
+        }
     }
 
     #[test]
