@@ -136,10 +136,10 @@ const DECOY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$87H/XUs9ZIBmPjrRTuJIFA$
 /// A call runs on the session's own task: wasmtime polls it on a fiber, and
 /// at every epoch tick it yields to the other tasks of its worker until its
 /// deadline passes (the runtime's `limits::Clock`), so a slow or looping
-/// component delays its own session, not its worker's others. (Logins are
-/// moved to a blocking thread by [`on_blocking_thread`] before they get
-/// here.) A decision no function answers costs nothing: `call` calls no
-/// component.
+/// component delays its own session, not its worker's others. (A login
+/// whose secret must be checked is moved to the auth gate's threads before
+/// it gets here.) A decision no function answers costs nothing: `call`
+/// calls no component.
 async fn decide<T>(
     metrics: &Metrics,
     set: &PolicySet,
@@ -167,20 +167,6 @@ async fn decide<T>(
             tracing::error!(event = "policy.panic", tenant = %set.tenant, cause = panic_text(&*p));
             Err(policy_failed())
         }
-    }
-}
-
-/// Runs `call` on a blocking thread: a login's secret checks are argon2,
-/// tens of ms of CPU by design, inside one host call that cannot yield (few
-/// at a time: [`crate::authgate`]). A panic there is raised again here, for
-/// [`decide`] to catch.
-async fn on_blocking_thread<R: Send + 'static>(
-    call: impl Future<Output = R> + Send + 'static,
-) -> R {
-    let runtime = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || runtime.block_on(call)).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -331,11 +317,18 @@ impl Policy for WasmPolicy {
             s.authenticate(&rt, s.limits, &c, mechanism, &login2, &secret)
                 .await
         };
-        // A check that computes runs on the gate's low-priority threads; a
-        // cached one on an ordinary blocking thread, never behind a flood.
+        // A check that computes (argon2: tens of ms of CPU by design, in a
+        // host call that cannot yield) runs on the gate's low-priority
+        // threads. A cached one computes a digest and finds it: it runs on
+        // the session's own task, never behind a flood, and without a
+        // thread hop per connection (two context switches and futex calls
+        // each; perf stat, 64 sessions, a new connection per message). Only
+        // an entry expiring between the check above and the call (its 5
+        // minutes ending within those microseconds) would run one argon2
+        // here, on a worker.
         let login_call = async {
             match cached {
-                true => on_blocking_thread(login_call).await,
+                true => login_call.await,
                 false => {
                     let runtime = tokio::runtime::Handle::current();
                     self.gate.run(move || runtime.block_on(login_call)).await
