@@ -40,6 +40,9 @@ enum State {
     DotCr,
 }
 
+/// Octets of content the receiver makes room for before the first.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
 /// Incremental DATA parser. Feed it bytes; it reports how many it consumed
 /// once the terminator has been seen.
 #[derive(Debug)]
@@ -56,7 +59,9 @@ impl DataReceiver {
     pub fn new(max: usize) -> Self {
         DataReceiver {
             state: State::LineStart,
-            content: Vec::new(),
+            // Room for a typical submission at once, instead of a dozen
+            // doublings (and copies) on the way to a few kilobytes.
+            content: Vec::with_capacity(INITIAL_CAPACITY.min(max)),
             max,
             defects: Defects::default(),
             received: 0,
