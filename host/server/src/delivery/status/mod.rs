@@ -223,11 +223,9 @@ impl StatusStore for Arc<FileStatusStore> {
     }
 
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.send_retain(Box::new(move |events| {
-            received_ms(events).is_some_and(|t| t >= cutoff_ms)
-        }))?
-        .await
-        .unwrap_or_else(|_| Err(closed()))
+        self.send_retain(received_since(cutoff_ms))?
+            .await
+            .unwrap_or_else(|_| Err(closed()))
     }
 
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
@@ -271,9 +269,9 @@ pub fn expired(events: &[Event], retention: Option<std::time::Duration>, now_ms:
 /// How long the committer waits for more records before it commits a
 /// batch of fewer than [`LINGER_BATCH`]. An fsync costs CPU as well as
 /// time (on the development machine, fsyncs were a fifth of the server's
-/// CPU under load: `perf`, 2026-12-07); the callers are delivery workers, off every
-/// client's reply path, so a millisecond more per delivery is cheap and
-/// larger batches save most of the status store's fsyncs under load.
+/// CPU under load: `perf`, 2026-12-07); the callers are delivery workers,
+/// off every client's reply path, so a millisecond more per delivery is
+/// cheap and larger batches save most of the status store's fsyncs.
 const LINGER: Duration = Duration::from_millis(1);
 /// Records (one per delivery step) that commit at once, without waiting.
 const LINGER_BATCH: usize = 8;
@@ -283,6 +281,11 @@ type Index = HashMap<String, Vec<Event>>;
 
 /// Which messages a purge keeps (all of a message's events at once).
 type Keep = Box<dyn Fn(&[Event]) -> bool + Send>;
+
+/// What a purge at `cutoff_ms` keeps: the messages received since.
+fn received_since(cutoff_ms: u64) -> Keep {
+    Box::new(move |events| received_ms(events).is_some_and(|t| t >= cutoff_ms))
+}
 
 pub struct FileStatusStore {
     /// A message past this (from its first event) reads as nothing, even
@@ -405,11 +408,9 @@ impl FileStatusStore {
     /// Drops the messages received before `cutoff_ms`, all their events
     /// together (blocking: waits for the rewrite).
     pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.send_retain(Box::new(move |events| {
-            received_ms(events).is_some_and(|t| t >= cutoff_ms)
-        }))?
-        .blocking_recv()
-        .unwrap_or_else(|_| Err(closed()))
+        self.send_retain(received_since(cutoff_ms))?
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(closed()))
     }
 
     /// A message's events, as [`StatusStore::message`].
