@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mailwit side by side with Postfix, driven by the same client.
 #
-#   bench/compare.sh                 # every shape, 5 s per run (about 5 minutes)
+#   bench/compare.sh                 # every shape, 3 rounds of 5 s runs (about 11 minutes)
 #   MAILWIT_BENCH_SECONDS=10 bench/compare.sh
 #   MAILWIT_BENCH_ROUNDS=1 bench/compare.sh      # one run per server and shape
 #   bench/compare.sh 64:reused:plain 64:new:starttls    # only these shapes

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -120,16 +120,16 @@ enum Job {
 /// written (they need no fsync of their own).
 #[derive(Default)]
 struct Finished {
-    ids: Mutex<Vec<String>>,
+    ids: Vec<String>,
     /// The committer has stopped: nothing more is written.
-    closed: AtomicBool,
+    closed: bool,
 }
 
 /// Handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Job>,
-    finished: Arc<Finished>,
+    finished: Arc<Mutex<Finished>>,
     dir: Arc<PathBuf>,
     gauges: Arc<Gauges>,
 }
@@ -182,7 +182,7 @@ impl Spool {
             pending.push(Pending { meta: m.meta, at });
         }
         let (tx, rx) = mpsc::channel();
-        let finished = Arc::new(Finished::default());
+        let finished = Arc::new(Mutex::new(Finished::default()));
         let mut committer = Committer {
             finished: finished.clone(),
             scratch: Vec::new(),
@@ -267,12 +267,11 @@ impl Spool {
     /// good). Call only once its final events are durable: the record is
     /// written without waiting for an fsync (see the module comment).
     pub fn mark_done(&self, id: &str) -> Result<(), SpoolError> {
-        let mut ids = self.finished.ids.lock().expect("spool lock");
-        // Checked under the lock the committer takes its last list under.
-        if self.finished.closed.load(Ordering::Relaxed) {
+        let mut finished = self.finished.lock().expect("spool lock");
+        if finished.closed {
             return Err(SpoolError::Closed);
         }
-        ids.push(id.to_string());
+        finished.ids.push(id.to_string());
         Ok(())
     }
 }
@@ -298,7 +297,7 @@ impl Segment {
 
 struct Committer {
     /// Messages marked done, whose `Done` records are still to be written.
-    finished: Arc<Finished>,
+    finished: Arc<Mutex<Finished>>,
     /// One batch's records, put together for one write.
     scratch: Vec<u8>,
     dir: PathBuf,
@@ -332,11 +331,8 @@ impl Committer {
                 Ok(job) => job,
                 // No batch for a while: the Done records waiting go alone.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let (done, bytes) = self.take_done();
-                    if !done.is_empty() {
-                        let _ = self.commit(&done, &[], bytes);
-                        self.collect();
-                    }
+                    self.write_done_alone();
+                    self.collect();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -429,16 +425,9 @@ impl Committer {
             }
         }
         self.flush_cancels();
-        // The last Done records: no mark_done is taken after this list.
-        let (done, bytes) = {
-            let ids = self.finished.ids.lock().expect("spool lock");
-            self.finished.closed.store(true, Ordering::Relaxed);
-            drop(ids);
-            self.take_done()
-        };
-        if !done.is_empty() {
-            let _ = self.commit(&done, &[], bytes);
-        }
+        // The last Done records: no mark_done is taken after these.
+        self.finished.lock().expect("spool lock").closed = true;
+        self.write_done_alone();
         // Done records written since the last batch.
         // (Not counted in `syncs`: that counts the batches' fsyncs.)
         match self.segment.file.sync_data() {
@@ -463,7 +452,7 @@ impl Committer {
     /// written: removing the message record is as final as a Done record),
     /// and their encoded Done records with their total size.
     fn take_done(&mut self) -> (Vec<Vec<u8>>, usize) {
-        let ids = std::mem::take(&mut *self.finished.ids.lock().expect("spool lock"));
+        let ids = std::mem::take(&mut self.finished.lock().expect("spool lock").ids);
         let mut bytes = 0;
         let done = ids
             .iter()
@@ -479,6 +468,16 @@ impl Committer {
             })
             .collect();
         (done, bytes)
+    }
+
+    /// Writes the Done records waiting, without a batch (no fsync: a later
+    /// batch or the shutdown's syncs them; a failed write costs nothing
+    /// that recovery does not redo).
+    fn write_done_alone(&mut self) {
+        let (done, bytes) = self.take_done();
+        if !done.is_empty() {
+            let _ = self.commit(&done, &[], bytes);
+        }
     }
 
     /// Writes the `done` records and `batch`; with a batch, after checking

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -202,15 +202,13 @@ pub trait StatusStore: Send + Sync {
     async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>>;
 }
 
-/// The file store: appends and purges go to its committer thread, reads
-/// take the index's lock (never held across I/O, but for a search's or a
-/// purge's walk over it).
+/// The file store: appends and purges go to its committer thread; reads
+/// share the index's lock (see [`FileStatusStore::index`]), so a message's
+/// events are read on the caller's task.
 #[async_trait::async_trait]
 impl StatusStore for Arc<FileStatusStore> {
     async fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
-        self.send_record(events)?
-            .await
-            .unwrap_or_else(|_| Err(closed()))
+        answered(self.send_record(events)?.await)
     }
 
     async fn message(
@@ -223,18 +221,13 @@ impl StatusStore for Arc<FileStatusStore> {
     }
 
     async fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.send_retain(received_since(cutoff_ms))?
-            .await
-            .unwrap_or_else(|_| Err(closed()))
+        answered(self.send_retain(received_since(cutoff_ms))?.await)
     }
 
     async fn purge_tenant(&self, tenant: &str) -> std::io::Result<usize> {
         let tenant = tenant.to_string();
-        self.send_retain(Box::new(move |events| {
-            events.iter().all(|e| e.tenant != tenant)
-        }))?
-        .await
-        .unwrap_or_else(|_| Err(closed()))
+        let keep: Keep = Box::new(move |events| events.iter().all(|e| e.tenant != tenant));
+        answered(self.send_retain(keep)?.await)
     }
 
     async fn search(&self, tenant: &str, q: &Search) -> std::io::Result<Vec<Found>> {
@@ -248,6 +241,13 @@ impl StatusStore for Arc<FileStatusStore> {
 
 fn closed() -> std::io::Error {
     std::io::Error::other("the status store's committer has stopped")
+}
+
+/// The committer's answer; none means it stopped before answering.
+fn answered<T>(
+    answer: Result<std::io::Result<T>, oneshot::error::RecvError>,
+) -> std::io::Result<T> {
+    answer.unwrap_or_else(|_| Err(closed()))
 }
 
 /// When a message was received, for its retention: its first event.
@@ -294,7 +294,10 @@ pub struct FileStatusStore {
     /// To the committer thread, which owns the file.
     jobs: mpsc::Sender<Job>,
     /// What is committed; the committer adds to it after each fsync.
-    index: Arc<Mutex<Index>>,
+    /// Readers share it, so a search's walk over every event does not
+    /// hold up a message's lookup (on an async worker); only the
+    /// committer's inserts and a purge's removals take it alone, briefly.
+    index: Arc<RwLock<Index>>,
 }
 
 enum Job {
@@ -317,7 +320,7 @@ enum Job {
 struct Committer {
     path: PathBuf,
     file: File,
-    index: Arc<Mutex<Index>>,
+    index: Arc<RwLock<Index>>,
     /// The last write failed and may have left a partial line: the next
     /// one starts with a line break, so only that line is lost (the loader
     /// skips lines it cannot read).
@@ -342,7 +345,7 @@ impl FileStatusStore {
         // A crash during a write can leave a partial last line; the next
         // write must not extend it into a line the loader skips.
         let torn = ends_inside_a_line(&path)?;
-        let index = Arc::new(Mutex::new(by_id));
+        let index = Arc::new(RwLock::new(by_id));
         let (jobs, rx) = mpsc::channel();
         let committer = Committer {
             path,
@@ -400,22 +403,18 @@ impl FileStatusStore {
     /// Records events durably (blocking: waits for the fsync; not from
     /// inside an async task).
     pub fn record(&self, events: Vec<Event>) -> std::io::Result<()> {
-        self.send_record(events)?
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(closed()))
+        answered(self.send_record(events)?.blocking_recv())
     }
 
     /// Drops the messages received before `cutoff_ms`, all their events
     /// together (blocking: waits for the rewrite).
     pub fn purge(&self, cutoff_ms: u64) -> std::io::Result<usize> {
-        self.send_retain(received_since(cutoff_ms))?
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(closed()))
+        answered(self.send_retain(received_since(cutoff_ms))?.blocking_recv())
     }
 
     /// A message's events, as [`StatusStore::message`].
     pub fn message(&self, tenant: Option<&str>, id: &str, recipient: Option<&str>) -> Vec<Event> {
-        let index = self.index.lock().expect("status lock");
+        let index = self.index.read().expect("status lock");
         index
             .get(id)
             .filter(|events| !expired(events, self.retention, crate::wallclock::now_ms()))
@@ -433,9 +432,9 @@ impl FileStatusStore {
     }
 
     /// A tenant's messages that `q` matches, as [`StatusStore::search`]
-    /// (a walk over every event, under the index's lock).
+    /// (a walk over every event, sharing the index's lock).
     pub fn search(&self, tenant: &str, q: &Search) -> Vec<Found> {
-        let index = self.index.lock().expect("status lock");
+        let index = self.index.read().expect("status lock");
         let now = crate::wallclock::now_ms();
         let events = index
             .values()
@@ -476,7 +475,11 @@ impl Committer {
                         events: e,
                         done,
                     } => {
-                        buf.extend_from_slice(&b);
+                        // The first record's buffer is the batch's.
+                        match buf.is_empty() {
+                            true => buf = b,
+                            false => buf.extend_from_slice(&b),
+                        }
                         events.extend(e);
                         waiting.push(done);
                     }
@@ -523,7 +526,7 @@ impl Committer {
             .and_then(|()| self.file.sync_data());
         self.torn = result.is_err();
         result.map_err(|e| (e.kind(), e.to_string()))?;
-        let mut index = self.index.lock().expect("status lock");
+        let mut index = self.index.write().expect("status lock");
         for e in events {
             index.entry(e.message_id.clone()).or_default().push(e);
         }
@@ -534,14 +537,19 @@ impl Committer {
     /// rewrites the file (write, fsync, rename); returns how many events
     /// went.
     fn retain(&mut self, keep: Keep) -> std::io::Result<usize> {
-        let (buf, gone) = {
-            let mut index = self.index.lock().expect("status lock");
+        let gone = {
+            let mut index = self.index.write().expect("status lock");
             let before: usize = index.values().map(Vec::len).sum();
             index.retain(|_, events| !events.is_empty() && keep(events));
-            let kept: usize = index.values().map(Vec::len).sum();
-            if kept == before {
-                return Ok(0);
-            }
+            before - index.values().map(Vec::len).sum::<usize>()
+        };
+        if gone == 0 {
+            return Ok(0);
+        }
+        // Written out under a shared lock: readers go on meanwhile, and
+        // nothing else changes the index (this thread is its one writer).
+        let buf = {
+            let index = self.index.read().expect("status lock");
             let mut all: Vec<&Event> = index.values().flatten().collect();
             all.sort_by_key(|e| e.ts_ms);
             let mut buf = Vec::new();
@@ -549,7 +557,7 @@ impl Committer {
                 serde_json::to_writer(&mut buf, e)?;
                 buf.push(b'\n');
             }
-            (buf, before - kept)
+            buf
         };
         crate::fsutil::write_durable(&self.path, &buf)?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
