@@ -87,7 +87,10 @@ fn large_messages_in_flight_stay_under_the_memory_ceiling() {
                 send_body(&mut r, n, LINES);
                 // Hold the final dot until every session has sent its body.
                 sent.fetch_add(1, Ordering::SeqCst);
-                while sent.load(Ordering::SeqCst) < SESSIONS {
+                // Not forever: a session that failed before its body (its
+                // thread's panic is raised at the join) never counts.
+                let until = std::time::Instant::now() + Duration::from_secs(300);
+                while sent.load(Ordering::SeqCst) < SESSIONS && std::time::Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let rep = r.cmd(".");
