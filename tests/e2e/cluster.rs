@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 struct Node {
     name: String,
     port: u16,
+    /// Its monitoring port (`/jsz`), to see the cluster form.
+    http: u16,
     config: PathBuf,
     child: Option<Child>,
 }
@@ -44,6 +46,34 @@ impl Node {
         wait_for(&format!("{} listening", self.name), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
+    }
+
+    /// Whether its process still runs. nats-server opens its client port
+    /// before its route port, and exits when the route port is taken.
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Whether this node sees a JetStream metadata leader and every other
+    /// node of the cluster as a current peer.
+    fn sees_cluster_of(&self, n: usize) -> bool {
+        let (ok, out) =
+            run(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{}/jsz", self.http)]));
+        let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&out) else {
+            return false;
+        };
+        let meta = &jsz["meta_cluster"];
+        let peers = meta["replicas"].as_array();
+        ok && meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+            && peers.is_some_and(|p| {
+                p.len() == n - 1 && p.iter().all(|r| r["current"].as_bool() == Some(true))
+            })
     }
 
     /// SIGKILL: what a host's crash does to it.
@@ -67,17 +97,39 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// Starts the nodes and waits until they form one cluster. The ports
+    /// are only known free when chosen (`free_port`); when another process
+    /// took one before a node bound it, that node exits, and the cluster
+    /// is started again on fresh ports.
     pub fn start(dir: &Path, n: usize) -> Nats {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        for attempt in 1..=3 {
+            let mut nats = Nats::spawn(&dir.join(format!("attempt-{attempt}")), n);
+            if nats.formed() {
+                return nats;
+            }
+            eprintln!(
+                "the NATS cluster did not form (attempt {attempt}); its logs:\n{}",
+                nats.logs()
+            );
+            nats.stop_all();
+        }
+        panic!("no NATS cluster of {n} formed in three attempts");
+    }
+
+    fn spawn(dir: &Path, n: usize) -> Nats {
+        std::fs::create_dir_all(dir).unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
         let mut nodes = Vec::new();
-        for (i, (port, cluster_port)) in ports.iter().enumerate() {
+        for (i, (port, cluster_port, http)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.join(format!("nats-{name}"));
             let routes: Vec<String> = ports
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, (_, c))| format!("nats-route://127.0.0.1:{c}"))
+                .map(|(_, (_, c, _))| format!("nats-route://127.0.0.1:{c}"))
                 .collect();
             let cluster = if n > 1 {
                 format!(
@@ -91,7 +143,7 @@ impl Nats {
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
                      jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n{cluster}",
                     store.display()
                 ),
@@ -100,6 +152,7 @@ impl Nats {
             nodes.push(Node {
                 name,
                 port: *port,
+                http: *http,
                 config,
                 child: None,
             });
@@ -108,6 +161,31 @@ impl Nats {
             node.start();
         }
         Nats { nodes }
+    }
+
+    /// Waits (30 s at most) until every node runs and, in a cluster, one
+    /// of them sees a metadata leader and all the others as current peers;
+    /// false as soon as a node has exited.
+    fn formed(&mut self) -> bool {
+        let n = self.nodes.len();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if !self.nodes.iter_mut().all(Node::alive) {
+                return false;
+            }
+            if n == 1 || self.nodes.iter().any(|node| node.sees_cluster_of(n)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log()))
+            .collect()
     }
 
     /// The `[cluster]` section naming every node.
