@@ -17,15 +17,32 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
+use rustls::CipherSuite;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-/// The crypto provider of every TLS endpoint (ring, rustls' safe defaults).
+/// The crypto provider of the listeners: ring with rustls' safe defaults,
+/// AES-128-GCM preferred over AES-256-GCM in each TLS version (as
+/// Mozilla's recommended configurations order them). TLS 1.3's
+/// AES-256-GCM suite hashes with SHA-384, which no x86 CPU accelerates:
+/// in a profile of a new STARTTLS connection per message, ring's
+/// SHA-512 was 4% of the server's CPU, where SHA-256 runs on the CPU's
+/// SHA extensions. Both are strong; the suites offered stay the same.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    Arc::new(provider)
 }
 
 /// Where the generated certificate lives.
@@ -182,4 +199,39 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listeners offer every suite of rustls' safe defaults, AES-128-GCM
+    /// first in each TLS version.
+    #[test]
+    fn aes_128_gcm_is_preferred_and_nothing_is_dropped() {
+        let ours: Vec<CipherSuite> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut defaults: Vec<CipherSuite> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        let first_of = |suites: &[CipherSuite], tls13: bool| {
+            suites
+                .iter()
+                .copied()
+                .find(|s| s.as_str().is_some_and(|n| n.starts_with("TLS13_") == tls13))
+        };
+        assert_eq!(
+            first_of(&ours, true),
+            Some(CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        assert_eq!(
+            first_of(&ours, false),
+            Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+        );
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        defaults.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, defaults);
+    }
 }
