@@ -252,9 +252,10 @@ impl Default for AdminConfig {
 pub struct DeliveryConfig {
     /// Deliveries under way at once. Default 16.
     pub workers: usize,
-    /// Messages waiting for a worker that keep their content in memory;
-    /// the content of any more is read back from the spool when their turn
-    /// comes. Default 64.
+    /// Messages waiting for a worker that keep their content in memory
+    /// (only those of at most 64 KiB, so 64 MiB at most by default); the
+    /// content of any more is read back from the spool when their turn
+    /// comes. Default 1024.
     pub in_memory_queue: usize,
     /// First retry delay; doubles per attempt. Default 60.
     pub retry_initial_secs: u64,
@@ -284,7 +285,11 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             workers: 16,
-            in_memory_queue: 64,
+            // 64 was too few: a group commit hands the workers dozens of
+            // messages at once, and at 64 sessions most were read back
+            // from the spool on the blocking pool (futex calls per message
+            // 3.2 -> 2.4, server CPU 202 -> 160 us, `perf stat`).
+            in_memory_queue: 1024,
             retry_initial_secs: 60,
             retry_max_secs: 3600,
             max_age_secs: 2 * 24 * 3600,
