@@ -286,7 +286,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             // 16 held local routes (sandbox, discard) back under load: each
-            // delivery waits for the status store's group commit (a 1 ms
+            // delivery waits for the status store's group commit (its
             // linger and an fsync), so 16 of them capped deliveries below
             // what 64 sessions submit, and the queue grew (64 sessions:
             // context switches per message 3.55 -> 3.05, `perf stat`).
