@@ -10,31 +10,6 @@ use std::time::{Duration, Instant};
 use crate::delivery::{Receiver, Upstream, reserve_port};
 use crate::harness::*;
 
-/// A free loopback port for a server that binds it itself (nats-server
-/// takes no inherited socket), chosen below the kernel's ephemeral range
-/// (32768-60999 on Linux): the other tests' port-0 listeners and outgoing
-/// connections draw from that range, and once took a port between this
-/// check and nats-server's bind. Ports 20000-29999 are tried in turn from
-/// a start that differs per process (the benchmarks use 30000 and up);
-/// one still taken by something else makes its node exit, and
-/// [`Nats::start`] then starts the cluster again on other ports.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % 10_000,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    loop {
-        let port = 20_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 10_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// One `nats-server` with JetStream, member of a cluster of `routes`.
 struct Node {
     name: String,
@@ -47,7 +22,7 @@ struct Node {
 
 impl Node {
     /// Starts it; true once it listens, false if it exited first (a port
-    /// of its was taken: see `free_port`).
+    /// of its was taken: see `free_high_port`).
     fn start(&mut self) -> bool {
         let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
         let child = Command::new("nats-server")
@@ -117,7 +92,7 @@ pub struct Nats {
 
 impl Nats {
     /// Starts the nodes and waits until they form one cluster. The ports
-    /// are only known free when chosen (`free_port`); when another process
+    /// are only known free when chosen (`free_high_port`); when another process
     /// took one before a node bound it, that node exits, and the cluster
     /// is started again on fresh ports.
     pub fn start(dir: &Path, n: usize) -> Nats {
@@ -139,7 +114,7 @@ impl Nats {
     fn spawn(dir: &Path, n: usize) -> Nats {
         std::fs::create_dir_all(dir).unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| (free_port(), free_port(), free_port()))
+            .map(|_| (free_high_port(), free_high_port(), free_high_port()))
             .collect();
         let mut nodes = Vec::new();
         for (i, (port, cluster_port, http)) in ports.iter().enumerate() {

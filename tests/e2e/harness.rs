@@ -492,6 +492,32 @@ pub fn submit_numbered(s: &Server, prefix: &str, n: usize) -> Vec<(String, Strin
         .collect()
 }
 
+/// A free loopback port for a server that binds it itself (nats-server,
+/// `wasmtime serve`: they take no inherited socket), chosen below the
+/// kernel's ephemeral range (32768-60999 on Linux): the other tests'
+/// port-0 listeners and outgoing connections draw from that range, and
+/// once took a NATS node's port between the check and its bind. Ports
+/// 20000-29999 are tried in turn from a start that differs per process
+/// (the benchmarks use 30000 and up). Free when checked only: a server
+/// that finds it taken must fail loudly (a NATS cluster is then started
+/// again on other ports).
+pub fn free_high_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % 10_000,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = 20_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Polls `check` for up to 30 s; panics with `what` if it never holds.
 pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -437,11 +437,7 @@ fn wasmtime_serve_runs_the_status_component_composed_with_an_in_memory_store() {
     );
     assert_eq!(exports, ["wasi:http/incoming-handler@0.2.0"]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_high_port();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
