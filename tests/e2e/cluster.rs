@@ -35,7 +35,7 @@ impl Node {
         self.child = Some(child);
         let port = self.port;
         let mut listening = false;
-        wait_for(&format!("{} listening or gone", self.name), || {
+        holds_within_30s(|| {
             listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
             listening || !self.alive()
         });
@@ -97,7 +97,7 @@ impl Nats {
     /// is started again on fresh ports.
     pub fn start(dir: &Path, n: usize) -> Nats {
         for attempt in 1..=3 {
-            let mut nats = Nats::spawn(&dir.join(format!("attempt-{attempt}")), n);
+            let mut nats = Nats::configure(&dir.join(format!("attempt-{attempt}")), n);
             if nats.nodes.iter_mut().all(Node::start) && nats.formed() {
                 return nats;
             }
@@ -111,7 +111,7 @@ impl Nats {
     }
 
     /// The nodes' configurations under `dir`, on fresh ports; not started.
-    fn spawn(dir: &Path, n: usize) -> Nats {
+    fn configure(dir: &Path, n: usize) -> Nats {
         std::fs::create_dir_all(dir).unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_high_port(), free_high_port(), free_high_port()))
@@ -160,17 +160,15 @@ impl Nats {
     /// false as soon as a node has exited.
     fn formed(&mut self) -> bool {
         let n = self.nodes.len();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
+        let mut formed = false;
+        holds_within_30s(|| {
             if !self.nodes.iter_mut().all(Node::alive) {
-                return false;
-            }
-            if n == 1 || self.nodes.iter().any(|node| node.sees_cluster_of(n)) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+            formed = n == 1 || self.nodes.iter().any(|node| node.sees_cluster_of(n));
+            formed
+        });
+        formed
     }
 
     fn logs(&self) -> String {

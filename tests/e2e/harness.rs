@@ -502,14 +502,10 @@ pub fn submit_numbered(s: &Server, prefix: &str, n: usize) -> Vec<(String, Strin
 /// that finds it taken must fail loudly (a NATS cluster is then started
 /// again on other ports).
 pub fn free_high_port() -> u16 {
+    use std::sync::LazyLock;
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % 10_000,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
+    static NEXT: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % 10_000));
     loop {
         let port = 20_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 10_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -519,15 +515,20 @@ pub fn free_high_port() -> u16 {
 }
 
 /// Polls `check` for up to 30 s; panics with `what` if it never holds.
-pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    assert!(holds_within_30s(check), "timed out waiting for {what}");
+}
+
+/// Polls `check` every 100 ms for up to 30 s; whether it held.
+pub fn holds_within_30s(mut check: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while !check() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
+        if start.elapsed() >= Duration::from_secs(30) {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 /// Queue id from a `250 2.0.0 Ok: queued as <ID>` reply somewhere in `text`.
