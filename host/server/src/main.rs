@@ -10,6 +10,7 @@ use mailwit::config::Config;
 use mailwit::{admin, queue, tls};
 use tokio::signal::unix::{SignalKind, signal};
 
+mod alloc;
 mod cli;
 use cli::tenant::TenantCommand;
 
@@ -159,6 +160,10 @@ enum SpoolCommand {
     /// The content of one message, byte for byte.
     Show { id: String },
 }
+
+/// mimalloc for small blocks, glibc for large ones (see `alloc`).
+#[global_allocator]
+static GLOBAL: alloc::Split = alloc::Split;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -526,7 +531,7 @@ fn admin_call(
 }
 
 /// Blocks of 1 MiB and more (argon2's 19 MiB per password check, large
-/// message contents) are mapped on their own and returned to the system
+/// message contents; `alloc` hands these to glibc) are mapped on their own and returned to the system
 /// when freed, instead of coming from glibc's per-thread arenas, which keep
 /// what is freed for later. Without this, password checks that ran on many
 /// blocking threads in turn left each thread's arena holding its 19 MiB: a
@@ -534,7 +539,7 @@ fn admin_call(
 /// the server from 48 to 525 MiB resident. Setting the threshold also
 /// stops glibc from raising it on its own.
 fn return_large_blocks() {
-    const THRESHOLD: libc::c_int = 1 << 20;
+    const THRESHOLD: libc::c_int = alloc::LARGE as libc::c_int;
     // SAFETY: mallopt only sets a malloc parameter; it is called before
     // any other thread exists.
     let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
@@ -569,6 +574,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
             },
         )
         .await?;
+        alloc::release_startup_memory();
         loop {
             tokio::select! {
                 _ = term.recv() => tracing::info!(event = "shutdown", signal = "SIGTERM"),

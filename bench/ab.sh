@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Two builds of mailwit side by side, in alternating runs: for telling
+# whether a change helps when two runs of one build differ by up to a third.
+#
+#   cp "$CARGO_TARGET_DIR/release/mailwit" /tmp/mailwit-before   # build A, then B
+#   bench/ab.sh /tmp/mailwit-before /tmp/mailwit-after 64
+#   MAILWIT_BENCH_ROUNDS=4 bench/ab.sh A B 64 --per-connection --starttls
+#
+# Both servers run at once with the stock function set and AUTH (as
+# bench/compare.sh's mailwit), each idle while the other is driven; round
+# by round the order flips (A B, B A, ...). One line per run: msg/s,
+# p50/p99 to the 250, server and client CPU per message. Compare the pairs
+# (which build won each round) and the medians, not single runs.
+# $MAILWIT_BENCH_ROUNDS rounds (default 6) of $MAILWIT_BENCH_SECONDS (5).
+
+source "$(dirname "$0")/lib.sh"
+
+[ $# -ge 3 ] || { echo "usage: bench/ab.sh <mailwit A> <mailwit B> <sessions> [smtpload flags]" >&2; exit 2; }
+BIN_A=$1 BIN_B=$2 SESSIONS=$3
+shift 3
+ROUNDS=${MAILWIT_BENCH_ROUNDS:-6}
+
+(cd "$ROOT" && cargo build --release -q -p mailwit-load)
+trap stop_all EXIT
+make_cert
+MORE=$'[limits]\nmax_connections_per_ip = 1000'
+MAILWIT=$BIN_A start_mailwit A 30587 30825 "" "$MORE"
+MAILWIT=$BIN_B start_mailwit B 30588 30826 "" "$MORE"
+cpu_A() { ticks "$PID_A"; }
+cpu_B() { ticks "$PID_B"; }
+
+flags=(--sessions "$SESSIONS" "$@")
+[[ " $* " == *" --starttls "* ]] && flags+=(--cafile "$WORK/cert.pem")
+AUTH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+for round in $(seq "$ROUNDS"); do
+	order="A B"
+	[ $((round % 2)) = 0 ] && order="B A"
+	for server in $order; do
+		port=30587
+		[ "$server" = B ] && port=30588
+		r=$(run $port "cpu_$server" "${flags[@]}" "${AUTH[@]}" --label "$server")
+		echo "$r" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("round %s  %s %7.0f msg/s  p50 %5.1f p99 %6.1f ms  server %5.0f us/msg  client %4.0f us/msg  errors %d" % (sys.argv[1], r["label"], r["rate"], r["p50_ms"], r["p99_ms"], r["server_cpu_us_per_msg"], r["client_cpu_us_per_msg"], r["errors"]))' "$round"
+	done
+done
