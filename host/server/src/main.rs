@@ -531,9 +531,9 @@ fn admin_call(
 }
 
 /// Blocks of 1 MiB and more (argon2's 19 MiB per password check, large
-/// message contents; `alloc` hands these to glibc) are mapped on their own and returned to the system
-/// when freed, instead of coming from glibc's per-thread arenas, which keep
-/// what is freed for later. Without this, password checks that ran on many
+/// message contents; `alloc` hands these to glibc) are mapped on their own
+/// and returned to the system when freed, instead of coming from glibc's
+/// per-thread arenas, which keep what is freed for later. Without this, password checks that ran on many
 /// blocking threads in turn left each thread's arena holding its 19 MiB: a
 /// flood of failed logins, never more than two checks at once, still took
 /// the server from 48 to 525 MiB resident. Setting the threshold also
