@@ -23,9 +23,8 @@ ROUNDS=${MAILWIT_BENCH_ROUNDS:-6}
 (cd "$ROOT" && cargo build --release -q -p mailwit-load)
 trap stop_all EXIT
 make_cert
-MORE=$'[limits]\nmax_connections_per_ip = 1000'
-MAILWIT=$BIN_A start_mailwit A 30587 30825 "" "$MORE"
-MAILWIT=$BIN_B start_mailwit B 30588 30826 "" "$MORE"
+MAILWIT=$BIN_A start_mailwit A 30587 30825 "" "$ONE_ADDRESS"
+MAILWIT=$BIN_B start_mailwit B 30588 30826 "" "$ONE_ADDRESS"
 cpu_A() { ticks "$PID_A"; }
 cpu_B() { ticks "$PID_B"; }
 
@@ -39,6 +38,6 @@ for round in $(seq "$ROUNDS"); do
 		port=30587
 		[ "$server" = B ] && port=30588
 		r=$(run $port "cpu_$server" "${flags[@]}" "${AUTH[@]}" --label "$server")
-		echo "$r" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("round %s  %s %7.0f msg/s  p50 %5.1f p99 %6.1f ms  server %5.0f us/msg  client %4.0f us/msg  errors %d" % (sys.argv[1], r["label"], r["rate"], r["p50_ms"], r["p99_ms"], r["server_cpu_us_per_msg"], r["client_cpu_us_per_msg"], r["errors"]))' "$round"
+		summary "$r" "round $round  "
 	done
 done

@@ -39,9 +39,8 @@ fi
 build
 trap stop_all EXIT
 make_cert
-MORE=$'[limits]\nmax_connections_per_ip = 1000'
-start_mailwit wasm 30587 30825 "" "$MORE"
-start_mailwit noop 30588 30826 "--unsafe-noop-policy" "$MORE"
+start_mailwit wasm 30587 30825 "" "$ONE_ADDRESS"
+start_mailwit noop 30588 30826 "--unsafe-noop-policy" "$ONE_ADDRESS"
 start_postfix "$WORK/cert.pem" "$WORK/key.pem"
 
 mailwit_cpu_wasm() { ticks "$PID_wasm"; }
@@ -68,7 +67,7 @@ for shape in "${SHAPES[@]}"; do
 			noop) r=$(run 30588 mailwit_cpu_noop "${flags[@]}" "${AUTH[@]}" --label "$shape noop") ;;
 			esac
 			echo "$r" >>"$OUT"
-			echo "$r" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-28s %9.0f msg/s  p99 %7.1f ms  server %6.0f us/msg  client %5.0f us/msg  errors %d" % (r["label"], r["rate"], r["p99_ms"], r["server_cpu_us_per_msg"], r["client_cpu_us_per_msg"], r["errors"]))' >&2
+			summary "$r" >&2
 		done
 	done
 done

@@ -154,6 +154,15 @@ start_postfix() {
 	exit 1
 }
 
+# What compare.sh and ab.sh add to mailwit's configuration: all their
+# sessions come from 127.0.0.1.
+ONE_ADDRESS=$'[limits]\nmax_connections_per_ip = 1000'
+
+# One run's JSON ($1, from `run`) as a line of text, after $2 if given.
+summary() {
+	echo "$1" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%s%-28s %7.0f msg/s  p50 %5.1f p99 %6.1f ms  server %5.0f us/msg  client %4.0f us/msg  errors %d" % (sys.argv[1], r["label"], r["rate"], r["p50_ms"], r["p99_ms"], r["server_cpu_us_per_msg"], r["client_cpu_us_per_msg"], r["errors"]))' "${2:-}"
+}
+
 # One load run against 127.0.0.1:$1 with the server's CPU read around it
 # by $2 (a command printing ticks). Prints the client's JSON with
 # server_cpu_us_per_msg added. $3... are smtpload's flags.

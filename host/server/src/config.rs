@@ -254,9 +254,9 @@ pub struct DeliveryConfig {
     /// most). Default 64.
     pub workers: usize,
     /// Messages waiting for a worker that keep their content in memory
-    /// (only those of at most 64 KiB, so 64 MiB at most by default); the
-    /// content of any more is read back from the spool when their turn
-    /// comes. Default 1024.
+    /// (only those of at most `budget::SMALL`, 64 KiB: 64 MiB at most by
+    /// default); the content of any more is read back from the spool when
+    /// their turn comes. Default 1024.
     pub in_memory_queue: usize,
     /// First retry delay; doubles per attempt. Default 60.
     pub retry_initial_secs: u64,

@@ -530,24 +530,6 @@ fn admin_call(
     answer.with_context(|| format!("the server's answer is not JSON: {text}"))
 }
 
-/// Blocks of 1 MiB and more (argon2's 19 MiB per password check, large
-/// message contents; `alloc` hands these to glibc) are mapped on their own
-/// and returned to the system when freed, instead of coming from glibc's
-/// per-thread arenas, which keep what is freed for later. Without this, password checks that ran on many
-/// blocking threads in turn left each thread's arena holding its 19 MiB: a
-/// flood of failed logins, never more than two checks at once, still took
-/// the server from 48 to 525 MiB resident. Setting the threshold also
-/// stops glibc from raising it on its own.
-fn return_large_blocks() {
-    const THRESHOLD: libc::c_int = alloc::LARGE as libc::c_int;
-    // SAFETY: mallopt only sets a malloc parameter; it is called before
-    // any other thread exists.
-    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
-    if ok != 1 {
-        tracing::warn!(event = "malloc.threshold", "could not set M_MMAP_THRESHOLD");
-    }
-}
-
 fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -556,7 +538,7 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    return_large_blocks();
+    alloc::return_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
