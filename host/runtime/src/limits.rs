@@ -1,7 +1,8 @@
 //! What bounds every call into a component, policy or HTTP alike: the
 //! limits, the memory limiter, the epoch deadline (trapping, for HTTP
 //! components' synchronous calls; a `Clock` that yields at every tick
-//! until it passes, for policy calls), and what a failure was.
+//! until it passes, and slows a call that runs long, for policy calls),
+//! and what a failure was.
 //! A leaf: the other modules share this one deadline and trap path.
 
 use std::sync::Arc;
@@ -147,9 +148,20 @@ pub(crate) fn arm_deadline<T>(store: &mut Store<T>, deadline: Duration) {
 /// last resumed to the tick, at most two ticks: a host call's argon2 is the
 /// host's, bounded by the auth gate) is charged to it, and a tick that
 /// finds the tenant over its share sleeps instead of only yielding.
+///
+/// A call still running after [`SLOW_FRACTION`] of its deadline is taken
+/// for stuck: from then on it runs one tick in four ([`SLOW_PAUSE`] asleep
+/// after each). The reference functions answer in microseconds, so only a
+/// looping or runaway call gets there; it still ends at its deadline, but
+/// burns a quarter of a core meanwhile instead of a whole one (its
+/// tenant's share, 0.25 of the machine by default, bounds it too, but
+/// only after its burst). A heavy function that needs more should be
+/// given a longer deadline in its tenant's rules.
 #[derive(Debug, Clone)]
 pub(crate) struct Clock {
     until: Instant,
+    /// When the call is taken for stuck (moved on with `until`).
+    slow_from: Instant,
     owed: Duration,
     meter: Option<Arc<CpuMeter>>,
     /// When the guest last started running (`isolation::nanos`), written
@@ -161,11 +173,20 @@ pub(crate) struct Clock {
 /// deadline is still checked at each wake-up.
 const MAX_THROTTLE: Duration = Duration::from_millis(20);
 
+/// The part of its deadline after which a call runs slowed (a fifth: 50 ms
+/// of the default 250).
+const SLOW_FRACTION: u32 = 5;
+
+/// A slowed call's sleep after each tick it ran: three ticks, so it runs
+/// one tick in four.
+const SLOW_PAUSE: Duration = Duration::from_millis(3 * TICK.as_millis() as u64);
+
 impl Clock {
     /// A deadline `deadline` after `now`, without a meter.
     pub(crate) fn start(now: Instant, deadline: Duration) -> Clock {
         Clock {
             until: now + deadline,
+            slow_from: now + deadline / SLOW_FRACTION,
             owed: Duration::ZERO,
             meter: None,
             resumed: Arc::new(AtomicU64::new(nanos(now))),
@@ -181,6 +202,7 @@ impl Clock {
     /// A new call from `now`: its deadline, nothing owed, running.
     pub(crate) fn restart(&mut self, now: Instant, deadline: Duration) {
         self.until = now + deadline;
+        self.slow_from = now + deadline / SLOW_FRACTION;
         self.owed = Duration::ZERO;
         self.resumed.store(nanos(now), Ordering::Relaxed);
     }
@@ -204,14 +226,17 @@ impl Clock {
     }
 
     /// What the call does at the tick that comes at `now`: yield (or sleep,
-    /// over its tenant's share) and be asked again at the next tick, or
-    /// stop.
+    /// over its tenant's share or past [`SLOW_FRACTION`] of its deadline)
+    /// and be asked again at the next tick, or stop.
     pub(crate) fn at_tick(&mut self, now: Instant) -> Tick {
-        self.until += std::mem::take(&mut self.owed);
+        let owed = std::mem::take(&mut self.owed);
+        self.until += owed;
+        self.slow_from += owed;
         self.charge(now);
         if now >= self.until {
             return Tick::Interrupt;
         }
+        let left = self.until - now;
         match self
             .meter
             .as_ref()
@@ -219,9 +244,18 @@ impl Clock {
         {
             Some((m, wait)) => {
                 m.throttle();
-                Tick::Sleep(wait.min(self.until - now).min(MAX_THROTTLE))
+                Tick::Sleep(wait.max(self.slow_pause(now)).min(left).min(MAX_THROTTLE))
             }
+            None if now >= self.slow_from => Tick::Sleep(SLOW_PAUSE.min(left)),
             None => Tick::Yield,
+        }
+    }
+
+    /// How long a call slowed for running too long sleeps at a tick.
+    fn slow_pause(&self, now: Instant) -> Duration {
+        match now >= self.slow_from {
+            true => SLOW_PAUSE,
+            false => Duration::ZERO,
         }
     }
 }
@@ -282,24 +316,27 @@ pub(crate) fn classify(e: &wasmtime::Error, memory_hit: bool) -> Option<FailureK
 mod tests {
     use super::*;
 
-    /// A clock yields at every tick before its deadline and stops at the
-    /// first tick at or after it; owed host time moves the deadline on
-    /// once, when the tick that finds it comes.
+    /// A clock yields at every tick before a fifth of its deadline, then
+    /// sleeps three ticks at each (never past the deadline), and stops at
+    /// the first tick at or after it; owed host time moves both on once,
+    /// when the tick that finds it comes.
     #[test]
-    fn a_clock_yields_until_its_deadline_and_owed_time_moves_it_on() {
+    fn a_clock_yields_then_slows_until_its_deadline_and_owed_time_moves_it_on() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut c = Clock::start(t0, ms(10));
+        let mut c = Clock::start(t0, ms(100));
         assert_eq!(c.at_tick(t0 + ms(2)), Tick::Yield);
-        assert_eq!(c.at_tick(t0 + ms(9)), Tick::Yield);
-        assert_eq!(c.at_tick(t0 + ms(10)), Tick::Interrupt);
-        let mut c = Clock::start(t0, ms(10));
-        c.owe(ms(3));
-        c.owe(ms(2));
-        assert_eq!(c.at_tick(t0 + ms(12)), Tick::Yield);
+        assert_eq!(c.at_tick(t0 + ms(19)), Tick::Yield);
+        assert_eq!(c.at_tick(t0 + ms(20)), Tick::Sleep(SLOW_PAUSE));
+        assert_eq!(c.at_tick(t0 + ms(96)), Tick::Sleep(ms(4)));
+        assert_eq!(c.at_tick(t0 + ms(100)), Tick::Interrupt);
+        let mut c = Clock::start(t0, ms(100));
+        c.owe(ms(30));
+        c.owe(ms(20));
+        assert_eq!(c.at_tick(t0 + ms(60)), Tick::Yield);
         // Taken once: nothing more is owed at the next tick.
-        assert_eq!(c.at_tick(t0 + ms(14)), Tick::Yield);
-        assert_eq!(c.at_tick(t0 + ms(15)), Tick::Interrupt);
+        assert_eq!(c.at_tick(t0 + ms(70)), Tick::Sleep(SLOW_PAUSE));
+        assert_eq!(c.at_tick(t0 + ms(150)), Tick::Interrupt);
         // A zero deadline stops at the first tick.
         assert_eq!(Clock::start(t0, ms(0)).at_tick(t0), Tick::Interrupt);
     }
