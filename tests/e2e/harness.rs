@@ -198,7 +198,6 @@ impl Server {
     pub fn metrics(&self) -> String {
         http_get(self.port("admin"), "/metrics")
     }
-
     pub fn data_dir(&self) -> PathBuf {
         if self.embedded {
             return self.dir.path().join("mailwit-data");
@@ -350,6 +349,15 @@ impl Server {
         self.kill9();
         self.spawn();
     }
+}
+
+/// A counter or gauge of the server's `/metrics`, 0 when absent.
+pub fn metric(s: &Server, name_and_labels: &str) -> f64 {
+    let needle = format!("{name_and_labels} ");
+    s.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).map(|n| n.parse::<f64>().unwrap()))
+        .unwrap_or(0.0)
 }
 
 /// Writes the test configuration (`opts` applied) into `dir` as

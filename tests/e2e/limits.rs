@@ -133,6 +133,47 @@ fn failed_auth_then_421_after_repeats() {
     assert!(r.closed());
 }
 
+/// Refused transaction steps in a row are answered at once up to
+/// `refusals_before_delay`; each later one is held `refusal_delay_ms`
+/// first (and counted, per tenant); an accepted recipient starts the
+/// count again.
+#[test]
+fn refusals_in_a_row_are_held_back() {
+    let s = Server::start_with(Options {
+        limits: "refusals_before_delay = 3\nrefusal_delay_ms = 400",
+        ..Options::default()
+    });
+    let delayed = || metric(&s, r#"mailwit_smtp_refusals_delayed_total{tenant="acme"}"#);
+    let mut r = Raw::logged_in(&s);
+    let refused = |r: &mut Raw| {
+        let reply = r.cmd("MAIL FROM:<x@elsewhere.example>");
+        assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    };
+    for _ in 0..3 {
+        refused(&mut r);
+    }
+    assert_eq!(delayed(), 0.0);
+    let asked = std::time::Instant::now();
+    refused(&mut r);
+    // A lower bound only: the hold is a sleep, never shorter.
+    assert!(asked.elapsed() >= Duration::from_millis(400));
+    assert_eq!(delayed(), 1.0);
+    assert!(
+        r.cmd(&format!("MAIL FROM:<{SENDER}>"))
+            .starts_with("250 2.1.0")
+    );
+    assert!(r.cmd("RCPT TO:<a@example.net>").starts_with("250 2.1.5"));
+    assert!(r.cmd("RSET").starts_with("250"));
+    for _ in 0..3 {
+        refused(&mut r);
+    }
+    assert_eq!(
+        delayed(),
+        1.0,
+        "an accepted recipient starts the count again"
+    );
+}
+
 #[test]
 fn too_many_unknown_commands() {
     let s = Server::start();

@@ -1048,15 +1048,6 @@ fn a_from_header_outside_the_registered_senders_is_refused_unless_turned_off() {
     assert!(queue_id(&out).is_some(), "{out}");
 }
 
-/// A counter or gauge of the server's `/metrics`, 0 when absent.
-fn metric(s: &Server, name_and_labels: &str) -> f64 {
-    let needle = format!("{name_and_labels} ");
-    s.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle).map(|n| n.parse::<f64>().unwrap()))
-        .unwrap_or(0.0)
-}
-
 /// A function that keeps running into its deadline is quarantined: after
 /// two hits in a row its tenant's transactions get `451 4.3.0` without
 /// running it (the deadline hits stop growing), the quarantine is a log
@@ -1067,6 +1058,8 @@ fn a_function_hitting_its_deadline_in_a_row_is_quarantined_then_probed() {
     let s = Server::start_with(Options {
         extra: evil_tenant("loop"),
         runtime: "deadline_ms = 100",
+        // Its 22 refusals must come within the 5 s quarantine: none held.
+        limits: "refusal_delay_ms = 0",
         ..Options::default()
     });
     let hits =

@@ -166,7 +166,8 @@ fn a_shadow_router_changes_nothing_counts_its_differences_and_is_promoted() {
             >= 12
     });
     let r = shadow_report();
-    assert!(r["failures"]["deadline"].as_u64().unwrap() >= 3, "{r}");
+    // Two hits in a row quarantine it; then its calls are skipped.
+    assert!(r["failures"]["deadline"].as_u64().unwrap() >= 2, "{r}");
     assert!(r["differences"].as_object().unwrap().is_empty(), "{r}");
     let metrics = s.metrics();
     assert!(

@@ -394,6 +394,12 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Seconds running transactions get to finish on SIGTERM. Default 30.
     pub shutdown_grace_secs: u64,
+    /// Refused transaction steps (MAIL, RCPT, the message) in a row in one
+    /// session before its refusals are held back. Default 10.
+    pub refusals_before_delay: u32,
+    /// How long each refusal past `refusals_before_delay` is held before it
+    /// is sent, in ms; 0 holds none. Default 1000.
+    pub refusal_delay_ms: u64,
 }
 
 impl Default for Limits {
@@ -410,11 +416,20 @@ impl Default for Limits {
             max_connections: 1000,
             max_connections_per_ip: 20,
             shutdown_grace_secs: 30,
+            refusals_before_delay: 10,
+            refusal_delay_ms: 1000,
         }
     }
 }
 
 impl Limits {
+    /// How long a refusal is held once a session has had
+    /// `refusals_before_delay` in a row; `None` when none is.
+    pub fn refusal_delay(&self, refused_in_a_row: u32) -> Option<Duration> {
+        (refused_in_a_row > self.refusals_before_delay && self.refusal_delay_ms > 0)
+            .then(|| Duration::from_millis(self.refusal_delay_ms))
+    }
+
     pub fn command_timeout(&self) -> Duration {
         Duration::from_secs(self.command_timeout_secs)
     }

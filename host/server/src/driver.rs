@@ -8,7 +8,7 @@
 //! names and tells it when it has come. Only the implicit-TLS handshake,
 //! before a session exists, has its timeout here.
 
-use mailwit_smtp::{Expired, Output, Reply, Session};
+use mailwit_smtp::{Expired, Output, Question, Reply, Session, Verdict};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -134,6 +134,7 @@ pub async fn run(
             conn,
             out: Vec::new(),
             room: None,
+            refused: 0,
         };
         d.drive(shutdown).await;
         info!(event = "smtp.disconnect");
@@ -163,6 +164,8 @@ struct Driver {
     /// Room for the message being received, once it is larger than
     /// [`budget::SMALL`]; given back when the message's bytes are.
     room: Option<budget::Reservation>,
+    /// Transaction steps refused in a row (see [`Driver::pace`]).
+    refused: u32,
 }
 
 impl Driver {
@@ -182,7 +185,9 @@ impl Driver {
                     }
                     Output::Ask(q) => {
                         let helo = self.session.helo().unwrap_or_default();
+                        let step = Step::of(&q);
                         let verdict = self.submission.answer(q, helo).await;
+                        self.pace(step, &verdict).await;
                         self.session.answer(verdict, now());
                         // A message's bytes are gone once it is answered.
                         if !self.session.in_data() {
@@ -249,6 +254,32 @@ impl Driver {
         }
     }
 
+    /// Holds a refusal back once the session has had `[limits]
+    /// refusals_before_delay` refused transaction steps in a row, as
+    /// Postfix's `smtpd_soft_error_limit` and `smtpd_error_sleep_time` do:
+    /// a client that asks again at once after each refusal (a quarantined
+    /// tenant's application, a script) then paces itself, instead of
+    /// costing the server a transaction per round trip. An accepted
+    /// recipient or message starts the count again; an accepted MAIL does
+    /// not (a refused RCPT after it would reset nothing). A `421` closes
+    /// the session and is not held; logins have their own limits.
+    async fn pace(&mut self, step: Step, verdict: &Verdict) {
+        match (step, verdict) {
+            (Step::Login, _) => {}
+            (_, Verdict::Reject(r)) if r.code != 421 => {
+                self.refused = self.refused.saturating_add(1);
+                if let Some(delay) = self.ctx.limits.refusal_delay(self.refused) {
+                    self.submission.refusal_delayed();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            (Step::Recipient | Step::Message, Verdict::Accept | Verdict::AcceptWith(_)) => {
+                self.refused = 0
+            }
+            _ => {}
+        }
+    }
+
     /// When the session next needs to be told the time (its deadline, or
     /// the shutdown grace's end). A closed session needs nothing: it has
     /// already said `Close`, so this is never waited for.
@@ -308,6 +339,26 @@ impl Driver {
                 debug!(event = "smtp.write_error", cause = %e);
                 false
             }
+        }
+    }
+}
+
+/// What a question asked, for [`Driver::pace`].
+#[derive(Clone, Copy)]
+enum Step {
+    Login,
+    Sender,
+    Recipient,
+    Message,
+}
+
+impl Step {
+    fn of(q: &Question) -> Step {
+        match q {
+            Question::Auth { .. } => Step::Login,
+            Question::Sender { .. } => Step::Sender,
+            Question::Recipient { .. } => Step::Recipient,
+            Question::Message { .. } => Step::Message,
         }
     }
 }

@@ -86,6 +86,14 @@ impl Metrics {
         );
     }
 
+    /// A session's refusal was held back (see `driver::Driver::pace`).
+    pub fn refusal_delayed(&self, tenant: &str) {
+        self.add(
+            "mailwit_smtp_refusals_delayed_total",
+            format!("tenant=\"{tenant}\""),
+        );
+    }
+
     /// A function was quarantined (its deadline hit too often in a row).
     pub fn quarantine(&self, tenant: &str, function: &str) {
         self.add(

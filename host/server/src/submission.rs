@@ -77,6 +77,11 @@ impl Submission {
         self.principal.as_ref().map_or("", |p| p.tenant.as_str())
     }
 
+    /// One of this session's refusals is being held back.
+    pub fn refusal_delayed(&self) {
+        self.services.metrics.refusal_delayed(self.tenant());
+    }
+
     /// STARTTLS completed: the session starts over (RFC 3207), with the
     /// server name the client asked for.
     pub fn tls_started(&mut self, server_name: Option<String>) {
