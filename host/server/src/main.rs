@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod alloc;
 mod cli;
+mod logwriter;
 use cli::tenant::TenantCommand;
 
 #[derive(Parser)]
@@ -531,13 +532,27 @@ fn admin_call(
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Result<()> {
+    let log = logwriter::Batched::start(std::io::stderr())?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The lines before a panic's message come before it.
+    let panic_hook = std::panic::take_hook();
+    let flush_first = log.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        flush_first.try_flush();
+        panic_hook(info)
+    }));
+    let served = serve_logged(config, config_path, noop);
+    log.flush();
+    served
+}
+
+fn serve_logged(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Result<()> {
     alloc::return_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
