@@ -198,6 +198,7 @@ impl Server {
     pub fn metrics(&self) -> String {
         http_get(self.port("admin"), "/metrics")
     }
+
     pub fn data_dir(&self) -> PathBuf {
         if self.embedded {
             return self.dir.path().join("mailwit-data");

@@ -261,8 +261,9 @@ impl Driver {
     /// tenant's application, a script) then paces itself, instead of
     /// costing the server a transaction per round trip. An accepted
     /// recipient or message starts the count again; an accepted MAIL does
-    /// not (a refused RCPT after it would reset nothing). A `421` closes
-    /// the session and is not held; logins have their own limits.
+    /// not, or a client whose every RCPT is refused would never be held.
+    /// A `421` closes the session and is not held; logins have their own
+    /// limits. A session holding a refusal notices a shutdown after it.
     async fn pace(&mut self, step: Step, verdict: &Verdict) {
         match (step, verdict) {
             (Step::Login, _) => {}
