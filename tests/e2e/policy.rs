@@ -1102,6 +1102,29 @@ fn a_function_hitting_its_deadline_in_a_row_is_quarantined_then_probed() {
     assert_eq!(metric(&s, hits), 2.0);
 }
 
+/// A call still running after a fifth of its deadline is slowed to one
+/// tick in four: a looping call with a 1 s deadline (and no CPU share, so
+/// only the slowing holds it) still ends at its deadline with a 451, but
+/// costs the server about 0.2 s + 0.8 s / 4 of CPU, not the second it
+/// would spin unslowed.
+#[test]
+fn a_call_past_a_fifth_of_its_deadline_is_slowed() {
+    let s = Server::start_with(Options {
+        extra: evil_tenant("none"),
+        runtime: "tenant_cpu_share = 0",
+        ..Options::default()
+    });
+    set_evil_rules(&s, "slowed", "mode = \"loop\"", "deadline-ms = 1000");
+    let mut r = Raw::logged_in_as(&s, "mallory@evil.example");
+    let cpu = || crate::proc::cpu_seconds(s.pid());
+    let before = cpu();
+    let reply = r.cmd("MAIL FROM:<m@evil.example>");
+    let spent = cpu() - before;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    eprintln!("a looping call with a 1 s deadline took {spent:.3} s of server CPU");
+    assert!(spent < 0.7, "the loop took {spent:.3} s of server CPU");
+}
+
 /// Each tenant's policy CPU time is metered against its share of the
 /// machine: a function spinning for 200 ms of wall time per call, with a
 /// share of a tenth of the machine, is slowed at each tick, so five calls
