@@ -172,6 +172,7 @@ impl AuthConfig {
             queue: self.queue,
             queue_timeout: Duration::from_secs(self.queue_timeout_secs),
             refusal_hold: crate::authgate::BUSY_TARPIT,
+            one_per_address: true,
         }
     }
 }

@@ -267,10 +267,12 @@ impl Policy for WasmPolicy {
         let set = tenant.as_deref().and_then(|t| self.tenants.get(t));
         // Credentials the tenant's auth cache verified lately cost no
         // argon2 run: they skip the gate, and so never wait behind a flood.
-        let cached = set
-            .as_ref()
-            .is_some_and(|s| s.rules.verified_recently(&stock_key(login, secret), secret));
-        let _permit = match cached {
+        let known = || {
+            set.as_ref()
+                .is_some_and(|s| s.rules.verified_recently(&stock_key(login, secret), secret))
+        };
+        let mut cached = known();
+        let _pass = match cached {
             true => None,
             false => match self.gate.enter(client.ip).await {
                 Ok(permit) => Some(permit),
@@ -287,6 +289,10 @@ impl Policy for WasmPolicy {
                 }
             },
         };
+        // Another connection from this address may have verified the same
+        // credentials while this one waited for the address's turn (an
+        // application opening its connections at once): no second check.
+        cached = cached || known();
         let Some(set) = set else {
             let secret = secret.to_string();
             let _ = self
@@ -671,6 +677,7 @@ mod tests {
             queue: 16,
             queue_timeout: Duration::from_secs(30),
             refusal_hold: Duration::ZERO,
+            one_per_address: true,
         }));
         let p = WasmPolicy::new(
             f.rt.clone(),

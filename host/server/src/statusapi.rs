@@ -112,6 +112,7 @@ impl StatusApi {
                 queue: config.queue,
                 queue_timeout: std::time::Duration::from_millis(config.queue_timeout_ms),
                 refusal_hold: std::time::Duration::ZERO,
+                one_per_address: false,
             }),
             config,
             active: RwLock::new(Arc::new(f)),
@@ -251,7 +252,7 @@ impl StatusApi {
     async fn answer(
         self: Arc<Self>,
         req: Request<Incoming>,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: crate::authgate::Pass,
     ) -> HttpResponse {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.config.max_body_bytes)
