@@ -111,5 +111,5 @@ for key, what in (("rate", "msg/s"), ("p99_ms", "p99 ms")):
 EOF
 
 echo "peak resident memory: ${RSS_BEFORE} MiB before the flood, ${RSS_AFTER} MiB after"
-curl -s http://127.0.0.1:30825/metrics | grep -E '^mailwit_(auth_refused|policy_quarantines|policy_deadline_hits|policy_cpu_(seconds|throttled))_total' || true
+curl -s http://127.0.0.1:30825/metrics | grep -E '^mailwit_(auth_checks|auth_refused|smtp_refusals_delayed|policy_quarantines|policy_deadline_hits|policy_cpu_(seconds|throttled))_total' || true
 grep -c '"policy.quarantine"\|event="policy.quarantine"' "$WORK/server/log" | sed 's/^/quarantine log events: /'
