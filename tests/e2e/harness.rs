@@ -14,8 +14,6 @@ use mailwit::queue::{Spooled, file};
 /// The demo tenant's password hash (password "demo-password"), reused for
 /// the test tenant so tests need no hashing of their own.
 pub const PASSWORD: &str = "demo-password";
-/// How long `Server::log_text` waits for the server's log to reach it.
-const LOG_SETTLE: Duration = Duration::from_millis(100);
 pub const LOGIN: &str = "app@acme.example";
 pub const SENDER: &str = "news@acme.example";
 
@@ -258,6 +256,7 @@ impl Server {
     /// pipe; the wait covers both, so a test may assert on what is absent
     /// as well as on what is there.
     pub fn log_text(&self) -> String {
+        const LOG_SETTLE: Duration = Duration::from_millis(100);
         std::thread::sleep(LOG_SETTLE);
         self.log.lock().unwrap().join("\n")
     }

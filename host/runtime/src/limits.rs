@@ -236,26 +236,15 @@ impl Clock {
         if now >= self.until {
             return Tick::Interrupt;
         }
-        let left = self.until - now;
-        match self
-            .meter
-            .as_ref()
-            .and_then(|m| m.over(now).map(|w| (m, w)))
-        {
-            Some((m, wait)) => {
-                m.throttle();
-                Tick::Sleep(wait.max(self.slow_pause(now)).min(left).min(MAX_THROTTLE))
-            }
-            None if now >= self.slow_from => Tick::Sleep(SLOW_PAUSE.min(left)),
+        let over_share = self.meter.as_ref().and_then(|m| {
+            let wait = m.over(now)?;
+            m.throttle();
+            Some(wait)
+        });
+        let slowed = (now >= self.slow_from).then_some(SLOW_PAUSE);
+        match over_share.max(slowed) {
+            Some(pause) => Tick::Sleep(pause.min(self.until - now).min(MAX_THROTTLE)),
             None => Tick::Yield,
-        }
-    }
-
-    /// How long a call slowed for running too long sleeps at a tick.
-    fn slow_pause(&self, now: Instant) -> Duration {
-        match now >= self.slow_from {
-            true => SLOW_PAUSE,
-            false => Duration::ZERO,
         }
     }
 }

@@ -98,13 +98,11 @@ unsafe impl GlobalAlloc for Split {
 /// each thread's arena holding its 19 MiB: a flood of failed logins, never
 /// more than two checks at once, still took the server from 48 to 525 MiB
 /// resident. Setting the threshold also stops glibc from raising it on
-/// its own. Call it before any other thread exists.
-pub fn return_large_blocks() {
+/// its own. Call it before any other thread exists; false when glibc
+/// refused it.
+pub fn return_large_blocks() -> bool {
     // SAFETY: mallopt only sets a malloc parameter.
-    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE as libc::c_int) };
-    if ok != 1 {
-        tracing::warn!(event = "malloc.threshold", "could not set M_MMAP_THRESHOLD");
-    }
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE as libc::c_int) == 1 }
 }
 
 /// Gives back what start-up freed (compiling the components takes tens of

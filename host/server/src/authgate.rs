@@ -268,13 +268,15 @@ impl AuthGate {
             .entry(ip)
             .or_insert_with(|| Arc::new(Semaphore::new(1)))
             .clone();
+        // Made before the wait, so that however the wait ends (a permit, the
+        // timeout, the login's future dropped) its drop forgets an address
+        // no one holds or waits for any more.
         let mut held = AddressTurn {
             ip,
             permit: None,
             turns: self.turns.clone(),
         };
         let waited = tokio::time::timeout(self.config.queue_timeout, turn.acquire_owned()).await;
-        // Its reference to the semaphore goes before `held` may drop.
         match waited {
             Ok(Ok(permit)) => {
                 held.permit = Some(permit);

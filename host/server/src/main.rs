@@ -532,6 +532,8 @@ fn admin_call(
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Result<()> {
+    // Before any other thread exists (the log's is the first).
+    let large_blocks_returned = alloc::return_large_blocks();
     let log = logwriter::Batched::start(std::io::stderr())?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -540,6 +542,9 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
         .with_writer(log.clone())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if !large_blocks_returned {
+        tracing::warn!(event = "malloc.threshold", "could not set M_MMAP_THRESHOLD");
+    }
     // The lines before a panic's message come before it.
     let panic_hook = std::panic::take_hook();
     let flush_first = log.clone();
@@ -553,7 +558,6 @@ fn serve(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Re
 }
 
 fn serve_logged(config: Config, config_path: Option<PathBuf>, noop: bool) -> anyhow::Result<()> {
-    alloc::return_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
