@@ -5,12 +5,14 @@
 #   MAILWIT_BENCH_SECONDS=10 bench/compare.sh
 #   MAILWIT_BENCH_ROUNDS=1 bench/compare.sh      # one run per server and shape
 #   bench/compare.sh 64:reused:plain 64:new:starttls    # only these shapes
+#   MAILWIT_BENCH_FUNCTIONS=stock bench/compare.sh  # the stock decisions in one component
 #
 # Needs root (it installs Postfix from Debian when missing, configures and
 # starts it on 127.0.0.1:30025; see bench/lib.sh). Three servers run at
 # once, each idle while another is driven: Postfix 3.7 (fsync'd queue,
 # discard transport, relaying for mynetworks without AUTH: the comparison
-# favours it), mailwit with the stock function set and AUTH (release build,
+# favours it), mailwit with the five stock functions (the demo tenant's set;
+# MAILWIT_BENCH_FUNCTIONS=stock: builtin:stock instead) and AUTH (release build,
 # durable spool, discard route), and mailwit with --unsafe-noop-policy (no
 # component is asked; AUTH is accepted without a check). A shape is a
 # session count, reused connections or a new connection per message, and

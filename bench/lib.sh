@@ -44,8 +44,27 @@ postfix_ticks() {
 	echo "$total"
 }
 
+# The bench tenant's function set: the five stock functions, as the demo
+# tenant has them (MAILWIT_BENCH_FUNCTIONS=five, the default), or the same
+# decisions in one component (MAILWIT_BENCH_FUNCTIONS=stock).
+bench_functions() {
+	case "${MAILWIT_BENCH_FUNCTIONS:-five}" in
+	five)
+		local f
+		for f in auth sender content ib-headers router; do
+			echo "    { name = \"$f\", component = \"builtin:$f\" },"
+		done
+		;;
+	stock) echo '    { name = "stock", component = "builtin:stock" },' ;;
+	*)
+		echo "MAILWIT_BENCH_FUNCTIONS is five or stock" >&2
+		return 1
+		;;
+	esac
+}
+
 # mailwit's configuration for a benchmark server: one listener offering
-# STARTTLS and plaintext AUTH, the stock function set, the tenant `bench`
+# STARTTLS and plaintext AUTH, `bench_functions`, the tenant `bench`
 # discarding what it accepts (its user is added once the server runs).
 # $1 data dir, $2 SMTP port, $3 admin port, $4 more configuration.
 mailwit_config() {
@@ -67,11 +86,7 @@ plaintext_auth = true
 [[tenants]]
 id = "bench"
 functions = [
-    { name = "auth", component = "builtin:auth" },
-    { name = "sender", component = "builtin:sender" },
-    { name = "content", component = "builtin:content" },
-    { name = "ib-headers", component = "builtin:ib-headers" },
-    { name = "router", component = "builtin:router" },
+$(bench_functions)
 ]
 [tenants.rules.senders]
 domains = ["bench.example"]

@@ -881,6 +881,107 @@ mod tests {
         assert_eq!(r, policy_failed());
     }
 
+    /// `builtin:stock` is the five stock functions in one component: given
+    /// the demo tenant's rules, every decision it makes is the five's
+    /// (the refusing function's name aside), for senders, logins and
+    /// messages that take each branch.
+    #[tokio::test]
+    async fn the_stock_component_decides_as_the_five_functions_do() {
+        let mut rules = Config::load(None).unwrap().tenants[0].rules.clone();
+        // Logins belong to one tenant: the stock tenant has its own user,
+        // with the demo user's password, and no API keys.
+        rules.remove("api-keys");
+        let mut users = toml::Table::new();
+        users.insert("stockuser".into(), demo_hash().into());
+        rules.insert("users".into(), users.into());
+        let stock = crate::tenants::BUILTINS
+            .iter()
+            .find(|(n, _)| *n == "stock")
+            .unwrap()
+            .1;
+        tenant(
+            "t-stock",
+            ("stock", stock),
+            &toml::to_string(&rules).unwrap(),
+        );
+        let (p, _, _) = policy();
+        let (demo, one) = (txn(&p, "demo"), txn(&p, "t-stock"));
+        let senders = [
+            ("demo@mailwit.test", Some(100)),
+            ("Anyone@EXAMPLE.com", None),
+            ("x@elsewhere.example", None),
+            ("", None),
+            ("demo@mailwit.test", Some(20_000_000)),
+        ];
+        let mut refused = 0;
+        for (sender, size) in senders {
+            let a = demo.check_sender(sender, size, false).await;
+            refused += a.is_err() as usize;
+            assert_eq!(a, one.check_sender(sender, size, false).await, "{sender}");
+        }
+        assert_eq!(refused, 3);
+        let envelope = Envelope {
+            sender: "demo@mailwit.test".into(),
+            recipients: vec!["someone@example.net".into()],
+            ..Envelope::default()
+        };
+        let messages: [&[u8]; 5] = [
+            b"From: demo@mailwit.test\r\nTo: someone@example.net\r\nX-IB-bulk-id: b1\r\nX-IB-notify-content-type: application/json\r\n\r\nhi\r\n",
+            b"From: x@elsewhere.example\r\n\r\nhi\r\n",
+            b"From: demo@mailwit.test\r\nTo: other@example.org\r\n\r\nhi\r\n",
+            b"From: demo@mailwit.test\r\nX-IB-notify-content-type: text/plain\r\n\r\nhi\r\n",
+            b"From: demo@mailwit.test\r\nX-IB-intermediate-report: TRUE\r\nx-ib-callback-data: c\r\n\r\nhi\r\n",
+        ];
+        let mut accepted = 0;
+        for m in messages {
+            let text = String::from_utf8_lossy(m);
+            let (a, b) = (
+                demo.message(&envelope, m).await,
+                one.message(&envelope, m).await,
+            );
+            match (a, b) {
+                (Ok(mut a), Ok(mut b)) => {
+                    accepted += 1;
+                    assert!(!a.metadata.is_empty(), "{text}");
+                    assert!(b.policy.contains(" stock@"), "{}", b.policy);
+                    (a.policy, b.policy) = (String::new(), String::new());
+                    assert_eq!(a, b, "{text}");
+                }
+                (a, b) => assert_eq!(a.err(), b.err(), "{text}"),
+            }
+        }
+        assert_eq!(accepted, 2);
+        // Logins: the same refusals; the right password is accepted.
+        let rt = &FIXTURE.rt;
+        let (demo, one) = (
+            FIXTURE.tenants.get("demo").unwrap(),
+            FIXTURE.tenants.get("t-stock").unwrap(),
+        );
+        let login = |set: Arc<PolicySet>, login: &'static str, secret: &'static str| async move {
+            let plain = mailwit_runtime::Mechanism::Plain;
+            set.authenticate(rt, set.limits, &client(3), plain, login, secret)
+                .await
+                .unwrap()
+        };
+        let (wrong, right) = ("wrong", "demo-password");
+        let refusal = |d: Decision<String>| match d {
+            Decision::Refuse(r) => (r.code, r.status, r.text),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refusal(login(demo.clone(), "demo", wrong).await),
+            refusal(login(one.clone(), "stockuser", wrong).await)
+        );
+        assert_eq!(
+            refusal(login(demo, "nobody", right).await),
+            refusal(login(one.clone(), "nobody", right).await)
+        );
+        assert_eq!(
+            login(one, "stockuser", right).await,
+            Decision::Accept("stockuser".into())
+        );
+    }
+
     #[tokio::test]
     async fn a_components_refusal_is_validated_before_a_client_sees_it() {
         let (p, metrics, _) = policy();

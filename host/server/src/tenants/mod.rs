@@ -80,6 +80,15 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
             "/mailwit_router_sandbox.wasm"
         )),
     ),
+    // auth, sender, content, ib-headers and router in one component: the
+    // same decisions at fewer calls per message (components/stock).
+    (
+        "stock",
+        include_bytes!(concat!(
+            env!("MAILWIT_COMPONENTS_DIR"),
+            "/mailwit_stock.wasm"
+        )),
+    ),
 ];
 
 /// The status API component (an HTTP component, not a policy function).
