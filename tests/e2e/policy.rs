@@ -96,6 +96,67 @@ fn an_address_inside_the_allowed_range_logs_in_and_deny_refuses_until_one_is_lis
     );
 }
 
+/// A tenant whose only function is `builtin:stock` (the five reference
+/// functions in one component) over SMTP: accepted with the Infobip headers
+/// extracted, and the five's refusals. (That it decides exactly as the
+/// five do, branch by branch, is the server's unit test.)
+#[test]
+fn a_tenant_on_the_one_stock_component_is_answered_as_by_the_five() {
+    let login = "ops@one.example";
+    let one = tenant(
+        "one",
+        &functions(&[("stock", "builtin:stock".into())]),
+        &format!(
+            "revision = \"one-3\"\n[tenants.rules.senders]\naddresses = [\"{login}\"]\n{}",
+            users(login)
+        ),
+    );
+    let s = Server::start_with(Options {
+        extra: one,
+        ..Options::default()
+    });
+    let headers = ["--header", "X-IB-bulk-id: bulk-9"];
+    let out = swaks(&s, login, PASSWORD, login, "a@example.net", &headers);
+    let id = queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"));
+    let m = s.spooled(&id).meta;
+    for kv in [("bulkId", "bulk-9"), ("rulesRevision", "one-3")] {
+        let kv = (kv.0.to_string(), kv.1.to_string());
+        assert!(m.metadata.contains(&kv), "{kv:?} missing: {:?}", m.metadata);
+    }
+    assert_eq!(m.remove_headers, ["X-IB-bulk-id"]);
+    assert_eq!(m.route.to_string(), "relay:default");
+    assert!(m.policy.ends_with(" stock@1"), "{}", m.policy);
+    let refused = |login: &str, password: &str, sender: &str, more: &[&str]| {
+        refusal(&swaks(&s, login, password, sender, "a@example.net", more))
+    };
+    assert_eq!(refused(login, "wrong", login, &[]), "535 5.7.8");
+    assert_eq!(
+        refused(login, PASSWORD, "x@elsewhere.example", &[]),
+        "550 5.7.1"
+    );
+    let from = ["--header", "From: x@elsewhere.example"];
+    assert_eq!(refused(login, PASSWORD, login, &from), "550 5.7.1");
+    let csv = ["--header", "X-IB-notify-content-type: text/csv"];
+    assert_eq!(refused(login, PASSWORD, login, &csv), "550 5.6.0");
+    // The CLI deploys an embedded component by name. Appended after
+    // `stock`, a router decides nothing: stock's route comes first.
+    let (ok, out) = s.cli(
+        "tenant",
+        &["deploy", "one", "router", "builtin:router-sandbox"],
+    );
+    assert!(ok, "{out}");
+    let out = swaks(&s, login, PASSWORD, login, "a@example.net", &[]);
+    let id = queue_id(&out).unwrap_or_else(|| panic!("not accepted:\n{out}"));
+    let m = s.spooled(&id).meta;
+    assert_eq!(m.route.to_string(), "relay:default");
+    assert!(m.policy.ends_with(" stock@1 router@1"), "{}", m.policy);
+    let (ok, out) = s.cli("tenant", &["deploy", "one", "x", "builtin:nope"]);
+    assert!(
+        !ok && out.contains("no builtin component \"nope\""),
+        "{out}"
+    );
+}
+
 #[test]
 fn reference_functions_accept_and_refuse_with_their_codes() {
     let strict = tenant(

@@ -7,7 +7,8 @@
 //! - a transaction: check-sender, one check-recipient, inspect-message (two
 //!   functions) and route, each on fresh instances (a runtime with
 //!   `warm_calls = 1`), then on warm (reused) instances as the server runs
-//!   them;
+//!   them; and the same decisions from `builtin:stock` (the five in one
+//!   component);
 //! - the host's parse of a 4 KB message before inspect-message;
 //! - authentication (an argon2 verification inside, by design).
 //!
@@ -34,11 +35,15 @@ fn main() {
     tokio.block_on(bench());
 }
 
-/// The demo tenant's reference set, loaded into `rt`.
-fn demo_set(rt: &Runtime) -> PolicySet {
+/// The demo tenant's five reference functions.
+const FIVE: &[&str] = &["auth", "sender", "content", "ib-headers", "router"];
+
+/// The demo tenant's rules with the embedded components `names` (the
+/// demo's five, or `stock`), loaded into `rt`.
+fn demo_set(rt: &Runtime, names: &[&str]) -> PolicySet {
     let demo = mailwit::config::Config::load(None).unwrap();
     let rules = Rules::parse(&toml::to_string(&demo.tenants[0].rules).unwrap()).unwrap();
-    let functions = ["auth", "sender", "content", "ib-headers", "router"]
+    let functions = names
         .iter()
         .enumerate()
         .map(|(i, name)| {
@@ -59,13 +64,14 @@ fn demo_set(rt: &Runtime) -> PolicySet {
 
 async fn bench() {
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
-    let set = demo_set(&rt);
+    let set = demo_set(&rt, FIVE);
+    let stock = demo_set(&rt, &["stock"]);
     let fresh_rt = Runtime::new(RuntimeConfig {
         warm_calls: 1,
         ..RuntimeConfig::default()
     })
     .unwrap();
-    let fresh_set = demo_set(&fresh_rt);
+    let fresh_set = demo_set(&fresh_rt, FIVE);
     let client = Client {
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port: 40000,
@@ -153,21 +159,35 @@ async fn bench() {
     // evicted the CPU caches: the same warm transaction, with the caches
     // flushed (32 MiB written) before each run, outside the timing.
     let mut junk = vec![0u8; 32 << 20];
-    let mut cold = Duration::ZERO;
-    let runs = N / 10;
-    transaction(&rt, &set).await;
-    for i in 0..runs {
-        junk.iter_mut()
-            .step_by(64)
-            .for_each(|b| *b = b.wrapping_add(i as u8));
-        let start = Instant::now();
-        transaction(&rt, &set).await;
-        cold += start.elapsed();
-    }
-    std::hint::black_box(&junk);
+    let mut cold = async |set: &PolicySet| {
+        let mut cold = Duration::ZERO;
+        let runs = N / 10;
+        transaction(&rt, set).await;
+        for i in 0..runs {
+            junk.iter_mut()
+                .step_by(64)
+                .for_each(|b| *b = b.wrapping_add(i as u8));
+            let start = Instant::now();
+            transaction(&rt, set).await;
+            cold += start.elapsed();
+        }
+        std::hint::black_box(&junk);
+        cold / runs
+    };
     println!(
         "transaction, warm instances, CPU caches flushed before each: {:.1} µs",
-        (cold / runs).as_secs_f64() * 1e6
+        cold(&set).await.as_secs_f64() * 1e6
+    );
+    // The same decisions from builtin:stock, the five in one component:
+    // three calls (no recipient check is exported), one instance.
+    let t = time(async || transaction(&rt, &stock).await).await;
+    println!(
+        "transaction, builtin:stock, warm instance: {:.1} µs",
+        t.as_secs_f64() * 1e6
+    );
+    println!(
+        "transaction, builtin:stock, warm instance, CPU caches flushed before each: {:.1} µs",
+        cold(&stock).await.as_secs_f64() * 1e6
     );
 
     // What the host does before inspect-message: parse the message.

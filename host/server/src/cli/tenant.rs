@@ -12,8 +12,9 @@ use crate::{admin_call, print_json, print_table, text, time_text};
 
 #[derive(Subcommand)]
 pub enum TenantCommand {
-    /// Deploy a new version of a function (a .wasm component); it is
-    /// validated first and used from the next transaction on.
+    /// Deploy a new version of a function (a .wasm component, or
+    /// `builtin:<name>` for one embedded in mailwit); it is validated first
+    /// and used from the next transaction on.
     Deploy {
         tenant: String,
         function: String,
@@ -24,9 +25,10 @@ pub enum TenantCommand {
         #[arg(long)]
         shadow: bool,
     },
-    /// Run a candidate against the tenant's recorded transactions (or the
-    /// `.eml` files of a directory) next to the live version; prints every
-    /// difference and exits 1 when there is any.
+    /// Run a candidate (a path or `builtin:<name>`) against the tenant's
+    /// recorded transactions (or the `.eml` files of a directory) next to
+    /// the live version; prints every difference and exits 1 when there is
+    /// any.
     Test {
         tenant: String,
         function: String,
@@ -191,8 +193,7 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
                 "/v1/tenants/{tenant}/functions/{function}{}",
                 if shadow { "?shadow=true" } else { "" }
             ),
-            std::fs::read(&component)
-                .with_context(|| format!("reading {}", component.display()))?,
+            component_bytes(&component)?,
         ),
         TenantCommand::Test {
             tenant,
@@ -407,6 +408,29 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
     print_json(&admin_call(&config, method, &path, body)?)
 }
 
+/// A component's bytes: `builtin:<name>` names one embedded in this binary
+/// (`builtin:stock`, as a configuration's functions do), anything else is
+/// a path to a `.wasm` file.
+fn component_bytes(component: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = component.to_string_lossy();
+    match text.strip_prefix("builtin:") {
+        Some(name) => mailwit::tenants::BUILTINS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, bytes)| bytes.to_vec())
+            .with_context(|| {
+                let names: Vec<&str> = mailwit::tenants::BUILTINS.iter().map(|b| b.0).collect();
+                format!(
+                    "no builtin component {name:?} (there are {})",
+                    names.join(", ")
+                )
+            }),
+        None => {
+            std::fs::read(component).with_context(|| format!("reading {}", component.display()))
+        }
+    }
+}
+
 /// `mailwit tenant test`: the report, and an error (exit 1) when the
 /// candidate differs from the live version anywhere.
 fn test(
@@ -418,8 +442,7 @@ fn test(
 ) -> anyhow::Result<()> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let wasm =
-        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let wasm = component_bytes(component)?;
     let mut body = json!({ "component": b64.encode(wasm) });
     if let Some(dir) = eml {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
