@@ -19,7 +19,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailwit::tenants::BUILTINS;
 use mailwit_runtime::{
     Client, Decision, Limits, Mechanism, MessageArgs, MessageInfo, PolicySet, Rules, Runtime,
     RuntimeConfig, Session, SessionInfo,
@@ -47,7 +46,7 @@ fn demo_set(rt: &Runtime, names: &[&str]) -> PolicySet {
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let bytes = BUILTINS.iter().find(|(n, _)| n == name).unwrap().1;
+            let bytes = mailwit::tenants::builtin(name).unwrap();
             Arc::new(rt.load(name, i as u64 + 1, bytes).unwrap())
         })
         .collect();

@@ -894,11 +894,7 @@ mod tests {
         let mut users = toml::Table::new();
         users.insert("stockuser".into(), demo_hash().into());
         rules.insert("users".into(), users.into());
-        let stock = crate::tenants::BUILTINS
-            .iter()
-            .find(|(n, _)| *n == "stock")
-            .unwrap()
-            .1;
+        let stock = crate::tenants::builtin("stock").unwrap();
         tenant(
             "t-stock",
             ("stock", stock),
@@ -1155,11 +1151,7 @@ mod tests {
     /// could not run) is not the client's doing and counts for nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_refusals_count_against_an_address_and_a_success_forgets_them() {
-        let auth = crate::tenants::BUILTINS
-            .iter()
-            .find(|(n, _)| *n == "auth")
-            .unwrap()
-            .1;
+        let auth = crate::tenants::builtin("auth").unwrap();
         let hash = demo_hash();
         // Its own tenant: nothing of it is in the auth cache yet.
         tenant(

@@ -408,23 +408,11 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
     print_json(&admin_call(&config, method, &path, body)?)
 }
 
-/// A component's bytes: `builtin:<name>` names one embedded in this binary
-/// (`builtin:stock`, as a configuration's functions do), anything else is
-/// a path to a `.wasm` file.
+/// A component's bytes: `builtin:<name>` for one embedded in this binary
+/// (`builtin:stock`), anything else a path to a `.wasm` file.
 fn component_bytes(component: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let text = component.to_string_lossy();
-    match text.strip_prefix("builtin:") {
-        Some(name) => mailwit::tenants::BUILTINS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, bytes)| bytes.to_vec())
-            .with_context(|| {
-                let names: Vec<&str> = mailwit::tenants::BUILTINS.iter().map(|b| b.0).collect();
-                format!(
-                    "no builtin component {name:?} (there are {})",
-                    names.join(", ")
-                )
-            }),
+    match component.to_str() {
+        Some(text) => mailwit::tenants::component_bytes(text),
         None => {
             std::fs::read(component).with_context(|| format!("reading {}", component.display()))
         }

@@ -91,6 +91,27 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// The embedded component `name` (`auth`, `stock`, ...).
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// The component `component` names, as a configuration's functions and
+/// `mailwit tenant deploy` name them: `builtin:<name>` for one of
+/// [`BUILTINS`], anything else a path to a `.wasm` file.
+pub fn component_bytes(component: &str) -> anyhow::Result<Vec<u8>> {
+    match component.strip_prefix("builtin:") {
+        Some(name) => builtin(name).map(<[u8]>::to_vec).with_context(|| {
+            let names: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
+            format!(
+                "no builtin component {name:?} (there are {})",
+                names.join(", ")
+            )
+        }),
+        None => std::fs::read(component).with_context(|| format!("reading {component}")),
+    }
+}
+
 /// The status API component (an HTTP component, not a policy function).
 pub const STATUS_COMPONENT: &[u8] = include_bytes!(concat!(
     env!("MAILWIT_COMPONENTS_DIR"),
@@ -301,15 +322,7 @@ impl Tenants {
             .map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.id))?;
         let mut components = Vec::new();
         for f in &t.functions {
-            let bytes = match f.component.strip_prefix("builtin:") {
-                Some(name) => BUILTINS
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, b)| b.to_vec())
-                    .with_context(|| format!("no builtin component {name:?}"))?,
-                None => std::fs::read(&f.component)
-                    .with_context(|| format!("reading {}", f.component))?,
-            };
+            let bytes = component_bytes(&f.component)?;
             self.rt
                 .load(&f.name, 1, &bytes)
                 .with_context(|| format!("tenant {}: function {}", t.id, f.name))?;
