@@ -19,6 +19,7 @@ use crate::isolation::Hit;
 use crate::limits::{Failure, FailureKind, Limits, arm_deadline, classify};
 use crate::rules::Rules;
 pub(crate) use crate::state::{State, export};
+use crate::ticker::Awake;
 use crate::types::SessionInfo;
 use crate::warm::{Key, Warm};
 
@@ -43,6 +44,8 @@ pub(crate) struct Lease<'a> {
     rt: &'a Runtime,
     function: &'a Function,
     warm: Warm,
+    /// Keeps the epoch advancing for the call's deadline.
+    _awake: Awake<'a>,
 }
 
 /// Lends an instance of `function` for one call under `cx`, its deadline
@@ -90,8 +93,14 @@ pub(crate) async fn lease<'a>(
         }
         tokio::time::sleep(wait).await;
     }
+    let _awake = rt.ticker.enter();
     State::begin_call(&mut warm.store, cx.limits.deadline, cx.session.cloned());
-    Ok(Lease { rt, function, warm })
+    Ok(Lease {
+        rt,
+        function,
+        warm,
+        _awake,
+    })
 }
 
 fn function_failure(function: &Function, kind: FailureKind) -> Failure {
@@ -159,6 +168,7 @@ async fn instantiate(
     cx: &Context<'_>,
     deadline: Deadline,
 ) -> Result<(Store<State>, Instance), Failure> {
+    let _awake = rt.ticker.enter();
     let meter = match deadline {
         Deadline::Yield => rt.meters.meter(cx.tenant),
         Deadline::Trap => None,

@@ -4,7 +4,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -14,6 +14,7 @@ use crate::bindings::exports::mailwit::policy as ex;
 use crate::bindings::mailwit::policy as im;
 use crate::isolation::{CpuShare, CpuUse, Health, Meters};
 use crate::state::State;
+use crate::ticker::Ticker;
 use crate::warm;
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
@@ -141,14 +142,14 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     linker: Linker<State>,
     config: RuntimeConfig,
-    stop: Arc<AtomicBool>,
+    pub(crate) ticker: Arc<Ticker>,
     pub(crate) warm: warm::Pool,
     pub(crate) meters: Meters,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -189,23 +190,14 @@ impl Runtime {
         im::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
 
         // One ticker for the engine: per-call tickers cost orders of magnitude.
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (engine.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    e.increment_epoch();
-                }
-            })?;
+        let ticker = Ticker::start(engine.clone())?;
         if let Some(dir) = &config.cache_dir {
             std::fs::create_dir_all(dir)?;
         }
         Ok(Runtime {
             engine,
             linker,
-            stop,
+            ticker,
             warm: warm::Pool::default(),
             meters: Meters::new(config.tenant_cpu),
             config,
@@ -214,6 +206,12 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Whether the epoch ticker is parked: nothing has run WebAssembly for
+    /// about a second (see the `ticker` module).
+    pub fn ticker_parked(&self) -> bool {
+        self.ticker.parked()
     }
 
     /// Each tenant's policy CPU time and throttled calls so far (empty

@@ -251,6 +251,7 @@ impl Runtime {
             limiter: Limiter::new(limits.memory_bytes.min(self.config().max_memory_bytes)),
             data,
         };
+        let _awake = self.ticker.enter();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, limits.deadline);

@@ -62,6 +62,7 @@ mod isolation;
 pub mod limits;
 pub mod policy;
 mod state;
+mod ticker;
 mod types;
 mod warm;
 

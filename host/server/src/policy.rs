@@ -1067,6 +1067,54 @@ mod tests {
         );
     }
 
+    /// The epoch ticker parks once nothing has run for a while (so an idle
+    /// server does not wake 500 times a second), and the call that comes
+    /// next still ends at its deadline: it wakes the ticker. A runtime of
+    /// its own, so that no other test's calls keep its ticker up.
+    #[test]
+    fn a_call_after_the_ticker_parks_still_ends_at_its_deadline() {
+        let rt = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+        let loops = rt.load("hostile", 1, &hostile_component()).unwrap();
+        let set = PolicySet {
+            tenant: Arc::from("t-parked"),
+            generation: 1,
+            functions: vec![Arc::new(loops)],
+            rules: Arc::new(mailwit_runtime::Rules::parse("[hostile]\nmode = \"loop\"").unwrap()),
+            rules_version: 1,
+            limits: Limits {
+                deadline: Duration::from_millis(100),
+                ..Limits::default()
+            },
+            label: Default::default(),
+        };
+        // About a second after the load's check ran; bounded, not timed.
+        for _ in 0..300 {
+            if rt.ticker_parked() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(rt.ticker_parked(), "the ticker never parked");
+        // On a thread of its own: without the ticker the call would loop
+        // for ever, never yielding, and the bound turns that into a failure.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rt2 = rt.clone();
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let s = Session::new(session("t-parked"));
+            let call = set.check_sender(&rt2, set.limits, &s, "a@b.example", None, false);
+            let _ = tx.send(tokio.block_on(call));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the looping call never met its deadline");
+        assert_eq!(r.unwrap_err().kind, FailureKind::Deadline);
+        assert!(!rt.ticker_parked());
+    }
+
     /// Counts the turns a task gets on a current-thread runtime while `f`
     /// runs beside it: none unless `f` yields.
     async fn turns_beside<R>(f: impl Future<Output = R>) -> (R, u64) {
