@@ -12,6 +12,8 @@
 //! - [`call`]: one call: an instance lent for it (warm from the pool or
 //!   fresh), async, and `Runtime::load`, which type-checks a function by
 //!   instantiating it once.
+//! - `ticker`: the epoch's ticker thread, which parks while no component
+//!   runs (every entry into WebAssembly holds it awake).
 //! - `warm`: the pool of warm instances (a call takes one that serves its
 //!   function version, rules and tenant, and gives it back).
 //! - [`policy`]: a tenant's function set and the order in which the
@@ -41,11 +43,12 @@
 //! |---|---|
 //! | `policy` | `call`, `engine`, `state`, `bindings`, `limits`, `rules`, `types` |
 //! | `http` | `engine`, `bindings`, `limits` |
-//! | `call` | `engine`, `warm`, `state`, `isolation`, `limits`, `rules`, `types` |
-//! | `engine` | `warm`, `state`, `bindings`, `isolation`, `limits` |
+//! | `call` | `engine`, `warm`, `ticker`, `state`, `isolation`, `limits`, `rules`, `types` |
+//! | `engine` | `warm`, `ticker`, `state`, `bindings`, `isolation`, `limits` |
 //! | `warm` | `state`, `rules` |
 //! | `state` | `bindings`, `isolation`, `limits`, `rules`, `types` |
 //! | `limits` | `isolation` |
+//! | `ticker` | `limits` |
 //! | `bindings`, `isolation`, `types` | none: the leaves |
 //!
 //! `rules` is the crate `mailwit-rules` (no wasmtime, no other mailwit
