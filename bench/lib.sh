@@ -47,20 +47,23 @@ postfix_ticks() {
 # The bench tenant's function set: the five stock functions, as the demo
 # tenant has them (MAILWIT_BENCH_FUNCTIONS=five, the default), or the same
 # decisions in one component (MAILWIT_BENCH_FUNCTIONS=stock).
+FUNCTIONS=${MAILWIT_BENCH_FUNCTIONS:-five}
+case "$FUNCTIONS" in
+five | stock) ;;
+*)
+	echo "MAILWIT_BENCH_FUNCTIONS is five or stock, not $FUNCTIONS" >&2
+	exit 2
+	;;
+esac
 bench_functions() {
-	case "${MAILWIT_BENCH_FUNCTIONS:-five}" in
-	five)
-		local f
-		for f in auth sender content ib-headers router; do
-			echo "    { name = \"$f\", component = \"builtin:$f\" },"
-		done
-		;;
-	stock) echo '    { name = "stock", component = "builtin:stock" },' ;;
-	*)
-		echo "MAILWIT_BENCH_FUNCTIONS is five or stock" >&2
-		return 1
-		;;
-	esac
+	local f
+	if [ "$FUNCTIONS" = stock ]; then
+		echo '    { name = "stock", component = "builtin:stock" },'
+		return
+	fi
+	for f in auth sender content ib-headers router; do
+		echo "    { name = \"$f\", component = \"builtin:$f\" },"
+	done
 }
 
 # mailwit's configuration for a benchmark server: one listener offering
