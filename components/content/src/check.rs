@@ -3,6 +3,7 @@
 
 use crate::mailwit::policy::host;
 use crate::mailwit::policy::types::{Envelope, Inspection, Message, Reply};
+use crate::senders;
 
 /// The rules this function reads, read once per instance: an instance never
 /// sees two versions of the tenant's rules, and a warm one serves many calls.
@@ -11,8 +12,6 @@ struct Rules {
     refuse_attachments: bool,
     headers_in_envelope: bool,
     check_from: bool,
-    addresses: Vec<String>,
-    domains: Vec<String>,
 }
 
 fn rules() -> &'static Rules {
@@ -22,19 +21,7 @@ fn rules() -> &'static Rules {
         refuse_attachments: host::rule("message.refuse-attachments").as_deref() == Some("true"),
         headers_in_envelope: host::rule("message.headers-in-envelope").as_deref() != Some("false"),
         check_from: host::rule("senders.check-from").as_deref() != Some("false"),
-        addresses: host::rule_list("senders.addresses"),
-        domains: host::rule_list("senders.domains"),
     })
-}
-
-impl Rules {
-    /// A registered sender: one of `senders.addresses`, or in one of
-    /// `senders.domains` (case-insensitive), as the sender function says.
-    fn registered(&self, addr: &str) -> bool {
-        let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        self.addresses.iter().any(|a| a.eq_ignore_ascii_case(addr))
-            || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-    }
 }
 
 /// The addresses of an address-list header value (RFC 5322): each
@@ -126,14 +113,14 @@ pub fn inspect_message(envelope: &Envelope, message: &Message) -> Result<Inspect
             }
         }
     }
-    if rules.check_from && !(rules.addresses.is_empty() && rules.domains.is_empty()) {
+    if rules.check_from && senders::listed() {
         let from = message
             .headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("from"))
             .flat_map(|h| addresses(&h.value));
         for addr in from {
-            if !rules.registered(&addr) {
+            if !senders::registered(&addr) {
                 return Err(refuse(
                     550,
                     "5.7.1",

@@ -18,6 +18,8 @@
 wit_bindgen::generate!({ path: "../../wit", world: "inspector" });
 
 mod check;
+#[path = "../../sender/src/senders.rs"]
+mod senders;
 
 use exports::mailwit::policy::inspect_message::Guest;
 use mailwit::policy::types::{Envelope, Inspection, Message, Reply};

@@ -11,8 +11,6 @@ struct Rules {
     max_per_second: Option<u64>,
     max_per_day: Option<u64>,
     allow_null: bool,
-    addresses: Vec<String>,
-    domains: Vec<String>,
 }
 
 fn rules() -> &'static Rules {
@@ -22,8 +20,6 @@ fn rules() -> &'static Rules {
         max_per_second: host::rule("usage.max-per-second").and_then(|m| m.parse().ok()),
         max_per_day: host::rule("usage.max-per-day").and_then(|m| m.parse().ok()),
         allow_null: host::rule("senders.allow-null").as_deref() == Some("true"),
-        addresses: host::rule_list("senders.addresses"),
-        domains: host::rule_list("senders.domains"),
     })
 }
 
@@ -72,13 +68,7 @@ pub fn check_sender(sender: &str, params: MailParams) -> Result<(), Reply> {
             ))
         };
     }
-    let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-    let registered = rules
-        .addresses
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(sender));
-    let verified = rules.domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
-    if registered || verified {
+    if crate::senders::registered(sender) {
         Ok(())
     } else {
         Err(refuse(

@@ -15,6 +15,7 @@
 wit_bindgen::generate!({ path: "../../wit", world: "sender-check" });
 
 mod check;
+mod senders;
 
 use exports::mailwit::policy::check_sender::Guest;
 use mailwit::policy::types::{MailParams, Reply};

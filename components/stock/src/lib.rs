@@ -26,6 +26,8 @@ mod ib_headers;
 mod router;
 #[path = "../../sender/src/check.rs"]
 mod sender;
+#[path = "../../sender/src/senders.rs"]
+mod senders;
 
 use exports::mailwit::policy::{authenticate, check_sender, inspect_message, route};
 use mailwit::policy::types::{

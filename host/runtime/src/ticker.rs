@@ -8,7 +8,7 @@
 //! otherwise wake 500 times a second for nothing (about 1% of a core
 //! here, all of an idle server's CPU). Under load calls come every tick
 //! and the thread never parks, so the only cost there is an atomic add and
-//! subtract per entry.
+//! subtract per entry, and a read of the `parked` flag.
 //!
 //! No deadline is lost: the thread parks only when no entry is running
 //! (a store's deadline is a number of ticks from the epoch its call began
@@ -84,7 +84,9 @@ impl Ticker {
     /// Marks an entry into WebAssembly, waking the thread if it parked.
     pub fn enter(&self) -> Awake<'_> {
         self.running.fetch_add(1, SeqCst);
-        if self.parked.swap(false, SeqCst) {
+        // A load first: under load the flag is false at every call, and a
+        // swap would write its cache line from both cores each time.
+        if self.parked.load(SeqCst) && self.parked.swap(false, SeqCst) {
             self.wake();
         }
         Awake(self)

@@ -12,8 +12,9 @@
 //!   for the pool, each at most `auth_queue_timeout_secs`; beyond either the
 //!   client gets `454 4.7.0` without a check, after [`BUSY_TARPIT`];
 //! - **one check at a time per client address** (for SMTP logins,
-//!   `one_per_address`): the others from that address wait for its turn
-//!   (at most `auth_queue_timeout_secs`, then `454 4.7.0`). Without it, the
+//!   `one_per_address`): the others from that address wait for its turn,
+//!   within the same `auth_queue_timeout_secs` as their wait for the pool
+//!   (the two together), then `454 4.7.0`. Without it, the
 //!   first attempts of a flood from one address all ran before the first
 //!   failure was known: 200 connections from 10 addresses got 215 checks
 //!   in 10 s, most in that first burst;
@@ -247,11 +248,15 @@ impl AuthGate {
     }
 
     async fn admit(&self, ip: IpAddr) -> Result<Pass, Refusal> {
+        // The queue's timeout bounds the waits for others together: the
+        // address's turn, then the pool (the back-off is its own bound).
+        let started = Instant::now();
         let address = match self.config.one_per_address {
             true => Some(self.address_turn(ip).await?),
             false => None,
         };
-        let pool = self.place(ip).await?;
+        let left = self.config.queue_timeout.saturating_sub(started.elapsed());
+        let pool = self.place(ip, left).await?;
         Ok(Pass {
             _pool: pool,
             _address: address,
@@ -289,8 +294,9 @@ impl AuthGate {
         }
     }
 
-    /// After `ip`'s back-off, a place in the pool.
-    async fn place(&self, ip: IpAddr) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// After `ip`'s back-off, a place in the pool, waiting at most `wait`
+    /// for one.
+    async fn place(&self, ip: IpAddr, wait: Duration) -> Result<OwnedSemaphorePermit, Refusal> {
         if let Some(at) = self.turn(ip, Instant::now())? {
             self.stats.delayed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep_until(at).await;
@@ -305,9 +311,7 @@ impl AuthGate {
             return Err(Refusal::Busy);
         }
         let _waiting = Waiting(&self.waiting);
-        match tokio::time::timeout(self.config.queue_timeout, self.pool.clone().acquire_owned())
-            .await
-        {
+        match tokio::time::timeout(wait, self.pool.clone().acquire_owned()).await {
             Ok(Ok(permit)) => {
                 self.stats.checks.fetch_add(1, Ordering::Relaxed);
                 Ok(permit)

@@ -193,7 +193,7 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
                 "/v1/tenants/{tenant}/functions/{function}{}",
                 if shadow { "?shadow=true" } else { "" }
             ),
-            component_bytes(&component)?,
+            mailwit::tenants::component_bytes(&component)?,
         ),
         TenantCommand::Test {
             tenant,
@@ -408,17 +408,6 @@ pub fn run(config: Config, command: TenantCommand) -> anyhow::Result<()> {
     print_json(&admin_call(&config, method, &path, body)?)
 }
 
-/// A component's bytes: `builtin:<name>` for one embedded in this binary
-/// (`builtin:stock`), anything else a path to a `.wasm` file.
-fn component_bytes(component: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    match component.to_str() {
-        Some(text) => mailwit::tenants::component_bytes(text),
-        None => {
-            std::fs::read(component).with_context(|| format!("reading {}", component.display()))
-        }
-    }
-}
-
 /// `mailwit tenant test`: the report, and an error (exit 1) when the
 /// candidate differs from the live version anywhere.
 fn test(
@@ -430,7 +419,7 @@ fn test(
 ) -> anyhow::Result<()> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let wasm = component_bytes(component)?;
+    let wasm = mailwit::tenants::component_bytes(component)?;
     let mut body = json!({ "component": b64.encode(wasm) });
     if let Some(dir) = eml {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

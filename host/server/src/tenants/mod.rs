@@ -99,8 +99,8 @@ pub fn builtin(name: &str) -> Option<&'static [u8]> {
 /// The component `component` names, as a configuration's functions and
 /// `mailwit tenant deploy` name them: `builtin:<name>` for one of
 /// [`BUILTINS`], anything else a path to a `.wasm` file.
-pub fn component_bytes(component: &str) -> anyhow::Result<Vec<u8>> {
-    match component.strip_prefix("builtin:") {
+pub fn component_bytes(component: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    match component.to_str().and_then(|c| c.strip_prefix("builtin:")) {
         Some(name) => builtin(name).map(<[u8]>::to_vec).with_context(|| {
             let names: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
             format!(
@@ -108,7 +108,9 @@ pub fn component_bytes(component: &str) -> anyhow::Result<Vec<u8>> {
                 names.join(", ")
             )
         }),
-        None => std::fs::read(component).with_context(|| format!("reading {component}")),
+        None => {
+            std::fs::read(component).with_context(|| format!("reading {}", component.display()))
+        }
     }
 }
 
@@ -322,7 +324,7 @@ impl Tenants {
             .map_err(|e| anyhow::anyhow!("tenant {}: {e}", t.id))?;
         let mut components = Vec::new();
         for f in &t.functions {
-            let bytes = component_bytes(&f.component)?;
+            let bytes = component_bytes(f.component.as_ref())?;
             self.rt
                 .load(&f.name, 1, &bytes)
                 .with_context(|| format!("tenant {}: function {}", t.id, f.name))?;
