@@ -9,8 +9,9 @@
 # Both servers run at once with the stock function set and AUTH (as
 # bench/compare.sh's mailwit), each idle while the other is driven; round
 # by round the order flips (A B, B A, ...). One line per run: msg/s,
-# p50/p99 to the 250, server and client CPU per message. Compare the pairs
-# (which build won each round) and the medians, not single runs.
+# p50/p99 to the 250, server and client CPU per message, then the medians.
+# Compare the pairs (which build won each round) and the medians, not
+# single runs.
 # $MAILWIT_BENCH_ROUNDS rounds (default 6) of $MAILWIT_BENCH_SECONDS (5).
 
 source "$(dirname "$0")/lib.sh"
@@ -25,19 +26,5 @@ trap stop_all EXIT
 make_cert
 MAILWIT=$BIN_A start_mailwit A 30587 30825 "" "$ONE_ADDRESS"
 MAILWIT=$BIN_B start_mailwit B 30588 30826 "" "$ONE_ADDRESS"
-cpu_A() { ticks "$PID_A"; }
-cpu_B() { ticks "$PID_B"; }
-
-flags=(--sessions "$SESSIONS" "$@")
-[[ " $* " == *" --starttls "* ]] && flags+=(--cafile "$WORK/cert.pem")
-AUTH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
-for round in $(seq "$ROUNDS"); do
-	order="A B"
-	[ $((round % 2)) = 0 ] && order="B A"
-	for server in $order; do
-		port=30587
-		[ "$server" = B ] && port=30588
-		r=$(run $port "cpu_$server" "${flags[@]}" "${AUTH[@]}" --label "$server")
-		summary "$r" "round $round  "
-	done
-done
+submission_flags "$SESSIONS" "$@"
+alternate "$ROUNDS" A B

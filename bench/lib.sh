@@ -44,24 +44,30 @@ postfix_ticks() {
 	echo "$total"
 }
 
-# The bench tenant's function set: the five stock functions, as the demo
-# tenant has them (MAILWIT_BENCH_FUNCTIONS=five, the default), or the same
-# decisions in one component (MAILWIT_BENCH_FUNCTIONS=stock).
+# The bench tenant's function set, by name: the five stock functions, as
+# the demo tenant has them (five, the default), the same decisions in one
+# component (stock), or only auth and router (one: the least policy that
+# still decides each message, one call per message and no parse).
+# MAILWIT_BENCH_FUNCTIONS chooses it; bench/sets.sh sets it per server.
 FUNCTIONS=${MAILWIT_BENCH_FUNCTIONS:-five}
-case "$FUNCTIONS" in
-five | stock) ;;
-*)
-	echo "MAILWIT_BENCH_FUNCTIONS is five or stock, not $FUNCTIONS" >&2
-	exit 2
-	;;
-esac
+known_set() {
+	case "$1" in
+	five | stock | one) ;;
+	*)
+		echo "a function set is five, stock or one, not $1" >&2
+		exit 2
+		;;
+	esac
+}
+known_set "$FUNCTIONS"
 bench_functions() {
-	local f
-	if [ "$FUNCTIONS" = stock ]; then
-		echo '    { name = "stock", component = "builtin:stock" },'
-		return
-	fi
-	for f in auth sender content ib-headers router; do
+	local f set
+	case "$FUNCTIONS" in
+	five) set="auth sender content ib-headers router" ;;
+	stock) set="stock" ;;
+	one) set="auth router" ;;
+	esac
+	for f in $set; do
 		echo "    { name = \"$f\", component = \"builtin:$f\" },"
 	done
 }
@@ -100,15 +106,15 @@ EOF
 }
 
 # Starts mailwit: $1 name, $2 SMTP port, $3 admin port, $4 extra serve
-# flags, $5 more configuration. Sets PID_<name>. Waits for `ready`, then
-# adds the user bench@bench.example.
+# flags, $5 more configuration. Sets PID_<name> and PORT_<name>. Waits
+# for `ready`, then adds the user bench@bench.example.
 start_mailwit() {
 	local name=$1 dir=$WORK/$1
 	rm -rf "$dir" && mkdir -p "$dir"
 	mailwit_config "$dir/data" "$2" "$3" "${5:-}" >"$dir/mailwit.toml"
 	# shellcheck disable=SC2086
 	"$MAILWIT" serve --config "$dir/mailwit.toml" $4 >"$dir/log" 2>&1 &
-	eval "PID_$name=$!"
+	eval "PID_$name=$! PORT_$name=$2"
 	for _ in $(seq 600); do
 		grep -q 'ready' "$dir/log" && break
 		sleep 0.1
@@ -196,4 +202,43 @@ r = json.loads(sys.argv[1])
 t = int(sys.argv[3]) - int(sys.argv[2])
 r["server_cpu_us_per_msg"] = t * 1e4 / r["accepted"] if r["accepted"] else 0
 print(json.dumps(r))' "$out" "$before" "$after"
+}
+
+# RUN_FLAGS for mailwit's bench user: $1 sessions, then smtpload's flags
+# (with --starttls, the bench certificate is trusted).
+submission_flags() {
+	RUN_FLAGS=(--sessions "$@" --auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+	[[ " $* " == *" --starttls "* ]] && RUN_FLAGS+=(--cafile "$WORK/cert.pem")
+	return 0
+}
+
+# Drives the servers named $2... (each started with start_mailwit, so
+# PID_<name> is set; its SMTP port in PORT_<name>) in $1 rounds, the order
+# reversed every other round, each idle while another runs. Flags for
+# smtpload in the array RUN_FLAGS. One line per run, then each server's
+# medians (msg/s and server CPU per message).
+alternate() {
+	local rounds=$1 round server order r lines=""
+	shift
+	for round in $(seq "$rounds"); do
+		order="$*"
+		[ $((round % 2)) = 0 ] && order=$(printf '%s\n' "$@" | tac | xargs)
+		for server in $order; do
+			local pid=PID_$server port=PORT_$server
+			eval "cpu_$server() { ticks ${!pid}; }"
+			r=$(run "${!port}" "cpu_$server" "${RUN_FLAGS[@]}" --label "$server")
+			summary "$r" "round $round  "
+			lines+="$r"$'\n'
+		done
+	done
+	printf '%s' "$lines" | python3 -c '
+import json, statistics, sys
+runs = {}
+for l in sys.stdin:
+    r = json.loads(l)
+    runs.setdefault(r["label"], []).append(r)
+for name, rs in runs.items():
+    rate = statistics.median(r["rate"] for r in rs)
+    cpu = statistics.median(r["server_cpu_us_per_msg"] for r in rs)
+    print(f"median {name:<8} {rate:7.0f} msg/s  server {cpu:5.1f} us/msg  ({len(rs)} runs)")'
 }
