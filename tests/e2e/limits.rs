@@ -326,3 +326,38 @@ fn disk_below_the_free_space_floor_answers_452() {
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
     assert!(s.spool().is_empty());
 }
+
+/// The threads that wake for every batch they are handed (the spool's and
+/// the status store's committers, the log writer) run as `SCHED_BATCH`, so
+/// that their wake-ups do not preempt the workers serving sessions
+/// (`host/server/src/sched.rs`); the workers keep the normal policy.
+#[test]
+fn background_threads_do_not_preempt_the_workers() {
+    let s = Server::start();
+    // Each thread's name and scheduling policy: the 41st field of its
+    // `stat`, the 38th after the parenthesised name.
+    let threads: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+        .unwrap()
+        .map(|task| {
+            let dir = task.unwrap().path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            let after_name = stat.rsplit_once(')').unwrap().1;
+            let policy = after_name.split_whitespace().nth(38).unwrap();
+            (name.trim().to_string(), policy.parse().unwrap())
+        })
+        .collect();
+    let policies = |name: &str| -> Vec<u32> {
+        let named = threads.iter().filter(|(n, _)| n == name);
+        named.map(|(_, p)| *p).collect()
+    };
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    // "status-committer", as the kernel keeps it (15 characters).
+    for name in ["spool-committer", "status-committe", "log-writer"] {
+        assert_eq!(policies(name), [SCHED_BATCH], "{name} in {threads:?}");
+    }
+    let workers = policies("tokio-rt-worker");
+    assert!(!workers.is_empty(), "no worker in {threads:?}");
+    assert!(workers.iter().all(|&p| p == SCHED_OTHER), "{threads:?}");
+}

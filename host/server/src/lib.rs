@@ -109,6 +109,7 @@ pub mod queue;
 pub mod reload;
 pub mod replay;
 pub mod replies;
+pub mod sched;
 pub mod server;
 pub mod shadow;
 pub(crate) mod spool;

@@ -74,6 +74,7 @@ impl Batched {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
+                mailwit::sched::background();
                 loop {
                     let mut inner = writer.lock();
                     while inner.pending.is_empty() {

@@ -199,7 +199,10 @@ impl Spool {
         let gauges = committer.gauges.clone();
         let handle = std::thread::Builder::new()
             .name("spool-committer".into())
-            .spawn(move || committer.run(rx))?;
+            .spawn(move || {
+                crate::sched::background();
+                committer.run(rx)
+            })?;
         let spool = Spool {
             tx,
             finished,

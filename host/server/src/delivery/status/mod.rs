@@ -364,7 +364,10 @@ impl FileStatusStore {
         // sent before.
         std::thread::Builder::new()
             .name("status-committer".into())
-            .spawn(move || committer.run(rx))?;
+            .spawn(move || {
+                crate::sched::background();
+                committer.run(rx)
+            })?;
         Ok(FileStatusStore {
             retention: None,
             jobs,
