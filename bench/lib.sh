@@ -213,10 +213,11 @@ submission_flags() {
 }
 
 # Drives the servers named $2... (each started with start_mailwit, so
-# PID_<name> is set; its SMTP port in PORT_<name>) in $1 rounds, the order
-# reversed every other round, each idle while another runs. Flags for
-# smtpload in the array RUN_FLAGS. One line per run, then each server's
-# medians (msg/s and server CPU per message).
+# PID_<name> is set; its SMTP port in PORT_<name>; its label LABEL_<name>,
+# if set, else its name) in $1 rounds, the order reversed every other
+# round, each idle while another runs. Flags for smtpload in the array
+# RUN_FLAGS. One line per run, then each server's medians (msg/s and
+# server CPU per message).
 alternate() {
 	local rounds=$1 round server order r lines=""
 	shift
@@ -224,9 +225,9 @@ alternate() {
 		order="$*"
 		[ $((round % 2)) = 0 ] && order=$(printf '%s\n' "$@" | tac | xargs)
 		for server in $order; do
-			local pid=PID_$server port=PORT_$server
+			local pid=PID_$server port=PORT_$server label=LABEL_$server
 			eval "cpu_$server() { ticks ${!pid}; }"
-			r=$(run "${!port}" "cpu_$server" "${RUN_FLAGS[@]}" --label "$server")
+			r=$(run "${!port}" "cpu_$server" "${RUN_FLAGS[@]}" --label "${!label:-$server}")
 			summary "$r" "round $round  "
 			lines+="$r"$'\n'
 		done
@@ -240,5 +241,5 @@ for l in sys.stdin:
 for name, rs in runs.items():
     rate = statistics.median(r["rate"] for r in rs)
     cpu = statistics.median(r["server_cpu_us_per_msg"] for r in rs)
-    print(f"median {name:<8} {rate:7.0f} msg/s  server {cpu:5.1f} us/msg  ({len(rs)} runs)")'
+    print(f"median {name:<14} {rate:7.0f} msg/s  server {cpu:5.1f} us/msg  ({len(rs)} runs)")'
 }
