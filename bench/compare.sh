@@ -45,12 +45,8 @@ start_mailwit wasm 30587 30825 "" "$ONE_ADDRESS"
 start_mailwit noop 30588 30826 "--unsafe-noop-policy" "$ONE_ADDRESS"
 start_postfix "$WORK/cert.pem" "$WORK/key.pem"
 
-mailwit_cpu_wasm() { ticks "$PID_wasm"; }
-mailwit_cpu_noop() { ticks "$PID_noop"; }
-
 OUT=$WORK/compare.jsonl
 : >"$OUT"
-AUTH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
 i=0
 for shape in "${SHAPES[@]}"; do
 	IFS=: read -r sessions conn tls <<<"$shape"
@@ -65,8 +61,8 @@ for shape in "${SHAPES[@]}"; do
 		for server in "${servers[@]}"; do
 			case $server in
 			postfix) r=$(run "$POSTFIX_PORT" postfix_ticks "${flags[@]}" --from load@bench.example --label "$shape postfix") ;;
-			wasm) r=$(run 30587 mailwit_cpu_wasm "${flags[@]}" "${AUTH[@]}" --label "$shape wasm") ;;
-			noop) r=$(run 30588 mailwit_cpu_noop "${flags[@]}" "${AUTH[@]}" --label "$shape noop") ;;
+			wasm) r=$(run 30587 cpu_wasm "${flags[@]}" "${BENCH_USER[@]}" --label "$shape wasm") ;;
+			noop) r=$(run 30588 cpu_noop "${flags[@]}" "${BENCH_USER[@]}" --label "$shape noop") ;;
 			esac
 			echo "$r" >>"$OUT"
 			summary "$r" >&2

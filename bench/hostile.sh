@@ -56,30 +56,28 @@ for i in $(seq "$LOOP_ROUNDS"); do
 	echo "$PASSWORD" | "$MAILWIT" tenant --config "$WORK/server/mailwit.toml" user add "evil$i" "mallory@evil$i.example" --password-stdin >/dev/null
 done
 
-server_cpu() { ticks "$PID_server"; }
 peak_rss_mib() { awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$PID_server/status"; }
 OUT=$WORK/hostile.jsonl
 : >"$OUT"
-BENCH=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
 show() {
 	echo "$1" >>"$OUT"
 	echo "$1" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%-34s %8.0f msg/s  p99 %6.1f ms  logins p99 %6.1f ms max %6.1f ms  refused %d  errors %d  flood %s" % (r["label"], r["rate"], r["p99_ms"], r["login_p99_ms"], r["login_max_ms"], r["refused"], r["errors"], r["flood_replies"]))'
 }
 
 # Warm up: the first login of bench (argon2), the components compiled.
-run 30587 server_cpu --sessions 16 "${BENCH[@]}" --label warm-up >/dev/null
+run 30587 cpu_server --sessions 16 "${BENCH_USER[@]}" --label warm-up >/dev/null
 RSS_BEFORE=$(peak_rss_mib)
 
-show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: before')"
+show "$(run 30587 cpu_server --sessions 16 --per-connection "${BENCH_USER[@]}" --label 'flood: before')"
 "$LOAD" --addr 127.0.0.1:30587 --seconds "$SECONDS_PER_RUN" --sessions 200 --sources 10 \
 	--auth-flood --auth bench@bench.example:wrong --label 'flood: the attackers' >"$WORK/flood.json" &
 FLOOD=$!
-show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: during')"
+show "$(run 30587 cpu_server --sessions 16 --per-connection "${BENCH_USER[@]}" --label 'flood: during')"
 wait "$FLOOD"
 show "$(cat "$WORK/flood.json")"
 RSS_AFTER=$(peak_rss_mib)
 # The attackers' addresses are in back-off for a while; bench's is not.
-show "$(run 30587 server_cpu --sessions 16 --per-connection "${BENCH[@]}" --label 'flood: after')"
+show "$(run 30587 cpu_server --sessions 16 --per-connection "${BENCH_USER[@]}" --label 'flood: after')"
 
 # One run of the 63 sessions beside the looping tenant evil$1, and one alone.
 beside_loop() {
@@ -87,12 +85,12 @@ beside_loop() {
 		--auth "mallory@evil$1.example:$PASSWORD" --from "m@evil$1.example" \
 		--label "loop: the looping session $1" >"$WORK/loop.json" &
 	local loop=$!
-	show "$(run 30587 server_cpu --sessions 63 "${BENCH[@]}" --label "loop: with $1")"
+	show "$(run 30587 cpu_server --sessions 63 "${BENCH_USER[@]}" --label "loop: with $1")"
 	wait "$loop"
 	show "$(cat "$WORK/loop.json")"
 }
 alone() {
-	show "$(run 30587 server_cpu --sessions 63 "${BENCH[@]}" --label "loop: without $1")"
+	show "$(run 30587 cpu_server --sessions 63 "${BENCH_USER[@]}" --label "loop: without $1")"
 }
 for i in $(seq "$LOOP_ROUNDS"); do
 	if [ $((i % 2)) = 1 ]; then alone "$i" && beside_loop "$i"; else beside_loop "$i" && alone "$i"; fi

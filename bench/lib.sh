@@ -106,8 +106,9 @@ EOF
 }
 
 # Starts mailwit: $1 name, $2 SMTP port, $3 admin port, $4 extra serve
-# flags, $5 more configuration. Sets PID_<name> and PORT_<name>. Waits
-# for `ready`, then adds the user bench@bench.example.
+# flags, $5 more configuration. Sets PID_<name> and PORT_<name>, and
+# defines cpu_<name> (its CPU time so far, for `run`). Waits for `ready`,
+# then adds the user bench@bench.example (BENCH_USER logs in as it).
 start_mailwit() {
 	local name=$1 dir=$WORK/$1
 	rm -rf "$dir" && mkdir -p "$dir"
@@ -115,6 +116,7 @@ start_mailwit() {
 	# shellcheck disable=SC2086
 	"$MAILWIT" serve --config "$dir/mailwit.toml" $4 >"$dir/log" 2>&1 &
 	eval "PID_$name=$! PORT_$name=$2"
+	eval "cpu_$name() { ticks $!; }"
 	for _ in $(seq 600); do
 		grep -q 'ready' "$dir/log" && break
 		sleep 0.1
@@ -204,17 +206,19 @@ r["server_cpu_us_per_msg"] = t * 1e4 / r["accepted"] if r["accepted"] else 0
 print(json.dumps(r))' "$out" "$before" "$after"
 }
 
+# smtpload's flags for mailwit's bench user.
+BENCH_USER=(--auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+
 # RUN_FLAGS for mailwit's bench user: $1 sessions, then smtpload's flags
 # (with --starttls, the bench certificate is trusted).
 submission_flags() {
-	RUN_FLAGS=(--sessions "$@" --auth "bench@bench.example:$PASSWORD" --from load@bench.example)
+	RUN_FLAGS=(--sessions "$@" "${BENCH_USER[@]}")
 	[[ " $* " == *" --starttls "* ]] && RUN_FLAGS+=(--cafile "$WORK/cert.pem")
 	return 0
 }
 
-# Drives the servers named $2... (each started with start_mailwit, so
-# PID_<name> is set; its SMTP port in PORT_<name>; its label LABEL_<name>,
-# if set, else its name) in $1 rounds, the order reversed every other
+# Drives the servers named $2... (each started with start_mailwit; its
+# label LABEL_<name>, if set, else its name) in $1 rounds, the order reversed every other
 # round, each idle while another runs. Flags for smtpload in the array
 # RUN_FLAGS. One line per run, then each server's medians (msg/s and
 # server CPU per message).
@@ -225,8 +229,7 @@ alternate() {
 		order="$*"
 		[ $((round % 2)) = 0 ] && order=$(printf '%s\n' "$@" | tac | xargs)
 		for server in $order; do
-			local pid=PID_$server port=PORT_$server label=LABEL_$server
-			eval "cpu_$server() { ticks ${!pid}; }"
+			local port=PORT_$server label=LABEL_$server
 			r=$(run "${!port}" "cpu_$server" "${RUN_FLAGS[@]}" --label "${!label:-$server}")
 			summary "$r" "round $round  "
 			lines+="$r"$'\n'

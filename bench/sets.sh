@@ -12,7 +12,8 @@
 # stock functions; stock: the same decisions in one component; one: auth
 # and router only, one call per message and no parse) or noop (mailwit
 # with --unsafe-noop-policy: no component is asked); `set@<mailwit>` runs
-# it on another build (default: this tree's release build). Each server has
+# it on another build (default: this tree's release build; bench/ab.sh
+# compares two builds so). Each server has
 # AUTH and the durable spool and discards what it accepts, as in
 # bench/compare.sh; each is idle while another is driven, and the order
 # reverses every other round. One line per run (msg/s, p50/p99 to the 250,
@@ -41,10 +42,11 @@ trap stop_all EXIT
 make_cert
 servers=()
 for i in "${!SETS[@]}"; do
-	entry=${SETS[$i]} set=${SETS[$i]%%@*} bin=$MAILWIT label=${SETS[$i]%%@*}
-	if [ "$set" != "$entry" ]; then
-		bin=${entry#*@} label="$set@$(basename "$bin")"
-	fi
+	entry=${SETS[$i]} set=${SETS[$i]%%@*} bin=$MAILWIT
+	[ "$set" = "$entry" ] || bin=${entry#*@}
+	# Labels name the servers' medians: one given twice is numbered.
+	label=$entry
+	[[ " ${SETS[*]:0:$i} " == *" $entry "* ]] && label="$entry #$((i + 1))"
 	eval "LABEL_s$i=\$label"
 	case "$set" in
 	noop) MAILWIT=$bin start_mailwit "s$i" $((30587 + i)) $((30825 + i)) --unsafe-noop-policy "$ONE_ADDRESS" ;;

@@ -335,16 +335,15 @@ fn disk_below_the_free_space_floor_answers_452() {
 fn background_threads_do_not_preempt_the_workers() {
     let s = Server::start();
     // Each thread's name and scheduling policy: the 41st field of its
-    // `stat`, the 38th after the parenthesised name. A thread that ends
-    // while it is read (an idle blocking-pool thread) is left out.
+    // `stat`. A thread that ends while it is read (an idle blocking-pool
+    // thread) is left out.
     let threads: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
         .unwrap()
         .filter_map(|task| {
             let dir = task.ok()?.path();
             let name = std::fs::read_to_string(dir.join("comm")).ok()?;
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let after_name = stat.rsplit_once(')').unwrap().1;
-            let policy = after_name.split_whitespace().nth(38).unwrap();
+            let policy = crate::proc::stat_fields(&stat).nth(41 - 3).unwrap();
             Some((name.trim().to_string(), policy.parse().unwrap()))
         })
         .collect();

@@ -71,23 +71,20 @@ impl Batched {
             started: Condvar::new(),
         });
         let writer = shared.clone();
-        std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || {
-                mailwit::sched::background();
-                loop {
-                    let mut inner = writer.lock();
-                    while inner.pending.is_empty() {
-                        inner = writer
-                            .started
-                            .wait(inner)
-                            .unwrap_or_else(|p| p.into_inner());
-                    }
-                    drop(inner);
-                    std::thread::sleep(FLUSH_AFTER);
-                    writer.lock().write_out();
+        mailwit::sched::spawn("log-writer", move || {
+            loop {
+                let mut inner = writer.lock();
+                while inner.pending.is_empty() {
+                    inner = writer
+                        .started
+                        .wait(inner)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
-            })?;
+                drop(inner);
+                std::thread::sleep(FLUSH_AFTER);
+                writer.lock().write_out();
+            }
+        })?;
         Ok(Batched(shared))
     }
 

@@ -5,9 +5,10 @@
 //! On Linux a woken thread normally preempts whatever runs on its CPU,
 //! which is usually one of tokio's workers in the middle of a session; each
 //! such preemption costs a context switch and the worker's caches. These
-//! threads run as `SCHED_BATCH`: same priority and share of the CPU, but
-//! their wake-ups do not preempt a running thread (they run when a worker
-//! waits or its time slice ends), so the workers keep their CPUs.
+//! threads are started by [`spawn`] and run as `SCHED_BATCH`: same
+//! priority and share of the CPU, but their wake-ups do not preempt a
+//! running thread (they run when a worker waits or its time slice ends),
+//! so the workers keep their CPUs.
 //!
 //! Measured at 64 sessions, connections reused (the README's "Background
 //! threads that do not preempt"): the workers were preempted 0.67-0.86
@@ -15,10 +16,20 @@
 //! rate rose with and without a policy (+12-17% and +11-13%); with one
 //! session a wake-up may wait for the worker to pause (a few percent).
 
-/// Makes the calling thread a background thread (see the module). A
-/// kernel that refuses it costs nothing but the gain: logged once per
-/// thread, at debug.
-pub fn background() {
+/// Starts the background thread `name` running `f` (see the module).
+pub fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new().name(name.into()).spawn(|| {
+        batch();
+        f()
+    })
+}
+
+/// Makes the calling thread `SCHED_BATCH`. A kernel that refuses it costs
+/// nothing but the gain: logged once per thread, at debug.
+fn batch() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };

@@ -197,12 +197,7 @@ impl Spool {
         };
         committer.collect();
         let gauges = committer.gauges.clone();
-        let handle = std::thread::Builder::new()
-            .name("spool-committer".into())
-            .spawn(move || {
-                crate::sched::background();
-                committer.run(rx)
-            })?;
+        let handle = crate::sched::spawn("spool-committer", move || committer.run(rx))?;
         let spool = Spool {
             tx,
             finished,

@@ -362,12 +362,7 @@ impl FileStatusStore {
         };
         // Ends when the store (the last sender) is dropped, after what was
         // sent before.
-        std::thread::Builder::new()
-            .name("status-committer".into())
-            .spawn(move || {
-                crate::sched::background();
-                committer.run(rx)
-            })?;
+        crate::sched::spawn("status-committer", move || committer.run(rx))?;
         Ok(FileStatusStore {
             retention: None,
             jobs,
