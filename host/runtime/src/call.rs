@@ -72,7 +72,10 @@ pub(crate) async fn lease<'a>(
     let mut warm = match found {
         Some(w) => w,
         None => {
-            let (store, instance) = instantiate(rt, function, cx, Deadline::Yield).await?;
+            // Boxed: rare once instances are warm, and its future would
+            // otherwise make every call's future as large as its own.
+            let (store, instance) =
+                Box::pin(instantiate(rt, function, cx, Deadline::Yield)).await?;
             Warm {
                 function: function.id,
                 store,
@@ -91,7 +94,7 @@ pub(crate) async fn lease<'a>(
             rt.warm.put(warm);
             return Err(function_failure(function, FailureKind::CpuShare));
         }
-        tokio::time::sleep(wait).await;
+        Box::pin(tokio::time::sleep(wait)).await;
     }
     let _awake = rt.ticker.enter();
     State::begin_call(&mut warm.store, cx.limits.deadline, cx.session.cloned());
