@@ -266,5 +266,6 @@ async fn typecheck(rt: &Runtime, f: &Function) -> Result<(), LoadError> {
     check!(check_recipient, "check-recipient");
     check!(inspect_message, "inspect-message");
     check!(route, "route");
+    check!(decide_message, "decide-message");
     Ok(())
 }

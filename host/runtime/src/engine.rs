@@ -61,6 +61,9 @@ pub(crate) struct Exports {
     pub check_recipient: Option<ex::check_recipient::GuestIndices>,
     pub inspect_message: Option<ex::inspect_message::GuestIndices>,
     pub route: Option<ex::route::GuestIndices>,
+    /// Inspection and routing in one call; used only as
+    /// [`crate::PolicySet::decides_messages`] says.
+    pub decide_message: Option<ex::decide_message::GuestIndices>,
 }
 
 /// The decision-point interfaces of `mailwit:policy`, in call order.
@@ -113,6 +116,9 @@ impl Function {
             "check-recipient" => e.check_recipient.is_some(),
             "inspect-message" => e.inspect_message.is_some(),
             "route" => e.route.is_some(),
+            // Not a decision point of its own (not in INTERFACES): the
+            // shortcut for inspect-message and route.
+            "decide-message" => e.decide_message.is_some(),
             _ => false,
         }
     }
@@ -262,6 +268,7 @@ impl Runtime {
             check_recipient: find!(check_recipient, "check-recipient"),
             inspect_message: find!(inspect_message, "inspect-message"),
             route: find!(route, "route"),
+            decide_message: find!(decide_message, "decide-message"),
         };
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let function = Function {

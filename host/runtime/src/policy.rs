@@ -358,26 +358,96 @@ impl PolicySet {
             self.cx(limits, Some(s)),
             inspect_message,
             |g, store| g.call_inspect_message(store, envelope, message),
-            |f, found: t::Inspection| {
-                if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
-                    return Err(self.fail(f, FailureKind::Oversize("inspection list")));
-                }
-                for md in found.metadata {
-                    if md.key.len() > MAX_TEXT || md.value.len() > MAX_VALUE {
-                        return Err(self.fail(f, FailureKind::Oversize("metadata entry")));
-                    }
-                    out.metadata.push((md.key, md.value));
-                }
-                for h in found.remove_headers {
-                    if h.len() > MAX_TEXT {
-                        return Err(self.fail(f, FailureKind::Oversize("header name")));
-                    }
-                    out.remove_headers.push(h);
-                }
-                Ok(())
-            },
+            |f, found: t::Inspection| self.take_inspection(f, found, &mut out),
         );
         Ok(refused.map_or(Decision::Accept(out), Decision::Refuse))
+    }
+
+    /// Adds `f`'s inspection to `out`, bounded.
+    fn take_inspection(
+        &self,
+        f: &Function,
+        found: t::Inspection,
+        out: &mut Inspection,
+    ) -> Result<(), Failure> {
+        if found.metadata.len() > MAX_ITEMS || found.remove_headers.len() > MAX_ITEMS {
+            return Err(self.fail(f, FailureKind::Oversize("inspection list")));
+        }
+        for md in found.metadata {
+            if md.key.len() > MAX_TEXT || md.value.len() > MAX_VALUE {
+                return Err(self.fail(f, FailureKind::Oversize("metadata entry")));
+            }
+            out.metadata.push((md.key, md.value));
+        }
+        for h in found.remove_headers {
+            if h.len() > MAX_TEXT {
+                return Err(self.fail(f, FailureKind::Oversize("header name")));
+            }
+            out.remove_headers.push(h);
+        }
+        Ok(())
+    }
+
+    /// `f`'s destination as a route, bounded.
+    fn destination(&self, f: &Function, d: t::Destination) -> Result<Route, Failure> {
+        match d {
+            t::Destination::Relay(target) if target.len() > MAX_TEXT => {
+                Err(self.fail(f, FailureKind::Oversize("relay target")))
+            }
+            t::Destination::Relay(target) => Ok(Route::Relay(target)),
+            t::Destination::Sandbox => Ok(Route::Sandbox),
+            t::Destination::Discard => Ok(Route::Discard),
+        }
+    }
+
+    /// The function that answers a message in one call (decide-message):
+    /// the set's only inspector, which is also its router (the first
+    /// function exporting route) and exports decide-message. When there
+    /// is none, [`PolicySet::inspect_message`] then [`PolicySet::route`].
+    pub fn decides_messages(&self) -> Option<&Function> {
+        let mut inspectors = self
+            .functions
+            .iter()
+            .filter(|f| f.exports.inspect_message.is_some());
+        let (one, None) = (inspectors.next()?, inspectors.next()) else {
+            return None;
+        };
+        let router = self.functions.iter().find(|f| f.exports.route.is_some())?;
+        (std::ptr::eq(&**one, &**router) && one.exports.decide_message.is_some()).then_some(&**one)
+    }
+
+    /// Inspection and routing in one call, by the function
+    /// [`PolicySet::decides_messages`] names: what inspect-message, then
+    /// route, would decide. Call it only when there is one.
+    pub async fn decide_message(
+        &self,
+        rt: &Runtime,
+        limits: Limits,
+        s: &Session,
+        m: &MessageArgs,
+    ) -> Result<Decision<(Inspection, Route)>, Failure> {
+        let f = self
+            .decides_messages()
+            .expect("decide_message called on a set without one");
+        let idx = f.exports.decide_message.as_ref().expect("checked");
+        let (envelope, message) = (&*m.envelope, &*m.message);
+        let mut lease = call::lease(rt, f, &self.cx(limits, Some(s))).await?;
+        let r = {
+            let (store, inst) = lease.parts();
+            match call::export(store, |l| &mut l.decide_message, |s| idx.load(s, inst)) {
+                Ok(g) => g.call_decide_message(&mut *store, envelope, message).await,
+                Err(e) => Err(e),
+            }
+        };
+        match lease.finish(r)? {
+            Ok(d) => {
+                let mut inspection = Inspection::default();
+                self.take_inspection(f, d.inspection, &mut inspection)?;
+                let route = self.destination(f, d.destination)?;
+                Ok(Decision::Accept((inspection, route)))
+            }
+            Err(reply) => Ok(Decision::Refuse(self.refusal(f, reply)?)),
+        }
     }
 
     /// Routing: the first function exporting `route` decides; with none,
@@ -410,14 +480,8 @@ impl PolicySet {
                 Err(e) => Err(e),
             }
         };
-        let r = lease.finish(r)?;
-        match r {
-            Ok(t::Destination::Relay(target)) if target.len() > MAX_TEXT => {
-                Err(self.fail(f, FailureKind::Oversize("relay target")))
-            }
-            Ok(t::Destination::Relay(target)) => Ok(Decision::Accept(Route::Relay(target))),
-            Ok(t::Destination::Sandbox) => Ok(Decision::Accept(Route::Sandbox)),
-            Ok(t::Destination::Discard) => Ok(Decision::Accept(Route::Discard)),
+        match lease.finish(r)? {
+            Ok(d) => Ok(Decision::Accept(self.destination(f, d)?)),
             Err(reply) => Ok(Decision::Refuse(self.refusal(f, reply)?)),
         }
     }

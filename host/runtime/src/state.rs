@@ -60,6 +60,7 @@ pub(crate) struct Loaded {
     pub check_recipient: Option<ex::check_recipient::Guest>,
     pub inspect_message: Option<ex::inspect_message::Guest>,
     pub route: Option<ex::route::Guest>,
+    pub decide_message: Option<ex::decide_message::Guest>,
 }
 
 /// The export in `slot` of the store's instance, loaded by `load` on first

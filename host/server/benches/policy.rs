@@ -112,7 +112,9 @@ async fn bench() {
     // As the server does: the session taken once per transaction (and
     // converted only for a component that asks), the envelope and summary
     // converted once per message (the summary is consumed).
-    let transaction = async |rt: &Runtime, set: &PolicySet| {
+    // With `decide-message` (`builtin:stock`), inspection and routing are
+    // one call, as on the server; `transaction2` makes them two calls.
+    let transaction_with = async |rt: &Runtime, set: &PolicySet, one_call: bool| {
         let sender = "demo@mailwit.test";
         let session = Session::new(session.clone());
         assert_eq!(
@@ -128,6 +130,11 @@ async fn bench() {
             Decision::Accept(())
         );
         let args = MessageArgs::new(sender, &rcpts, message.clone());
+        if one_call && set.decides_messages().is_some() {
+            let d = set.decide_message(rt, set.limits, &session, &args).await;
+            assert!(matches!(d, Ok(Decision::Accept(_))), "{d:?}");
+            return;
+        }
         let Decision::Accept(found) = set
             .inspect_message(rt, set.limits, &session, &args)
             .await
@@ -143,6 +150,7 @@ async fn bench() {
             panic!("refused")
         };
     };
+    let transaction = async |rt: &Runtime, set: &PolicySet| transaction_with(rt, set, true).await;
     let t = time(async || transaction(&fresh_rt, &fresh_set).await).await;
     println!(
         "transaction (sender + 1 recipient + inspect x2 + route, 5 fresh instances): {:.1} µs",
@@ -181,12 +189,17 @@ async fn bench() {
     // three calls (no recipient check is exported), one instance.
     let t = time(async || transaction(&rt, &stock).await).await;
     println!(
-        "transaction, builtin:stock, warm instance: {:.1} µs",
+        "transaction, builtin:stock, warm instance (decide-message): {:.1} µs",
         t.as_secs_f64() * 1e6
     );
     println!(
         "transaction, builtin:stock, warm instance, CPU caches flushed before each: {:.1} µs",
         cold(&stock).await.as_secs_f64() * 1e6
+    );
+    let t = time(async || transaction_with(&rt, &stock, false).await).await;
+    println!(
+        "transaction, builtin:stock, warm instance, inspect-message and route in two calls: {:.1} µs",
+        t.as_secs_f64() * 1e6
     );
 
     // What the host does before inspect-message: parse the message.

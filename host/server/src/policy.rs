@@ -430,13 +430,12 @@ impl TxnPolicy for WasmTxn {
         let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
         // The call is made in decide's arguments, not kept in a variable
         // first: a variable's slot would stay in this future's state.
-        let result = decide(
-            &self.metrics,
-            set,
-            "check-sender",
-            set.check_sender(rt, set.limits, s, sender, size, eight_bit),
-        )
-        .await;
+        let result = self
+            .ask(
+                "check-sender",
+                set.check_sender(rt, set.limits, s, sender, size, eight_bit),
+            )
+            .await;
         if self.recorder.is_some() {
             let _ = self.mail_params.set((size, eight_bit));
         }
@@ -463,13 +462,12 @@ impl TxnPolicy for WasmTxn {
 
     async fn check_recipient(&self, sender: &str, recipient: &str) -> Result<(), Reply> {
         let (rt, set, s) = (&*self.rt, &*self.set, &self.session);
-        let result = decide(
-            &self.metrics,
-            set,
-            "check-recipient",
-            set.check_recipient(rt, set.limits, s, sender, recipient),
-        )
-        .await;
+        let result = self
+            .ask(
+                "check-recipient",
+                set.check_recipient(rt, set.limits, s, sender, recipient),
+            )
+            .await;
         if let Some(run) = self.shadow("check-recipient") {
             let live = shadow::Outcome::of_reply(&result, |_| shadow::Outcome::Accepted);
             let (rt, s) = (self.rt.clone(), self.session.clone());
@@ -512,38 +510,64 @@ impl TxnPolicy for WasmTxn {
             );
             recorder.record(&set.tenant, case);
         }
-        let inspected = decide(
-            &self.metrics,
-            set,
-            "inspect-message",
-            set.inspect_message(rt, set.limits, s, &args),
-        )
-        .await;
-        let (inspection, route) = match inspected {
-            Ok(inspection) => {
-                let route = decide(
-                    &self.metrics,
-                    set,
-                    "route",
-                    set.route(rt, set.limits, s, &args, &inspection.metadata),
-                )
-                .await;
-                (Ok(inspection), Some(route))
+        // One call when one function inspects and routes (decide-message);
+        // a refusal is then the inspection's, for the shadow's comparison.
+        let (inspection, route) = match set.decides_messages() {
+            Some(_) => {
+                let call = set.decide_message(rt, set.limits, s, &args);
+                match self.ask("decide-message", call).await {
+                    Ok((inspection, route)) => (Ok(inspection), Some(Ok(route))),
+                    Err(reply) => (Err(reply), None),
+                }
             }
-            Err(reply) => (Err(reply), None),
+            None => match self
+                .ask(
+                    "inspect-message",
+                    set.inspect_message(rt, set.limits, s, &args),
+                )
+                .await
+            {
+                Ok(inspection) => {
+                    let call = set.route(rt, set.limits, s, &args, &inspection.metadata);
+                    let route = self.ask("route", call).await;
+                    (Ok(inspection), Some(route))
+                }
+                Err(reply) => (Err(reply), None),
+            },
         };
-        self.shadow_message(envelope, &args, &inspection, route.as_ref());
+        self.verdict(envelope, &args, inspection, route)
+    }
+}
+
+impl WasmTxn {
+    /// [`decide`] on this transaction's set.
+    fn ask<'a, T>(
+        &'a self,
+        decision: &'static str,
+        call: impl Future<Output = Result<Decision<T>, Failure>> + 'a,
+    ) -> impl Future<Output = Result<T, Reply>> + 'a {
+        decide(&self.metrics, &self.set, decision, call)
+    }
+
+    /// The message's verdict from its inspection and route (`None` when
+    /// the inspection refused it), after the shadow's comparison.
+    fn verdict(
+        &self,
+        envelope: &Envelope,
+        args: &MessageArgs,
+        inspection: Result<mailwit_runtime::Inspection, Reply>,
+        route: Option<Result<Route, Reply>>,
+    ) -> Result<MessageVerdict, Reply> {
+        self.shadow_message(envelope, args, &inspection, route.as_ref());
         let (inspection, route) = (inspection?, route.expect("routed after inspection")?);
         Ok(MessageVerdict {
             metadata: inspection.metadata,
             remove_headers: inspection.remove_headers,
             route,
-            policy: set.label().to_string(),
+            policy: self.set.label().to_string(),
         })
     }
-}
 
-impl WasmTxn {
     /// Compares the shadow set's inspection and route with the live ones
     /// (`route` is `None` when the live inspection refused the message).
     fn shadow_message(
@@ -975,7 +999,7 @@ mod tests {
             ("stock", stock),
             &toml::to_string(&rules).unwrap(),
         );
-        let (p, _, _) = policy();
+        let (p, metrics, _) = policy();
         let (demo, one) = (txn(&p, "demo"), txn(&p, "t-stock"));
         let senders = [
             ("demo@mailwit.test", Some(100)),
@@ -1022,6 +1046,22 @@ mod tests {
             }
         }
         assert_eq!(accepted, 2);
+        // Each message was one call (decide-message), not inspection and
+        // routing; the five functions made both.
+        let m = rendered(&metrics);
+        let calls = |tenant: &str, decision: &str| {
+            let line = format!(
+                "mailwit_policy_calls_total{{tenant=\"{tenant}\",decision=\"{decision}\"}} "
+            );
+            m.lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        assert_eq!(calls("t-stock", "decide-message"), 5, "{m}");
+        assert_eq!(calls("t-stock", "inspect-message"), 0, "{m}");
+        assert_eq!(calls("t-stock", "route"), 0, "{m}");
+        assert_eq!(calls("demo", "inspect-message"), 5, "{m}");
+        assert_eq!(calls("demo", "route"), 2, "{m}");
         // Logins: the same refusals; the right password is accepted.
         let rt = &FIXTURE.rt;
         let (demo, one) = (
@@ -1051,6 +1091,58 @@ mod tests {
             login(one, "stockuser", right).await,
             Decision::Accept("stockuser".into())
         );
+    }
+
+    /// decide-message stands for inspect-message and route only when one
+    /// function does both: with a second inspector beside `stock`, each
+    /// message is inspected (by both) and then routed, in two calls.
+    #[tokio::test]
+    async fn a_second_inspector_takes_the_set_back_to_two_calls_per_message() {
+        let mut rules = Config::load(None).unwrap().tenants[0].rules.clone();
+        rules.remove("api-keys");
+        rules.remove("users");
+        let stock = crate::tenants::builtin("stock").unwrap();
+        tenant("t-two", ("stock", stock), &toml::to_string(&rules).unwrap());
+        let one_call = || {
+            FIXTURE
+                .tenants
+                .get("t-two")
+                .unwrap()
+                .decides_messages()
+                .is_some()
+        };
+        assert!(one_call());
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let content = crate::tenants::builtin("content").unwrap();
+                    FIXTURE.tenants.deploy("t-two", "content", content).unwrap();
+                })
+                .join()
+                .unwrap()
+        });
+        assert!(!one_call());
+        let (p, metrics, _) = policy();
+        let envelope = Envelope {
+            sender: "demo@mailwit.test".into(),
+            recipients: vec!["someone@example.net".into()],
+            ..Envelope::default()
+        };
+        let m =
+            b"From: demo@mailwit.test\r\nTo: someone@example.net\r\nX-IB-bulk-id: b1\r\n\r\nhi\r\n";
+        let verdict = txn(&p, "t-two").message(&envelope, m).await.unwrap();
+        assert!(
+            verdict.metadata.contains(&("bulkId".into(), "b1".into())),
+            "{verdict:?}"
+        );
+        let m = rendered(&metrics);
+        for (decision, n) in [("inspect-message", 1), ("route", 1)] {
+            let line = format!(
+                "mailwit_policy_calls_total{{tenant=\"t-two\",decision=\"{decision}\"}} {n}"
+            );
+            assert!(m.contains(&line), "{m}");
+        }
+        assert!(!m.contains("decision=\"decide-message\""), "{m}");
     }
 
     #[tokio::test]
