@@ -416,20 +416,22 @@ impl PolicySet {
         (std::ptr::eq(&**one, &**router) && one.exports.decide_message.is_some()).then_some(&**one)
     }
 
-    /// Inspection and routing in one call, by the function
-    /// [`PolicySet::decides_messages`] names: what inspect-message, then
-    /// route, would decide. Call it only when there is one.
+    /// Inspection and routing in one call by `f`, the function
+    /// [`PolicySet::decides_messages`] named: what inspect-message, then
+    /// route, would decide.
     pub async fn decide_message(
         &self,
         rt: &Runtime,
         limits: Limits,
         s: &Session,
+        f: &Function,
         m: &MessageArgs,
     ) -> Result<Decision<(Inspection, Route)>, Failure> {
-        let f = self
-            .decides_messages()
-            .expect("decide_message called on a set without one");
-        let idx = f.exports.decide_message.as_ref().expect("checked");
+        let idx = f
+            .exports
+            .decide_message
+            .as_ref()
+            .expect("decides_messages names a function exporting it");
         let (envelope, message) = (&*m.envelope, &*m.message);
         let mut lease = call::lease(rt, f, &self.cx(limits, Some(s))).await?;
         let r = {

@@ -513,8 +513,8 @@ impl TxnPolicy for WasmTxn {
         // One call when one function inspects and routes (decide-message);
         // a refusal is then the inspection's, for the shadow's comparison.
         let (inspection, route) = match set.decides_messages() {
-            Some(_) => {
-                let call = set.decide_message(rt, set.limits, s, &args);
+            Some(f) => {
+                let call = set.decide_message(rt, set.limits, s, f, &args);
                 match self.ask("decide-message", call).await {
                     Ok((inspection, route)) => (Ok(inspection), Some(Ok(route))),
                     Err(reply) => (Err(reply), None),
@@ -535,7 +535,14 @@ impl TxnPolicy for WasmTxn {
                 Err(reply) => (Err(reply), None),
             },
         };
-        self.verdict(envelope, &args, inspection, route)
+        self.shadow_message(envelope, &args, &inspection, route.as_ref());
+        let (inspection, route) = (inspection?, route.expect("routed after inspection")?);
+        Ok(MessageVerdict {
+            metadata: inspection.metadata,
+            remove_headers: inspection.remove_headers,
+            route,
+            policy: set.label().to_string(),
+        })
     }
 }
 
@@ -547,25 +554,6 @@ impl WasmTxn {
         call: impl Future<Output = Result<Decision<T>, Failure>> + 'a,
     ) -> impl Future<Output = Result<T, Reply>> + 'a {
         decide(&self.metrics, &self.set, decision, call)
-    }
-
-    /// The message's verdict from its inspection and route (`None` when
-    /// the inspection refused it), after the shadow's comparison.
-    fn verdict(
-        &self,
-        envelope: &Envelope,
-        args: &MessageArgs,
-        inspection: Result<mailwit_runtime::Inspection, Reply>,
-        route: Option<Result<Route, Reply>>,
-    ) -> Result<MessageVerdict, Reply> {
-        self.shadow_message(envelope, args, &inspection, route.as_ref());
-        let (inspection, route) = (inspection?, route.expect("routed after inspection")?);
-        Ok(MessageVerdict {
-            metadata: inspection.metadata,
-            remove_headers: inspection.remove_headers,
-            route,
-            policy: self.set.label().to_string(),
-        })
     }
 
     /// Compares the shadow set's inspection and route with the live ones
@@ -822,6 +810,15 @@ mod tests {
         m.render(&[], crate::queue::Gauges::default())
     }
 
+    /// A tenant's policy calls for `decision` in rendered metrics `m`.
+    fn calls(m: &str, tenant: &str, decision: &str) -> u64 {
+        let line =
+            format!("mailwit_policy_calls_total{{tenant=\"{tenant}\",decision=\"{decision}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     #[tokio::test]
     async fn logins_are_answered_by_the_tenants_functions() {
         let (p, metrics, gate) = policy();
@@ -1049,14 +1046,7 @@ mod tests {
         // Each message was one call (decide-message), not inspection and
         // routing; the five functions made both.
         let m = rendered(&metrics);
-        let calls = |tenant: &str, decision: &str| {
-            let line = format!(
-                "mailwit_policy_calls_total{{tenant=\"{tenant}\",decision=\"{decision}\"}} "
-            );
-            m.lines()
-                .find_map(|l| l.strip_prefix(&line))
-                .map_or(0, |n| n.parse::<u64>().unwrap())
-        };
+        let calls = |tenant, decision| calls(&m, tenant, decision);
         assert_eq!(calls("t-stock", "decide-message"), 5, "{m}");
         assert_eq!(calls("t-stock", "inspect-message"), 0, "{m}");
         assert_eq!(calls("t-stock", "route"), 0, "{m}");
@@ -1136,13 +1126,9 @@ mod tests {
             "{verdict:?}"
         );
         let m = rendered(&metrics);
-        for (decision, n) in [("inspect-message", 1), ("route", 1)] {
-            let line = format!(
-                "mailwit_policy_calls_total{{tenant=\"t-two\",decision=\"{decision}\"}} {n}"
-            );
-            assert!(m.contains(&line), "{m}");
-        }
-        assert!(!m.contains("decision=\"decide-message\""), "{m}");
+        assert_eq!(calls(&m, "t-two", "inspect-message"), 1, "{m}");
+        assert_eq!(calls(&m, "t-two", "route"), 1, "{m}");
+        assert_eq!(calls(&m, "t-two", "decide-message"), 0, "{m}");
     }
 
     #[tokio::test]
