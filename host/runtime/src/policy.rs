@@ -206,6 +206,14 @@ impl Session {
     }
 }
 
+impl std::ops::Deref for Session {
+    type Target = SessionInfo;
+
+    fn deref(&self) -> &SessionInfo {
+        &self.0
+    }
+}
+
 /// A message's envelope and summary as components see them, converted once
 /// for inspect-message and route.
 #[derive(Clone)]
@@ -223,6 +231,16 @@ impl MessageArgs {
             }),
             message: Arc::new(message(m)),
         }
+    }
+
+    /// The envelope's sender (MAIL FROM; empty for the null sender).
+    pub fn sender(&self) -> &str {
+        &self.envelope.sender
+    }
+
+    /// The envelope's recipients.
+    pub fn recipients(&self) -> &[String] {
+        &self.envelope.recipients
     }
 }
 

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use mailwit_runtime::{
     Decision, Failure, FailureKind, MessageArgs, MessageInfo, PolicySet, Refusal, Route, Runtime,
-    Session, SessionInfo,
+    Session,
 };
 use mailwit_smtp::{Envelope, Mechanism, Reply};
 
@@ -62,11 +62,12 @@ pub trait Policy: Send + Sync + 'static {
         secret: &str,
     ) -> Result<Principal, Reply>;
 
-    /// The policy for one new transaction of this principal, in `session`.
+    /// The policy for one new transaction of this principal, in `session`
+    /// (shared by the connection's transactions while its HELO stays).
     fn transaction(
         &self,
         principal: &Principal,
-        session: SessionInfo,
+        session: Session,
     ) -> Result<Arc<dyn TxnPolicy>, Reply>;
 }
 
@@ -375,7 +376,7 @@ impl Policy for WasmPolicy {
     fn transaction(
         &self,
         principal: &Principal,
-        session: SessionInfo,
+        session: Session,
     ) -> Result<Arc<dyn TxnPolicy>, Reply> {
         let set = self
             .tenants
@@ -388,7 +389,7 @@ impl Policy for WasmPolicy {
             mail_params: std::sync::OnceLock::new(),
             set,
             metrics: self.metrics.clone(),
-            session: Session::new(session),
+            session,
         }))
     }
 }
@@ -503,8 +504,7 @@ impl TxnPolicy for WasmTxn {
             let case = replay::Case::new(
                 ulid::Ulid::new().to_string(),
                 s.clone(),
-                (envelope.sender.clone(), size, eight_bit),
-                envelope.recipients.clone(),
+                (size, eight_bit),
                 args.clone(),
                 bytes,
             );
@@ -627,7 +627,7 @@ impl Policy for NoopPolicy {
         })
     }
 
-    fn transaction(&self, _p: &Principal, _s: SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
+    fn transaction(&self, _p: &Principal, _s: Session) -> Result<Arc<dyn TxnPolicy>, Reply> {
         Ok(Arc::new(NoopPolicy))
     }
 }
@@ -747,14 +747,14 @@ mod tests {
         }
     }
 
-    fn session(tenant: &str) -> SessionInfo {
-        SessionInfo {
+    fn session(tenant: &str) -> Session {
+        Session::new(mailwit_runtime::SessionInfo {
             client: client(1),
             tenant: tenant.into(),
             login: "someone".into(),
             helo: "client.example".into(),
             usage: None,
-        }
+        })
     }
 
     fn txn(p: &WasmPolicy, tenant: &str) -> Arc<dyn TxnPolicy> {
@@ -1257,7 +1257,7 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            let s = Session::new(session("t-parked"));
+            let s = session("t-parked");
             let call = set.check_sender(&rt2, set.limits, &s, "a@b.example", None, false);
             let _ = tx.send(tokio.block_on(call));
         });

@@ -34,36 +34,36 @@ pub struct Case {
     pub name: String,
     pub at_ms: u64,
     pub session: Session,
-    pub sender: String,
     pub size: Option<u64>,
     pub eight_bit: bool,
-    pub recipients: Vec<String>,
+    /// What inspect-message and route saw, the envelope's sender and
+    /// recipients with it (kept once, not copied beside it).
     pub args: MessageArgs,
     bytes: usize,
 }
 
 impl Case {
-    /// A transaction's inputs: `args` what inspect-message and route saw,
-    /// `summary_bytes` its summary's size ([`summary_bytes`]).
+    /// A transaction's inputs: its MAIL parameters (`size`, `eight_bit`),
+    /// `args` what inspect-message and route saw, `summary_bytes` its
+    /// summary's size ([`summary_bytes`]).
     pub fn new(
         name: String,
         session: Session,
-        (sender, size, eight_bit): (String, Option<u64>, bool),
-        recipients: Vec<String>,
+        (size, eight_bit): (Option<u64>, bool),
         args: MessageArgs,
         summary_bytes: usize,
     ) -> Case {
-        let bytes =
-            summary_bytes + recipients.iter().map(String::len).sum::<usize>() + sender.len() + 512;
+        let bytes = summary_bytes
+            + args.recipients().iter().map(String::len).sum::<usize>()
+            + args.sender().len()
+            + 512;
         Case {
             args,
             name,
             at_ms: crate::wallclock::now_ms(),
             session,
-            sender,
             size,
             eight_bit,
-            recipients,
             bytes,
         }
     }
@@ -110,14 +110,7 @@ impl Case {
         let summary = crate::message::summarize(content);
         let bytes = summary_bytes(&summary);
         let args = MessageArgs::new(&sender, &recipients, summary);
-        Ok(Case::new(
-            name,
-            session,
-            (sender, size, false),
-            recipients,
-            args,
-            bytes,
-        ))
+        Ok(Case::new(name, session, (size, false), args, bytes))
     }
 }
 
@@ -230,7 +223,7 @@ pub async fn compare(
             }
         };
         let accepted = |_: ()| Outcome::Accepted;
-        let (s, sender) = (&case.session, &case.sender);
+        let (s, sender) = (&case.session, case.args.sender());
         let (l, c) = (live, candidate);
         let (a, b) = (
             l.check_sender(rt, l.limits, s, sender, case.size, case.eight_bit)
@@ -244,7 +237,7 @@ pub async fn compare(
             Outcome::of_decision(a, accepted),
             Outcome::of_decision(b, accepted),
         );
-        for r in &case.recipients {
+        for r in case.args.recipients() {
             let (a, b) = (
                 l.check_recipient(rt, l.limits, s, sender, r).await,
                 c.check_recipient(rt, c.limits, s, sender, r).await,
@@ -256,7 +249,7 @@ pub async fn compare(
                 Outcome::of_decision(b, accepted),
             );
         }
-        let about = format!("from {sender} to {}", case.recipients.join(","));
+        let about = format!("from {sender} to {}", case.args.recipients().join(","));
         let (a, b) = (
             l.inspect_message(rt, l.limits, s, &case.args).await,
             c.inspect_message(rt, c.limits, s, &case.args).await,

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mailwit_runtime::SessionInfo;
+use mailwit_runtime::{Session, SessionInfo};
 use mailwit_smtp::{BodyType, Question, Reply, Verdict};
 use tracing::{info, warn};
 
@@ -38,6 +38,9 @@ pub struct Submission {
     peer: SocketAddr,
     session_id: String,
     principal: Option<Principal>,
+    /// What the policy is told of the session, made at the first MAIL and
+    /// shared by the next transactions while the HELO name stays.
+    facts: Option<Session>,
     /// The session's place under its tenant's `sessions` limit.
     slot: Option<SessionSlot>,
     txn: Option<Txn>,
@@ -67,6 +70,7 @@ impl Submission {
             peer,
             session_id,
             principal: None,
+            facts: None,
             slot: None,
             txn: None,
         }
@@ -88,6 +92,7 @@ impl Submission {
         self.client.tls = true;
         self.client.server_name = server_name;
         self.principal = None;
+        self.facts = None;
         self.slot = None;
         self.txn = None;
     }
@@ -121,6 +126,7 @@ impl Submission {
                     }
                     info!(event = "smtp.auth", outcome = "accepted", mechanism = mechanism.as_str(), login = ?printable(&login));
                     self.principal = Some(p);
+                    self.facts = None;
                     Verdict::Accept
                 }
                 Err(r) => {
@@ -136,15 +142,22 @@ impl Submission {
                 let Some(p) = &self.principal else {
                     return Verdict::Reject(replies::internal());
                 };
-                let info = SessionInfo {
-                    client: self.client.clone(),
-                    tenant: p.tenant.clone(),
-                    login: p.login.clone(),
-                    helo: helo.to_string(),
-                    usage: Some(Arc::new(TenantUsage {
-                        usage: self.services.usage.clone(),
-                        tenant: p.tenant.clone(),
-                    })),
+                let facts = match &self.facts {
+                    Some(f) if f.helo == helo => f.clone(),
+                    _ => {
+                        let f = Session::new(SessionInfo {
+                            client: self.client.clone(),
+                            tenant: p.tenant.clone(),
+                            login: p.login.clone(),
+                            helo: helo.to_string(),
+                            usage: Some(Arc::new(TenantUsage {
+                                usage: self.services.usage.clone(),
+                                tenant: p.tenant.clone(),
+                            })),
+                        });
+                        self.facts = Some(f.clone());
+                        f
+                    }
                 };
                 // The previous transaction (if any) gives back its place.
                 self.txn = None;
@@ -159,7 +172,7 @@ impl Submission {
                     Ok(r) => r,
                     Err(limit) => return self.over(&p.tenant, limit),
                 };
-                let txn = match policy.transaction(p, info) {
+                let txn = match policy.transaction(p, facts) {
                     Ok(t) => t,
                     Err(r) => return Verdict::Reject(r),
                 };
@@ -303,6 +316,8 @@ mod tests {
     #[derive(Default)]
     struct Recording {
         asked: Mutex<Vec<String>>,
+        /// The session facts each transaction was given.
+        sessions: Mutex<Vec<Session>>,
     }
 
     impl Recording {
@@ -330,8 +345,9 @@ mod tests {
             }
         }
 
-        fn transaction(&self, p: &Principal, s: SessionInfo) -> Result<Arc<dyn TxnPolicy>, Reply> {
+        fn transaction(&self, p: &Principal, s: Session) -> Result<Arc<dyn TxnPolicy>, Reply> {
             self.note(format!("txn {} {} helo={}", p.tenant, s.login, s.helo));
+            self.sessions.lock().unwrap().push(s);
             Ok(Arc::new(RecordingTxn))
         }
     }
@@ -451,6 +467,38 @@ mod tests {
             Verdict::Accept => "accept".into(),
             Verdict::AcceptWith(r) | Verdict::Reject(r) => r.to_wire(),
         }
+    }
+
+    /// A connection's transactions share the session facts the policy
+    /// sees while they still hold: a new HELO name, or STARTTLS (a new
+    /// session, RFC 3207), makes them anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transactions_share_the_session_facts_until_they_change() {
+        let f = fixture(SpoolConfig::default());
+        let mut s = submission(&f);
+        s.answer(auth("app"), "h1").await;
+        for helo in ["h1", "h1", "h2"] {
+            let v = s.answer(sender("a@x.example", BodyType::SevenBit), helo);
+            assert!(matches!(v.await, Verdict::Accept));
+        }
+        s.tls_started(Some("mx.example".into()));
+        s.answer(auth("app"), "h2").await;
+        let v = s.answer(sender("a@x.example", BodyType::SevenBit), "h2");
+        assert!(matches!(v.await, Verdict::Accept));
+        let seen = f.policy.sessions.lock().unwrap();
+        let helos: Vec<_> = seen
+            .iter()
+            .map(|s| (s.helo.as_str(), s.client.tls))
+            .collect();
+        assert_eq!(
+            helos,
+            [("h1", false), ("h1", false), ("h2", false), ("h2", true)]
+        );
+        let same = |a: &Session, b: &Session| std::ptr::eq::<SessionInfo>(&**a, &**b);
+        assert!(same(&seen[0], &seen[1]));
+        assert!(!same(&seen[1], &seen[2]));
+        assert!(!same(&seen[2], &seen[3]));
+        assert_eq!(seen[3].client.server_name.as_deref(), Some("mx.example"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
