@@ -13,10 +13,9 @@
 //! - authentication (an argon2 verification inside, by design).
 //!
 //! Calls are async, as on the server: each timing loop runs inside one
-//! `block_on` of a current-thread tokio runtime. The host's heap
-//! allocations per warm transaction are counted too (the host's and
-//! wasmtime's; a guest's own are in its linear memory): on the server,
-//! with other sessions between two calls, each is likely a cache miss.
+//! `block_on` of a current-thread tokio runtime. The heap allocations per
+//! warm transaction and per parse are counted too (the host's and
+//! wasmtime's; a guest's own are in its linear memory).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};

@@ -13,8 +13,8 @@ const MAX_HEADER_VALUE: usize = 8192;
 /// The parser: only what the summary reads is parsed (the MIME headers,
 /// which attachments need, and To and Cc); every other header is kept raw,
 /// as the summary passes it. Parsing From, Subject, Date, Message-ID and
-/// the rest by their grammar was most of the parse's allocations (14 of a
-/// 4-header message's 27), for values the summary never read.
+/// the rest by their grammar made values the summary never read (From and
+/// Subject alone: 6 of a 4-header message's 27 allocations).
 static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
     MessageParser::new()
         .with_mime_headers()
